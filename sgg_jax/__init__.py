@@ -1,0 +1,1 @@
+"""sgg_jax: scene graph generation in JAX."""
