@@ -1,0 +1,50 @@
+"""The contract between the trainer / evaluator and every relation model.
+
+A relation model is a Flax Linen module called as
+`model.apply(variables, inputs: ModelInputs, train: bool, rngs=...)` and returning `ModelOutputs`.
+All shapes are fixed (padded with masks) so the step compiles once.
+"""
+from __future__ import annotations
+
+import flax.struct
+import jax
+
+
+@flax.struct.dataclass
+class ModelInputs:
+    """What a relation model sees for a batch of B images.
+
+    Attributes:
+      images: [B, S, S, 3] uint8 (the model normalises), padded canvas from `Batch.images`.
+      image_sizes: [B, 2] int32 (height, width) of the content inside the canvas.
+      boxes: [B, O, 4] float32 x1y1x2y2 in canvas pixels (ground-truth boxes in PredCls/SGCls,
+        detections in SGDet).
+      box_mask: [B, O] bool.
+      labels: [B, O] int32 object classes 1..C (ground truth). Used as input only in PredCls
+        (and as targets by the loss); a model in SGCls must not read them for prediction.
+      pairs: [B, M, 2] int32 (subject, object) indices into the O boxes.
+      pair_mask: [B, M] bool.
+    """
+
+    images: jax.Array
+    image_sizes: jax.Array
+    boxes: jax.Array
+    box_mask: jax.Array
+    labels: jax.Array
+    pairs: jax.Array
+    pair_mask: jax.Array
+
+
+@flax.struct.dataclass
+class ModelOutputs:
+    """Logits of a relation model.
+
+    Attributes:
+      obj_logits: [B, O, C + 1] object class logits (column 0 = background).
+      rel_logits: [B, M, P + 1] predicate logits per pair (column 0 = no relation).
+      aux: extra outputs a model wants to expose (e.g. region captions); may be empty.
+    """
+
+    obj_logits: jax.Array
+    rel_logits: jax.Array
+    aux: dict = flax.struct.field(default_factory=dict)
