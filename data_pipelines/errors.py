@@ -1,0 +1,129 @@
+"""Errors and shared checks for the real-data readers (VG150, VG-MSDN, VRD / VG-DR-Net).
+
+Every problem with a user's file surfaces as one `DataFormatError` that names the file, the field
+and what was expected, so a broken download fails at load time with a readable message instead of
+deep inside JAX or as a silently wrong batch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+
+class DataFormatError(ValueError):
+    """A data file is missing, unreadable or does not follow its format.
+
+    The message reads "FILE: field 'X': expected ..., got ..." (the field part is left out when
+    the problem concerns the whole file).
+    """
+
+    def __init__(self, file: str | os.PathLike, field: str | None, expected: str,
+                 got: Any = None):
+        self.file = os.fspath(file)
+        self.field = field
+        self.expected = expected
+        self.got = got
+        where = f"{self.file}: field '{field}'" if field else self.file
+        msg = f"{where}: expected {expected}"
+        if got is not None:
+            msg += f", got {got}"
+        super().__init__(msg)
+
+
+def require_file(path: str | os.PathLike, what: str) -> str:
+    """Returns `path` as a string, raising DataFormatError if it is not an existing file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataFormatError(path, None, f"an existing {what} file", "no such file")
+    return path
+
+
+def load_json(path: str | os.PathLike, what: str) -> Any:
+    """Reads a JSON file, turning a missing or malformed file into DataFormatError."""
+    path = require_file(path, what)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataFormatError(path, None, f"valid JSON ({what})", f"parse error: {e}") from e
+
+
+def as_box_array(values: Any, file: str, field: str) -> np.ndarray:
+    """Converts a list of [x1, y1, x2, y2] lists to a float64 [N, 4] array or raises."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataFormatError(file, field, "numeric [x1, y1, x2, y2] boxes",
+                              f"non-numeric values ({e})") from e
+    if arr.size == 0:
+        return np.zeros((0, 4), np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise DataFormatError(file, field, "boxes of shape [N, 4]", f"shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise DataFormatError(file, field, "finite box coordinates", "NaN or inf")
+    return arr
+
+
+def check_and_clip_boxes(boxes: np.ndarray, width: float, height: float, file: str,
+                         field: str) -> tuple[np.ndarray, int]:
+    """Validates x1y1x2y2 pixel boxes against their image and clips slight overhangs.
+
+    Raises DataFormatError for x2 < x1, y2 < y1 and for boxes lying entirely outside the image
+    (those cannot be repaired). Boxes that only extend past the border are clipped to
+    [0, width] x [0, height]: real VG150 boxes are clamped to the long side at 1024 scale, not to
+    the image, so short-side overhangs exist in the real file (neural-motifs clips them too).
+    Returns the clipped boxes and how many boxes were clipped.
+    """
+    if boxes.shape[0] == 0:
+        return boxes, 0
+    bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise DataFormatError(file, field, "boxes with x2 >= x1 and y2 >= y1",
+                              f"box {i} = {boxes[i].tolist()}")
+    outside = ((boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2] <= 0)
+               | (boxes[:, 3] <= 0))
+    if np.any(outside):
+        i = int(np.argmax(outside))
+        raise DataFormatError(file, field, f"boxes inside the {width}x{height} image",
+                              f"box {i} = {boxes[i].tolist()} lies entirely outside")
+    limits = np.array([width, height, width, height], dtype=boxes.dtype)
+    clipped = np.clip(boxes, 0, limits)
+    n_clipped = int(np.sum(np.any(clipped != boxes, axis=1)))
+    return clipped, n_clipped
+
+
+def check_relations(relations: np.ndarray, num_boxes: int, num_predicates: int | None,
+                    file: str, field: str) -> None:
+    """Checks [R, 3] (subject, object, predicate) rows: indices in [0, num_boxes), predicate >= 1."""
+    if relations.shape[0] == 0:
+        return
+    idx = relations[:, :2]
+    if np.any(idx < 0) or np.any(idx >= num_boxes):
+        bad = int(np.argmax(np.any((idx < 0) | (idx >= num_boxes), axis=1)))
+        raise DataFormatError(file, field, f"subject/object indices in [0, {num_boxes})",
+                              f"relation {bad} = {relations[bad].tolist()}")
+    pred = relations[:, 2]
+    hi = num_predicates if num_predicates is not None else np.iinfo(np.int64).max
+    if np.any(pred < 1) or np.any(pred > hi):
+        bad = int(np.argmax((pred < 1) | (pred > hi)))
+        rng = f"[1, {num_predicates}]" if num_predicates is not None else ">= 1"
+        raise DataFormatError(file, field, f"predicates in {rng}",
+                              f"relation {bad} = {relations[bad].tolist()}")
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Writes `data` to `path` via a temporary file and os.replace (readers never see a half file)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Writes `obj` as deterministic JSON (sorted keys, no spaces) atomically."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    atomic_write_bytes(path, text.encode("utf-8"))
