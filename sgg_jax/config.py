@@ -1,0 +1,132 @@
+"""Shared base configuration: every model config starts from `get_base_config()`.
+
+Fields are grouped as `data` (what to read), `input` (how batches are made), `model`,
+`loss`, `train` (mesh, stages, optimizer), `eval` and `logging`. The config is locked, so a
+misspelt `--config.key=value` override is rejected with the list of valid keys.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def stage(*, num_steps: int, trainable: tuple[str, ...], losses: tuple[str, ...],
+          learning_rate: float, warmup_steps: int = 0, optimizer: str = "adam",
+          schedule: str = "cosine", restore_from: str | None = None) -> ml_collections.ConfigDict:
+    """One training stage: which parameter groups train, on which losses, and how long."""
+    return ml_collections.ConfigDict(dict(
+        num_steps=num_steps, trainable=",".join(trainable), losses=",".join(losses),
+        learning_rate=learning_rate, warmup_steps=warmup_steps, optimizer=optimizer,
+        schedule=schedule, restore_from=restore_from or ""))
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    """Defaults sized for the built-in synthetic data on a laptop CPU."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.mode = "train"  # train | eval | predict
+
+    c.data = ml_collections.ConfigDict(dict(
+        name="synthetic",  # synthetic | vg150
+        data_dir="",  # local VG150 directory for name=vg150
+        cache_dir="",  # where the synthetic data and TFDS files live ("" = ~/.cache/sgg_jax)
+        tfds_dir="",
+        num_train=1500, num_val=100, num_test=300,
+        image_size=256, preset="default",
+        num_val_im=100,
+        filter_empty_rels=True, filter_duplicate_rels=True, filter_non_overlap=False,
+    ))
+    c.input = ml_collections.ConfigDict(dict(
+        image_size=256, max_objects=12, max_relations=32, max_regions=8, max_phrase_len=12,
+        batch_size=16,  # global batch; divided over processes
+        eval_batch_size=16,
+        worker_count=0, flip_prob=0.5,
+    ))
+    c.model = ml_collections.ConfigDict(dict(
+        name="imp", backbone="small_resnet", hidden_dim=128, num_iterations=3,
+        roi_size=7, sampling_ratio=2, fc_dim=256, dtype="float32", dropout=0.0,
+    ))
+    c.loss = ml_collections.ConfigDict(dict(
+        edge="baseline",  # baseline | dnorm | dnorm-fgbg
+        obj_weight=1.0, rel_weight=1.0,
+    ))
+    c.sampling = ml_collections.ConfigDict(dict(num_rels=64, fg_fraction=0.25, must_overlap=False))
+    c.train = ml_collections.ConfigDict(dict(
+        data_parallel=-1,  # devices on the mesh's data axis; -1 = all devices
+        grad_clip_norm=5.0, weight_decay=0.0,
+        checkpoint_every=200, keep_checkpoints=2, log_every=20, eval_every=0,
+        # Stages run in this order; each has its own checkpoint directory and restores the
+        # parameters the previous one trained. Trainable groups and losses are comma lists.
+        stage_order="objects,relations",
+        stages=ml_collections.ConfigDict(dict(
+            objects=stage(num_steps=600, trainable=("backbone", "roi_features", "obj_classifier"),
+                  losses=("object",), learning_rate=2e-3, warmup_steps=50),
+            relations=stage(num_steps=600, trainable=("roi_features", "obj_classifier", "relation_head"),
+                  losses=("object", "relation"), learning_rate=1e-3, warmup_steps=50),
+        )),
+    ))
+    c.eval = ml_collections.ConfigDict(dict(
+        modes="predcls,sgcls", split="test", ks=(20, 50, 100), max_images=-1,
+        checkpoint="",  # for --config.mode=eval: a workdir or a checkpoint directory
+    ))
+    c.predict = ml_collections.ConfigDict(dict(images="", output="", top_relations=20))
+    c.distributed = ml_collections.ConfigDict(dict(
+        coordinator_address="", num_processes=0, process_id=-1, initialize=False))
+    return c
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collections.ConfigDict:
+    """Applies a named preset shared by the model configs, then locks the config."""
+    preset = (preset or "default").strip()
+    if preset == "default":
+        pass
+    elif preset == "tiny":
+        # Seconds-long end-to-end run for tests and smoke checks.
+        c.data.num_train, c.data.num_val, c.data.num_test = 48, 8, 16
+        c.data.num_val_im = 8
+        c.data.image_size = 128
+        c.input.image_size = 128
+        c.input.batch_size = 4
+        c.input.eval_batch_size = 4
+        c.input.max_objects = 8
+        c.input.max_relations = 16
+        c.model.hidden_dim = 32
+        c.model.fc_dim = 32
+        c.model.num_iterations = 2
+        c.sampling.num_rels = 16
+        c.train.checkpoint_every = 4
+        c.train.log_every = 2
+        for name in c.train.stages:
+            c.train.stages[name].num_steps = 6
+            c.train.stages[name].warmup_steps = 0
+    elif preset == "vg":
+        # The published setup (Xu et al. / neural-motifs) on a local VG150 copy.
+        c.data.name = "vg150"
+        c.data.num_val_im = 5000
+        c.data.filter_non_overlap = False
+        c.input.image_size = 592
+        c.input.max_objects = 64
+        c.input.max_relations = 128
+        c.input.batch_size = 8
+        c.input.eval_batch_size = 8
+        c.input.worker_count = 8
+        c.model.backbone = "vgg16"
+        c.model.hidden_dim = 512
+        c.model.fc_dim = 4096
+        c.model.dropout = 0.5
+        c.sampling.num_rels = 256
+        c.train.checkpoint_every = 2000
+        c.train.log_every = 100
+        c.train.eval_every = 20000
+        c.train.stages.objects.num_steps = 100_000
+        c.train.stages.objects.learning_rate = 1e-3
+        c.train.stages.objects.optimizer = "sgd"
+        c.train.stages.objects.warmup_steps = 1000
+        if "relations" in c.train.stages:
+            c.train.stages.relations.num_steps = 50_000
+            c.train.stages.relations.learning_rate = 1e-3
+            c.train.stages.relations.optimizer = "sgd"
+            c.train.stages.relations.warmup_steps = 500
+    else:
+        raise ValueError(f"unknown preset {preset!r}: expected one of default, tiny, vg")
+    c.lock()
+    return c
