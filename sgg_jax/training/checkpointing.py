@@ -1,0 +1,60 @@
+"""Orbax checkpoints for one training stage: train state + grain iterator state + metadata.
+
+Each stage owns a directory (`<workdir>/checkpoints/<stage>`). Orbax writes each step into a
+temporary directory and renames it when complete, so a crash never leaves a half checkpoint that
+looks valid. Saving the grain iterator with the state makes a resumed run see exactly the batches
+an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class StageCheckpointer:
+    """Saves and restores one stage's checkpoints."""
+
+    def __init__(self, directory: str, *, keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True),
+            item_names=("state", "data", "meta"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iterator: Any | None, meta: dict) -> None:
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None):
+        """Restores the state into `abstract_state`'s shapes and shardings (and the iterator
+        in place). Returns (state, meta)."""
+        items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return out.state, out.meta
+
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) for a concrete tree: the restore target."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
