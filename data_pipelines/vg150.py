@@ -277,3 +277,270 @@ def write_vg150(out_dir: str | os.PathLike, records: Sequence[SceneGraphRecord],
         "flickr_id": None,
     } for r in records]
     atomic_write_json(os.path.join(out_dir, IMAGE_DATA_NAME), image_data)
+
+
+# --------------------------------------------------------------------------------------------
+# Reader
+# --------------------------------------------------------------------------------------------
+
+def _read_h5(path: str) -> dict[str, np.ndarray]:
+    """Reads and validates the shapes and dtypes of every VG-SGG.h5 dataset."""
+    require_file(path, "VG-SGG.h5")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataFormatError(path, None, "a readable HDF5 file",
+                              f"unreadable (truncated or corrupt?): {e}") from e
+    out: dict[str, np.ndarray] = {}
+    with f:
+        for key, (ndim, second) in _H5_KEYS.items():
+            if key == "boxes_512" and key not in f:
+                continue  # only boxes_1024 is read by the reference loaders
+            if key not in f:
+                raise DataFormatError(path, key, "present", "missing")
+            ds = f[key]
+            if not isinstance(ds, h5py.Dataset):
+                raise DataFormatError(path, key, "a dataset", type(ds).__name__)
+            if ds.dtype.kind not in "iu":
+                raise DataFormatError(path, key, "an integer dtype", str(ds.dtype))
+            shape_ok = ds.ndim == ndim and (second is None or ds.shape[1] == second)
+            if key in ("labels", "predicates") and ds.ndim == 1:
+                shape_ok = True  # tolerate a flat (N,) variant
+            if not shape_ok:
+                want = f"(N, {second})" if second is not None else "(N,)"
+                raise DataFormatError(path, key, f"shape {want}", str(ds.shape))
+            try:
+                arr = ds[()]
+            except (OSError, RuntimeError) as e:
+                raise DataFormatError(path, key, "readable data",
+                                      f"read error (truncated file?): {e}") from e
+            out[key] = arr.reshape(-1) if key in ("labels", "predicates") else arr
+    return out
+
+
+def _check_ranges(first: np.ndarray, last: np.ndarray, n_items: int, path: str,
+                  names: tuple[str, str]) -> None:
+    """first/last: inclusive, both -1 or 0 <= first <= last < n_items."""
+    empty = first < 0
+    bad = (empty != (last < 0)) | (empty & ((first != -1) | (last != -1)))
+    bad |= ~empty & ((first > last) | (last >= n_items))
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise DataFormatError(path, f"{names[0]}/{names[1]}",
+                              f"inclusive ranges within [0, {n_items}) or -1/-1",
+                              f"image {i}: ({int(first[i])}, {int(last[i])})")
+
+
+def _expand_ranges(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(owner image, item index) for every item covered by the inclusive ranges, vectorised."""
+    counts = np.where(first >= 0, last - first + 1, 0).astype(np.int64)
+    owner = np.repeat(np.arange(first.size), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return owner, np.repeat(first.astype(np.int64), counts) + offsets
+
+
+def _validate(h5: dict[str, np.ndarray], path: str, num_classes: int | None,
+              num_predicates: int | None, box_key: str) -> None:
+    """Cross-checks counts, ranges, labels, boxes and relations of the whole file (vectorised)."""
+    n_obj, n_rel, n_img = h5["labels"].shape[0], h5["predicates"].shape[0], h5["split"].shape[0]
+    for key in ("boxes_1024", "boxes_512"):
+        if key in h5 and h5[key].shape[0] != n_obj:
+            raise DataFormatError(path, key, f"{n_obj} rows (as labels)", h5[key].shape[0])
+    if h5["relationships"].shape[0] != n_rel:
+        raise DataFormatError(path, "relationships", f"{n_rel} rows (as predicates)",
+                              h5["relationships"].shape[0])
+    for key in ("img_to_first_box", "img_to_last_box", "img_to_first_rel", "img_to_last_rel"):
+        if h5[key].shape[0] != n_img:
+            raise DataFormatError(path, key, f"{n_img} entries (as split)", h5[key].shape[0])
+    bad_split = ~np.isin(h5["split"], (0, 1, 2))
+    if np.any(bad_split):
+        raise DataFormatError(path, "split", "values 0 (train), 1 (val) or 2 (test)",
+                              int(h5["split"][np.argmax(bad_split)]))
+    _check_ranges(h5["img_to_first_box"], h5["img_to_last_box"], n_obj, path,
+                  ("img_to_first_box", "img_to_last_box"))
+    _check_ranges(h5["img_to_first_rel"], h5["img_to_last_rel"], n_rel, path,
+                  ("img_to_first_rel", "img_to_last_rel"))
+    hi = num_classes - 1 if num_classes else np.iinfo(np.int64).max
+    bad = (h5["labels"] < 1) | (h5["labels"] > hi)
+    if np.any(bad):
+        raise DataFormatError(path, "labels", f"classes in [1, {hi}]",
+                              f"{int(h5['labels'][np.argmax(bad)])} at object {int(np.argmax(bad))}")
+    hi = num_predicates - 1 if num_predicates else np.iinfo(np.int64).max
+    bad = (h5["predicates"] < 1) | (h5["predicates"] > hi)
+    if np.any(bad):
+        raise DataFormatError(path, "predicates", f"predicates in [1, {hi}]",
+                              f"{int(h5['predicates'][np.argmax(bad)])} at relation "
+                              f"{int(np.argmax(bad))}")
+    boxes = h5[box_key]
+    bad = np.any(boxes[:, :2] < 0, axis=1) | np.any(boxes[:, 2:] <= 0, axis=1)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise DataFormatError(path, box_key, "xc, yc >= 0 and w, h > 0 (so x2 > x1, y2 > y1)",
+                              f"object {i} = {boxes[i].tolist()}")
+    # every relation must point into the boxes of the image that owns it
+    owner, rel_idx = _expand_ranges(h5["img_to_first_rel"], h5["img_to_last_rel"])
+    rel = h5["relationships"][rel_idx]
+    lo = h5["img_to_first_box"][owner][:, None]
+    hi_box = h5["img_to_last_box"][owner][:, None]
+    bad = np.any((rel < lo) | (rel > hi_box), axis=1) | (lo[:, 0] < 0)
+    if np.any(bad):
+        j = int(np.argmax(bad))
+        raise DataFormatError(
+            path, "relationships",
+            "global object indices inside their image's img_to_first_box..img_to_last_box",
+            f"relation {int(rel_idx[j])} = {rel[j].tolist()} of image {int(owner[j])} whose "
+            f"boxes are {int(lo[j, 0])}..{int(hi_box[j, 0])}")
+
+
+def _read_image_data(path: str, n_img: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """image_id, width, height arrays aligned with the h5 image axis."""
+    data = load_json(path, "image_data.json")
+    if not isinstance(data, list):
+        raise DataFormatError(path, None, "a list of image entries", type(data).__name__)
+    if len(data) != n_img:
+        kept = [d for d in data
+                if not (isinstance(d, Mapping) and d.get("image_id") in CORRUPT_IMAGE_IDS)]
+        if len(kept) != n_img:
+            raise DataFormatError(path, None, f"{n_img} entries (the h5 image count, after "
+                                  f"dropping the 4 known-corrupt VG images)", len(data))
+        data = kept
+    cols = []
+    for key in ("image_id", "width", "height"):
+        try:
+            col = np.array([d[key] for d in data], dtype=np.float64)
+        except (KeyError, TypeError) as e:
+            raise DataFormatError(path, key, "present in every entry", f"missing ({e})") from e
+        except ValueError as e:
+            raise DataFormatError(path, key, "numbers", str(e)) from e
+        if col.size and (np.any(col != np.round(col)) or (key != "image_id" and np.any(col <= 0))):
+            raise DataFormatError(path, key, "positive integers" if key != "image_id"
+                                  else "integers", "other values")
+        cols.append(col.astype(np.int64))
+    return cols[0], cols[1], cols[2]
+
+
+def _select_images(h5: dict[str, np.ndarray], split: str, num_val_im: int,
+                   filter_empty_rels: bool, num_im: int) -> np.ndarray:
+    """Image indices of `split` after neural-motifs' filters (boxes, empty rels, num_im, val)."""
+    mask = h5["split"] == (2 if split == "test" else 0)
+    n_split = int(mask.sum())
+    mask &= h5["img_to_first_box"] >= 0
+    n_no_box = n_split - int(mask.sum())
+    if n_no_box:
+        print(f"VG150 {split}: dropped {n_no_box} images with no boxes")
+    if filter_empty_rels:
+        before = int(mask.sum())
+        mask &= h5["img_to_first_rel"] >= 0
+        if before - int(mask.sum()):
+            print(f"VG150 {split}: dropped {before - int(mask.sum())} images with no relations "
+                  "(filter_empty_rels)")
+    index = np.flatnonzero(mask)
+    if num_im > -1:
+        index = index[:num_im]
+    if num_val_im > 0:
+        if split == "val":
+            index = index[:num_val_im]
+        elif split == "train":
+            index = index[num_val_im:]
+    return index
+
+
+def _pairs_intersect(boxes: np.ndarray, rels: np.ndarray) -> np.ndarray:
+    """Whether each relation's two integer boxes overlap, with NM's +1 (inclusive pixel) rule."""
+    a, b = boxes[rels[:, 0]], boxes[rels[:, 1]]
+    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + 1
+    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + 1
+    return (iw > 0) & (ih > 0)
+
+
+def _one_predicate_per_pair(rels: np.ndarray, num_boxes: int,
+                            rng: np.random.Generator) -> np.ndarray:
+    """Keeps one relation per ordered (subject, object) pair, its predicate drawn uniformly
+    among the pair's annotations (as NM's np.random.choice), in first-occurrence order."""
+    if rels.shape[0] < 2:
+        return rels
+    keys = rels[:, 0].astype(np.int64) * num_boxes + rels[:, 1]
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    members = np.argsort(inverse, kind="stable")
+    starts = np.cumsum(counts) - counts
+    pick = members[starts + rng.integers(0, counts)]
+    first = members[starts]
+    return np.column_stack([rels[first, :2], rels[pick, 2]])[np.argsort(first)]
+
+
+def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 5000,
+               filter_empty_rels: bool = True, filter_duplicate_rels: bool = False,
+               filter_non_overlap: bool = False, num_im: int = -1, box_scale: int = 1024,
+               image_dir: str = "VG_100K", seed: int = 0) -> list[SceneGraphRecord]:
+    """Reads one split of a VG150 directory into records, with neural-motifs' loader semantics.
+
+    split: "train" (split 0 minus its first `num_val_im` images), "val" (those first images)
+      or "test" (split 2); images without boxes are dropped, and without relations when
+      filter_empty_rels; `num_im` > -1 truncates before the val/train cut, as NM does.
+    filter_duplicate_rels (train only): one predicate per ordered pair, drawn with `seed`.
+    filter_non_overlap (train only, for SGDet training): keep relations whose boxes intersect
+      (at 1024 scale, NM's inclusive-pixel rule); images left without relations are dropped.
+    Boxes: 1024-scale [xc, yc, w, h] -> x1 = trunc(xc - w/2), x2 = x1 + w, then divided by
+    box_scale / max(width, height) to original pixels and clipped to the image (count printed).
+    The whole file is validated first (vectorised); problems raise DataFormatError.
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    if box_scale not in (512, 1024):
+        raise ValueError(f"box_scale must be 512 or 1024, got {box_scale}")
+    data_dir = os.fspath(data_dir)
+    h5_path = os.path.join(data_dir, H5_NAME)
+    dicts_path = os.path.join(data_dir, DICTS_NAME)
+    info_path = os.path.join(data_dir, IMAGE_DATA_NAME)
+    box_key = f"boxes_{box_scale}"
+    h5 = _read_h5(h5_path)
+    if box_key not in h5:
+        raise DataFormatError(h5_path, box_key, "present", "missing")
+    dicts = load_vg150_dicts(dicts_path) if os.path.isfile(dicts_path) else None
+    _validate(h5, h5_path, dicts.num_classes if dicts else None,
+              dicts.num_predicates if dicts else None, box_key)
+    image_ids, widths, heights = _read_image_data(info_path, h5["split"].shape[0])
+
+    index = _select_images(h5, split, num_val_im, filter_empty_rels, num_im)
+    is_train = split == "train"
+    rng = np.random.default_rng(seed)
+    boxes_all = decode_boxes(h5[box_key])
+    labels_all = h5["labels"].astype(np.int32)
+    rels_all = h5["relationships"].astype(np.int64)
+    preds_all = h5["predicates"].astype(np.int64)
+    fb, lb = h5["img_to_first_box"], h5["img_to_last_box"]
+    fr, lr = h5["img_to_first_rel"], h5["img_to_last_rel"]
+    records: list[SceneGraphRecord] = []
+    n_clipped = n_no_overlap = 0
+    for i in index.tolist():
+        boxes = boxes_all[fb[i]:lb[i] + 1]
+        if fr[i] >= 0:
+            rels = np.column_stack([rels_all[fr[i]:lr[i] + 1] - fb[i], preds_all[fr[i]:lr[i] + 1]])
+        else:
+            rels = np.zeros((0, 3), np.int64)
+        if filter_non_overlap and is_train:
+            rels = rels[_pairs_intersect(boxes, rels)]
+            if rels.shape[0] == 0:
+                n_no_overlap += 1
+                continue
+        if filter_duplicate_rels and is_train:
+            rels = _one_predicate_per_pair(rels, boxes.shape[0], rng)
+        w, h = int(widths[i]), int(heights[i])
+        pix = boxes.astype(np.float64) * (max(w, h) / box_scale)
+        pix, c = check_and_clip_boxes(pix, w, h, f"{h5_path} (image {i}, id {image_ids[i]})",
+                                      box_key)
+        n_clipped += c
+        records.append(SceneGraphRecord(
+            image_id=int(image_ids[i]),
+            image_path=os.path.join(data_dir, image_dir, f"{int(image_ids[i])}.jpg"),
+            width=w, height=h,
+            boxes=pix.astype(np.float32),
+            labels=labels_all[fb[i]:lb[i] + 1].copy(),
+            relations=rels.astype(np.int32),
+            split=split))
+    if n_no_overlap:
+        print(f"VG150 {split}: dropped {n_no_overlap} images whose relations all join "
+              "non-overlapping boxes (filter_non_overlap)")
+    if n_clipped:
+        print(f"VG150 {split}: clipped {n_clipped} boxes that extended past their image border")
+    return records
