@@ -1,0 +1,67 @@
+"""The one entry point: `python -m sgg_jax.main --config configs/<model>.py[:preset] --workdir DIR`.
+
+Modes (`--mode`, default from the config): `train` runs every stage (resuming where a previous
+run in the same workdir stopped) and then evaluates; `eval` evaluates a finished run's
+checkpoint (`--checkpoint`, default the workdir). Any config field can be overridden with
+`--config.<key>=<value>`; unknown keys are rejected.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Model config file, e.g. configs/imp.py[:preset].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results.json go "
+                    "(default: runs/<config>-<preset>).")
+flags.DEFINE_enum("mode", None, ["train", "eval"], "Overrides config.mode.")
+flags.DEFINE_string("checkpoint", None, "For --mode=eval: a training workdir or a stage's "
+                    "checkpoint directory (overrides config.eval.checkpoint).")
+
+
+def default_workdir(config_arg: str) -> str:
+    """runs/<config file stem>[-<preset>] relative to the current directory."""
+    path, _, preset = config_arg.partition(":")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join("runs", f"{stem}-{preset}" if preset else stem)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    config = FLAGS.config
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config configs/imp.py")
+    with config.unlocked():
+        if FLAGS.mode:
+            config.mode = FLAGS.mode
+        if FLAGS.checkpoint:
+            config.eval.checkpoint = FLAGS.checkpoint
+    workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
+    from sgg_jax.training import trainer  # imported late: flags parsed first, XLA_FLAGS honoured
+    try:
+        if config.mode == "train":
+            trainer.train_and_evaluate(config, workdir)
+        elif config.mode == "eval":
+            trainer.evaluate_checkpoint(config, workdir)
+        else:
+            raise app.UsageError(f"config.mode={config.mode!r}: expected train or eval")
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
