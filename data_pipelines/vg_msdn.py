@@ -132,7 +132,7 @@ def parse_graph_entry(entry: Mapping[str, Any], *, path: str, field: str, box_ke
                       split: str) -> tuple[SceneGraphRecord, int]:
     """Shared MSDN / VRD parsing of one image entry into a record (regions left empty).
 
-    `class_of(value) -> int` and `predicate_of(value) -> int` map the json's class / predicate
+    `class_of(value, field) -> int` and `predicate_of(value, field) -> int` map the json's class / predicate
     values to 1-based ids (raising DataFormatError). Returns the record and how many boxes were
     clipped to the image.
     """
@@ -146,11 +146,12 @@ def parse_graph_entry(entry: Mapping[str, Any], *, path: str, field: str, box_ke
                               (type(objects).__name__, type(relationships).__name__))
     boxes = as_box_array([_require(o, box_key, path, f"{field}.objects") for o in objects],
                          path, f"{field}.objects.{box_key}")
-    labels = np.array([class_of(_require(o, "class", path, f"{field}.objects"))
-                       for o in objects], np.int32)
+    labels = np.array([class_of(_require(o, "class", path, f"{field}.objects"),
+                                f"{field}.objects.class") for o in objects], np.int32)
     rels = np.array([[_require(r, "sub_id", path, f"{field}.relationships"),
                       _require(r, "obj_id", path, f"{field}.relationships"),
-                      predicate_of(_require(r, "predicate", path, f"{field}.relationships"))]
+                      predicate_of(_require(r, "predicate", path, f"{field}.relationships"),
+                                   f"{field}.relationships.predicate")]
                      for r in relationships], dtype=object).reshape(-1, 3)
     if rels.size and not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                              for v in rels[:, :2].ravel()):
@@ -167,10 +168,10 @@ def parse_graph_entry(entry: Mapping[str, Any], *, path: str, field: str, box_ke
     return record, n_clipped
 
 
-def _name_lookup(names: list[str], path: str, field: str):
+def _name_lookup(names: list[str], path: str):
     table = {n: i + 1 for i, n in enumerate(names)}
 
-    def lookup(value: Any) -> int:
+    def lookup(value: Any, field: str) -> int:
         if value not in table:
             raise DataFormatError(path, field, f"one of the {len(names)} category names",
                                   repr(value))
@@ -201,8 +202,8 @@ def load_vg_msdn(json_path: str | os.PathLike, categories_path: str | os.PathLik
     data = load_json(json_path, "VG-MSDN annotation")
     if not isinstance(data, list):
         raise DataFormatError(json_path, None, "a list of image entries", type(data).__name__)
-    class_of = _name_lookup(cats["object"], json_path, "objects.class")
-    predicate_of = _name_lookup(cats["predicate"], json_path, "relationships.predicate")
+    class_of = _name_lookup(cats["object"], json_path)
+    predicate_of = _name_lookup(cats["predicate"], json_path)
     split = _split_from_name(json_path)
     records, clipped, dropped_regions, no_boxes = [], 0, 0, 0
     for i, entry in enumerate(data):

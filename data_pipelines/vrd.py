@@ -34,8 +34,8 @@ def _load_names(path: str, what: str) -> list[str]:
     return names
 
 
-def _int_lookup(n: int, path: str, field: str):
-    def lookup(value: Any) -> int:
+def _int_lookup(n: int, path: str):
+    def lookup(value: Any, field: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= n:
             raise DataFormatError(path, field, f"an integer id in [1, {n}] (1-based)",
                                   repr(value))
@@ -58,8 +58,8 @@ def load_vrd(annotation_path: str | os.PathLike, objects_path: str | os.PathLike
         raise DataFormatError(annotation_path, None, "a list of image entries",
                               type(data).__name__)
     split = "test" if os.path.basename(annotation_path).startswith("test") else "train"
-    class_of = _int_lookup(len(objects), annotation_path, "objects.class")
-    predicate_of = _int_lookup(len(predicates), annotation_path, "relationships.predicate")
+    class_of = _int_lookup(len(objects), annotation_path)
+    predicate_of = _int_lookup(len(predicates), annotation_path)
     records, clipped, no_boxes, self_rels = [], 0, 0, 0
     for i, entry in enumerate(data):
         image_id = entry.get("id", i) if isinstance(entry, dict) else i
