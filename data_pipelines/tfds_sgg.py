@@ -203,7 +203,9 @@ class SceneGraphDataset(tfds.core.GeneratorBasedBuilder):
                                  filter_empty_rels=cfg.filter_empty_rels,
                                  filter_duplicate_rels=False,
                                  filter_non_overlap=cfg.filter_non_overlap, num_im=cfg.num_im,
-                                 image_dir=cfg.image_dir) for s in SPLITS}
+                                 image_dir=cfg.image_dir) for s in SPLITS
+                   if s != "val" or cfg.num_val_im > 0}
+        records.setdefault("val", [])  # num_val_im <= 0: no validation split
         if not records["train"]:
             raise DataFormatError(raw_dir, "split", "at least one training image", "none")
         dicts = load_vg150_dicts(os.path.join(raw_dir, DICTS_NAME))
@@ -219,7 +221,9 @@ class SceneGraphDataset(tfds.core.GeneratorBasedBuilder):
         else:
             zero_shot = unseen_test_triplets(records["train"], records["test"])
             zs_source = "test minus train"
-        stats = compute_statistics(records["train"], dicts.num_classes, dicts.num_predicates,
+        # VG150Dicts counts include background; statistics take C and P without it.
+        stats = compute_statistics(records["train"], dicts.num_classes - 1,
+                                   dicts.num_predicates - 1,
                                    dicts.idx_to_label, dicts.idx_to_predicate)
         # data_path is TFDS' temporary directory here; it is renamed with the shards at the end.
         os.makedirs(self.data_path, exist_ok=True)

@@ -1,0 +1,105 @@
+"""TFDS builder: records -> array_record -> data source round trip, statistics and metadata."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from data_pipelines import tfds_sgg
+from data_pipelines.statistics import DatasetStatistics, compute_statistics
+from sgg_data_fixtures import LABELS, PREDICATES, make_vg150_dir
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tfds")
+    recs = make_vg150_dir(str(root / "raw"), num_val=2, num_train=6, num_test=3)
+    builder = tfds_sgg.build_dataset(root / "raw", root / "tfds",
+                                     tfds_sgg.make_config(num_val_im=2))
+    return root, recs, builder
+
+
+def test_no_tensorflow_imported(built):
+    assert "tensorflow" not in sys.modules
+
+
+def test_round_trip_every_split(built):
+    _, recs, builder = built
+    meta = tfds_sgg.read_metadata(builder)
+    idx_to_word = meta["idx_to_word"]
+    sources = builder.as_data_source()
+    for split in ("train", "val", "test"):
+        src = sources[split]
+        assert len(src) == len(recs[split])
+        for i, r in enumerate(recs[split]):  # disable_shuffling keeps the reader's order
+            ex = src[i]
+            assert ex["image_id"] == r.image_id
+            assert (ex["width"], ex["height"]) == (r.width, r.height)
+            with open(r.image_path, "rb") as f:
+                assert ex["image"] == f.read()
+            assert ex["file_name"] == os.path.basename(r.image_path).encode()
+            np.testing.assert_array_equal(ex["boxes"], r.boxes)
+            np.testing.assert_array_equal(ex["labels"], r.labels)
+            np.testing.assert_array_equal(ex["relations"], r.relations)
+            np.testing.assert_array_equal(ex["region_boxes"], r.region_boxes.reshape(-1, 4))
+            words = [[idx_to_word[t] for t in row if t > 2] for row in ex["region_tokens"]]
+            if split == "train":  # vocabulary is built from training phrases
+                assert words == r.region_phrases
+            assert all(row[0] == 1 for row in ex["region_tokens"])
+            assert [int((row == 2).sum()) for row in ex["region_tokens"]] == [1] * len(words)
+
+
+def test_statistics_and_metadata_stored(built):
+    _, recs, builder = built
+    meta = tfds_sgg.read_metadata(builder)
+    assert meta["idx_to_label"] == LABELS and meta["idx_to_predicate"] == PREDICATES
+    assert meta["split_sizes"] == {"train": 6, "val": 2, "test": 3}
+    stats = DatasetStatistics.load(builder.data_dir)
+    ref = compute_statistics(recs["train"], len(LABELS) - 1, len(PREDICATES) - 1)
+    np.testing.assert_array_equal(stats.fg_matrix, ref.fg_matrix)
+    np.testing.assert_array_equal(stats.bg_matrix, ref.bg_matrix)
+    np.testing.assert_array_equal(stats.object_counts, ref.object_counts)
+
+    def trip(rs):
+        return {(int(r.labels[s]), int(p), int(r.labels[o])) for r in rs for s, o, p in
+                r.relations}
+    expected = sorted(map(list, trip(recs["test"]) - trip(recs["train"])))
+    assert meta["zero_shot_triplets"] == expected and meta["zero_shot_source"] != ""
+
+
+def test_existing_build_is_reused_and_guarded(built, tmp_path):
+    root, _, builder = built
+    mtime = os.path.getmtime(os.path.join(builder.data_dir, "dataset_info.json"))
+    again = tfds_sgg.build_dataset(root / "raw", root / "tfds", tfds_sgg.make_config(num_val_im=2))
+    assert os.path.getmtime(os.path.join(again.data_dir, "dataset_info.json")) == mtime
+    other = tmp_path / "other"
+    make_vg150_dir(str(other), num_val=2, num_train=3, num_test=1, with_msdn=False)
+    with pytest.raises(ValueError, match="built from"):
+        tfds_sgg.build_dataset(other, root / "tfds", tfds_sgg.make_config(num_val_im=2))
+
+
+def test_zero_shot_file_and_missing_dir(tmp_path):
+    raw = tmp_path / "raw"
+    make_vg150_dir(str(raw), num_val=0, num_train=3, num_test=2, with_msdn=False)
+    with open(raw / tfds_sgg.ZERO_SHOT_NAME, "w") as f:
+        json.dump([[1, 2, 3], [4, 5, 1]], f)
+    b = tfds_sgg.build_dataset(raw, tmp_path / "tfds", tfds_sgg.make_config(num_val_im=0))
+    meta = tfds_sgg.read_metadata(b)
+    assert meta["zero_shot_triplets"] == [[1, 2, 3], [4, 5, 1]]
+    assert set(b.as_data_source()) == {"train", "test"}  # the empty val split is left out
+    with pytest.raises(ValueError, match="no such directory"):
+        tfds_sgg.build_dataset(tmp_path / "nowhere", tmp_path / "tfds2")
+
+
+def test_encode_phrases_and_vocabulary():
+    from data_pipelines.records import SceneGraphRecord
+    r = SceneGraphRecord(1, "x.jpg", 4, 4, np.zeros((0, 4)), np.zeros(0), np.zeros((0, 3)),
+                         region_phrases=[["a", "b"], ["b"]])
+    vocab = tfds_sgg.build_vocabulary([r])
+    assert vocab == ["<pad>", "<start>", "<end>", "<unk>", "b", "a"]
+    w2i = {w: i for i, w in enumerate(vocab)}
+    np.testing.assert_array_equal(tfds_sgg.encode_phrases([["a", "zz"], ["b"]], w2i),
+                                  [[1, 5, 3, 2], [1, 4, 2, 0]])
