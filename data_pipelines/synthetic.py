@@ -1,0 +1,715 @@
+"""Built-in synthetic scene-graph dataset, written in Visual Genome's file layouts.
+
+    python -m data_pipelines.synthetic --output DIR [--num-train N] [--num-val N] [--num-test N]
+        [--image-size S | WxH] [--seed S] [--preset default|large] [--workers K] [--overwrite]
+
+Each image is a procedurally rendered scene (kitchen, office, street, park) whose objects are
+placed by simple world rules (things rest on supports, sit inside containers, are held or worn;
+animals and people face a direction), drawn back to front with Pillow. The ground-truth graph is
+computed from that world: every predicate has a precise definition (see `relation_truth`), and an
+"annotator" writes down a sparse, class-dependent subset of the true relations, which gives VG's
+long tail and missing labels. A fixed list of (subject, predicate, object) triplets is kept out of
+train/val and planted in test (zero-shot). Output: VG150 (`VG-SGG.h5`, `VG-SGG-dicts.json`,
+`image_data.json`, `VG_100K/<id>.jpg`), VG-MSDN json (`msdn/`), `zero_shot_triplets.json`,
+`README.md`. See docs/synthetic_dataset.md.
+
+Box exactness: image long sides divide 1024 and every box coordinate is a multiple of
+`grid_step(long_side)` (2 up to 512 px, 4 at 1024 px), so the VG150 1024- and 512-scale boxes are
+integers with even widths/heights: xc = x1 + w / 2 is exact and the reference loaders' decoding
+returns the generated boxes exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from data_pipelines import synthetic_spec as spec
+from data_pipelines.records import SceneGraphRecord
+from data_pipelines.synthetic_render import DrawItem, eye_point, render
+
+PRESETS: dict[str, dict[str, int]] = {
+    "default": {"num_train": 3000, "num_val": 500, "num_test": 1000, "image_size": 256},
+    "large": {"num_train": 25000, "num_val": 2000, "num_test": 5000, "image_size": 512},
+}
+SPLIT_SEED_CODE = {"train": 0, "val": 1, "test": 2}
+JPEG_QUALITY = 92
+NUM_PREDICATES = len(spec.PREDICATE_NAMES)
+P = spec.PREDICATE_ID  # name -> 1-based id
+
+
+def grid_step(long_side: int) -> int:
+    """Box coordinates are multiples of this so that VG150's 1024/512-scale boxes are exact."""
+    return max(2, long_side // 256)
+
+
+def check_image_size(width: int, height: int) -> None:
+    """Raises ValueError unless the long side divides 1024 (64..1024) and the short side >= 64."""
+    long_side = max(width, height)
+    if long_side < 64 or long_side > 1024 or 1024 % long_side:
+        raise ValueError(f"image size {width}x{height}: the long side must divide 1024 "
+                         f"(64, 128, 256, 512 or 1024), got {long_side}")
+    if min(width, height) < 64:
+        raise ValueError(f"image size {width}x{height}: the short side must be >= 64")
+    g = grid_step(long_side)
+    if width % g or height % g:
+        raise ValueError(f"image size {width}x{height}: width and height must be multiples of {g}")
+
+
+# --------------------------------------------------------------------------------------------
+# Scene sampling (world model)
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Obj:
+    cls: str
+    box: list[int]
+    colour: str
+    texture: str
+    facing: int
+    depth: float
+    parent: int = -1
+    attach: str = ""  # "", "on", "inside", "held", "worn", "riding"
+    hand: tuple[int, int, int] | None = None
+
+
+@dataclasses.dataclass
+class SceneGraph:
+    """One scene's ground truth (objects in the order written to the files).
+
+    boxes [N,4] float32 x1y1x2y2 pixels (x2/y2 exclusive, integer valued); labels [N] int32 1-based;
+    colours/textures: per-object names; depth [N] int32 draw rank (larger = nearer, drawn later);
+    facing [N] int8 (+1 right, -1 left, 0 inanimate); parent [N] int32 (-1 none) with `attach`
+    the kind of attachment to the parent; truth [P, N, N] bool: predicate p+1 holds for
+    (subject i, object j); relations [R,3] int32 (subject, object, predicate 1-based): the
+    annotated subset; region_boxes [Q,4] float32 and region_phrases: Q lists of words.
+    """
+
+    width: int
+    height: int
+    scene_type: str
+    boxes: np.ndarray
+    labels: np.ndarray
+    colours: list[str]
+    textures: list[str]
+    depth: np.ndarray
+    facing: np.ndarray
+    parent: np.ndarray
+    attach: list[str]
+    truth: np.ndarray
+    relations: np.ndarray
+    region_boxes: np.ndarray
+    region_phrases: list[list[str]]
+
+    def to_record(self, image_id: int, image_path: str, split: str) -> SceneGraphRecord:
+        return SceneGraphRecord(
+            image_id=int(image_id), image_path=image_path, width=self.width, height=self.height,
+            boxes=self.boxes.copy(), labels=self.labels.copy(), relations=self.relations.copy(),
+            region_boxes=self.region_boxes.copy(),
+            region_phrases=[list(p) for p in self.region_phrases], split=split)
+
+
+def _choice(rng: np.random.Generator, table: Sequence[tuple[str, float]],
+            allowed: Sequence[str] | None = None) -> str | None:
+    """Weighted choice over (name, weight), optionally restricted to `allowed` names."""
+    items = [(n, w) for n, w in table if allowed is None or n in allowed]
+    if not items:
+        return None
+    w = np.array([x[1] for x in items], np.float64)
+    return items[int(rng.choice(len(items), p=w / w.sum()))][0]
+
+
+class _World:
+    """Mutable state while sampling one scene: objects, image size, layout helpers."""
+
+    def __init__(self, rng: np.random.Generator, width: int, height: int, scene: spec.SceneType):
+        self.rng, self.W, self.H, self.scene = rng, width, height, scene
+        self.L = max(width, height)
+        self.g = grid_step(self.L)
+        self.horizon = self.q(height * rng.uniform(0.3, 0.45))
+        self.objs: list[_Obj] = []
+        self.counter = 0
+
+    # ---- small helpers ----
+    def q(self, v: float) -> int:
+        """Round to the coordinate grid."""
+        return int(self.g * round(v / self.g))
+
+    def size(self, cls: str, scale: float) -> tuple[int, int]:
+        c = spec.CLASS_BY_NAME[cls]
+        w = self.rng.uniform(*c.size) * self.L * scale
+        h = w * self.rng.uniform(*c.aspect)
+        return max(2 * self.g, self.q(w)), max(2 * self.g, self.q(h))
+
+    def persp(self, bottom: float) -> float:
+        t = (bottom - self.horizon) / max(self.H - self.horizon, 1)
+        return 0.6 + 0.6 * float(np.clip(t, 0.0, 1.0))
+
+    def new(self, cls: str, box: list[int], depth: float, parent: int = -1,
+            attach: str = "") -> int:
+        c = spec.CLASS_BY_NAME[cls]
+        colour = c.colours[int(self.rng.integers(len(c.colours)))]
+        names = [t for t, _ in c.textures]
+        pr = np.array([p for _, p in c.textures])
+        texture = names[int(self.rng.choice(len(names), p=pr / pr.sum()))]
+        facing = int(self.rng.choice([-1, 1])) if c.animate else 0
+        self.objs.append(_Obj(cls, box, colour, texture, facing, depth, parent, attach))
+        return len(self.objs) - 1
+
+    def root_bottom(self, idx: int) -> int:
+        """Bottom of the ground object that (transitively) carries `idx`: its perspective."""
+        while self.objs[idx].parent >= 0:
+            idx = self.objs[idx].parent
+        return self.objs[idx].box[3]
+
+    def child_depth(self, parent: int) -> float:
+        self.counter += 1
+        return self.objs[parent].depth + 1e-3 * self.counter
+
+    def overlap_ok(self, box: list[int], max_frac: float = 0.5) -> bool:
+        """True when `box` covers at most max_frac of any ground/sky object and vice versa."""
+        for o in self.objs:
+            if o.parent >= 0:
+                continue
+            b = o.box
+            iw = min(box[2], b[2]) - max(box[0], b[0])
+            ih = min(box[3], b[3]) - max(box[1], b[1])
+            if iw > 0 and ih > 0:
+                inter = iw * ih
+                small = min((box[2] - box[0]) * (box[3] - box[1]), (b[2] - b[0]) * (b[3] - b[1]))
+                if inter > max_frac * small:
+                    return False
+        return True
+
+    # ---- placement ----
+    def place_ground(self, cls: str, tries: int = 6, max_overlap: float = 0.5) -> int | None:
+        for _ in range(tries):
+            if cls == "building":
+                bottom = self.q(self.horizon + self.rng.uniform(0.0, 0.12) * (self.H - self.horizon))
+            else:
+                bottom = self.q(self.horizon + self.rng.uniform(0.08, 1.0) * (self.H - self.horizon))
+            bottom = min(max(bottom, self.horizon + self.g), self.H)
+            w, h = self.size(cls, self.persp(bottom))
+            if h > bottom:  # too tall for the space above its foot point: shrink
+                f = (bottom - self.g) / h
+                w, h = max(2 * self.g, self.q(w * f)), max(2 * self.g, self.q(h * f))
+            if w >= self.W or h > bottom:
+                continue
+            x1 = self.q(self.rng.uniform(0, self.W - w))
+            x1 = min(x1, self.W - w)
+            box = [x1, bottom - h, x1 + w, bottom]
+            if self.overlap_ok(box, max_overlap):
+                return self.new(cls, box, float(bottom))
+        return None
+
+    def place_sky(self, cls: str) -> int | None:
+        for _ in range(4):
+            w, h = self.size(cls, 0.8)
+            if h >= self.horizon - self.g or w >= self.W:
+                return None
+            x1 = min(self.q(self.rng.uniform(0, self.W - w)), self.W - w)
+            y1 = min(self.q(self.rng.uniform(0, self.horizon - h)), self.horizon - h)
+            box = [x1, y1, x1 + w, y1 + h]
+            if self.overlap_ok(box, 0.2):
+                return self.new(cls, box, float(self.horizon) * 0.5)
+        return None
+
+    def _taken(self, parent: int, attach: str) -> list[tuple[int, int]]:
+        return [(o.box[0], o.box[2]) for o in self.objs if o.parent == parent and o.attach == attach]
+
+    def place_on(self, item: str, support: int, tries: int = 4) -> int | None:
+        """`item` resting on top of `support` (or riding it, for bicycles)."""
+        s = self.objs[support]
+        sw = s.box[2] - s.box[0]
+        riding = spec.resting_predicate(item, s.cls) == "riding"
+        for _ in range(tries):
+            w, h = self.size(item, self.persp(self.root_bottom(support)))
+            if w > sw:
+                f = sw / w
+                w, h = max(2 * self.g, self.q(w * f)), max(2 * self.g, self.q(h * f))
+                if w > sw:
+                    return None
+            if riding:
+                x1 = self.q(s.box[0] + (sw - w) / 2)
+                y2 = self.q(s.box[1] + (s.box[3] - s.box[1]) / 2)
+            else:
+                x1 = self.q(self.rng.uniform(s.box[0], s.box[2] - w))
+                x1 = min(max(x1, s.box[0]), s.box[2] - w)
+                y2 = s.box[1]
+            y1 = y2 - h
+            if y1 < 0 or x1 < 0 or x1 + w > self.W:
+                continue
+            if any(min(x1 + w, b) - max(x1, a) > 0 for a, b in self._taken(support, "on")):
+                continue
+            idx = self.new(item, [x1, y1, x1 + w, y2], self.child_depth(support), support,
+                           "riding" if riding else "on")
+            return idx
+        return None
+
+    def place_inside(self, item: str, container: int) -> int | None:
+        """`item` strictly inside the container's box, resting low in it."""
+        c = self.objs[container]
+        cw, ch = c.box[2] - c.box[0], c.box[3] - c.box[1]
+        w, h = self.size(item, 1.0)
+        f = min(1.0, 0.62 * cw / w, 0.62 * ch / h)
+        w, h = self.q(w * f), self.q(h * f)
+        if w < 2 * self.g or h < 2 * self.g or w > cw - 2 * self.g or h > ch - 2 * self.g:
+            return None
+        x1 = min(max(self.q(self.rng.uniform(c.box[0] + self.g, c.box[2] - self.g - w)),
+                     c.box[0] + self.g), c.box[2] - self.g - w)
+        if c.cls == "bowl":
+            y2 = self.q(c.box[1] + 0.7 * ch)
+        else:
+            y2 = c.box[3] - self.g
+        y2 = max(y2, c.box[1] + self.g + h)
+        y2 = min(y2, c.box[3] - self.g)
+        return self.new(item, [x1, y2 - h, x1 + w, y2], self.child_depth(container), container,
+                        "inside")
+
+    def place_held(self, item: str, person: int) -> int | None:
+        """`item` in the person's hand on the side the person faces; a hand is drawn over it."""
+        p = self.objs[person]
+        pw, ph = p.box[2] - p.box[0], p.box[3] - p.box[1]
+        w, h = self.size(item, self.persp(self.root_bottom(person)))
+        f = min(1.0, 0.45 * ph / h)
+        w, h = max(2 * self.g, self.q(w * f)), max(2 * self.g, self.q(h * f))
+        r = max(1, int(round(0.16 * pw)))
+        hy = self.q(p.box[1] + 0.48 * ph)
+        overlap = self.q(max(r, self.g))
+        if p.facing > 0:
+            x1 = p.box[2] - overlap
+            hx = x1 + r
+        else:
+            x1 = p.box[0] + overlap - w
+            hx = x1 + w - r
+        y1 = self.q(hy - h / 2)
+        if x1 < 0 or x1 + w > self.W or y1 < 0 or y1 + h > self.H:
+            return None
+        idx = self.new(item, [x1, y1, x1 + w, y1 + h], self.child_depth(person), person, "held")
+        self.objs[idx].hand = (int(hx), int(hy), r)
+        return idx
+
+    def place_worn(self, item: str, person: int) -> int | None:
+        """A hat on the person's head (its brim slightly over the head's top)."""
+        p = self.objs[person]
+        pw, ph = p.box[2] - p.box[0], p.box[3] - p.box[1]
+        d = min(0.6 * pw, 0.28 * ph)
+        w = max(2 * self.g, self.q(d * 1.3))
+        h = max(2 * self.g, self.q(w * self.rng.uniform(*spec.CLASS_BY_NAME[item].aspect)))
+        x1 = self.q(p.box[0] + (pw - w) / 2)
+        y2 = self.q(p.box[1] + 0.3 * d)
+        if y2 - h < 0 or x1 < 0 or x1 + w > self.W:
+            return None
+        return self.new(item, [x1, y2 - h, x1 + w, y2], self.child_depth(person), person, "worn")
+
+    # ---- the scene ----
+    def decorate(self, idx: int, depth_left: int = 2) -> None:
+        """Puts items on / inside / in the hands of object `idx` by the world's rules."""
+        o = self.objs[idx]
+        allowed = set(self.scene.items) | {"person", "dog", "cat", "bird"}
+        if o.cls in spec.SUPPORT_ITEMS and depth_left > 0:
+            prob, most = spec.SUPPORT_PROB[o.cls]
+            if self.rng.random() < prob:
+                for _ in range(int(self.rng.integers(1, most + 1))):
+                    item = _choice(self.rng, spec.SUPPORT_ITEMS[o.cls], sorted(allowed))
+                    if item is None:
+                        break
+                    k = self.place_on(item, idx)
+                    if k is not None:
+                        self.decorate(k, depth_left - 1)
+        if o.cls in spec.CONTAINER_ITEMS and depth_left > 0 and \
+                self.rng.random() < spec.CONTAINER_PROB[o.cls]:
+            item = _choice(self.rng, spec.CONTAINER_ITEMS[o.cls])
+            if item is not None:
+                self.place_inside(item, idx)
+        if o.cls == "person":
+            if self.rng.random() < spec.HOLD_PROB:
+                item = _choice(self.rng, spec.HOLDABLE, sorted(allowed | {"kite"}))
+                if item is not None:
+                    self.place_held(item, idx)
+            if self.rng.random() < spec.WEAR_PROB:
+                self.place_worn("hat", idx)
+
+
+def _scene_for(rng: np.random.Generator, classes: Sequence[str]) -> spec.SceneType:
+    """A scene type where all `classes` can appear (any scene type if none fits)."""
+    fits = [s for s in spec.SCENE_TYPES
+            if all(c in {n for n, _ in s.ground} | set(s.items) | {n for n, _ in s.sky}
+                   for c in classes)]
+    pool = fits or list(spec.SCENE_TYPES)
+    return pool[int(rng.integers(len(pool)))]
+
+
+def _force_triplet(world: _World, subj: str, pred: str, obj: str) -> tuple[int, int]:
+    """Builds a pair (subject, object) for which `pred` holds; returns their indices."""
+    if pred not in _PLANTABLE:
+        raise ValueError(f"cannot plant a triplet with predicate {pred!r}; "
+                         f"plantable: {sorted(_PLANTABLE)}")
+    # the parent of the attachment is the object for on/inside/riding, the subject otherwise
+    parent_is_obj = pred not in ("holding", "wearing")
+    parent_cls, child_cls = (obj, subj) if parent_is_obj else (subj, obj)
+    grounds = {n for s in spec.SCENE_TYPES for n, _ in s.ground}
+    for _ in range(40):
+        n_before = len(world.objs)
+        if parent_cls in grounds:
+            parent = world.place_ground(parent_cls, tries=3, max_overlap=1.0)
+        else:  # e.g. a bowl: put it on a ground support that can carry it
+            holder = next(s for s, items in spec.SUPPORT_ITEMS.items()
+                          if s in grounds and any(n == parent_cls for n, _ in items))
+            base = world.place_ground(holder, tries=3, max_overlap=1.0)
+            parent = None if base is None else world.place_on(parent_cls, base)
+        child = None
+        if parent is not None:
+            if pred == "inside":
+                child = world.place_inside(child_cls, parent)
+            elif pred == "holding":
+                child = world.place_held(child_cls, parent)
+            elif pred == "wearing":
+                child = world.place_worn(child_cls, parent)
+            else:
+                child = world.place_on(child_cls, parent)
+        if child is not None:
+            return (child, parent) if parent_is_obj else (parent, child)
+        del world.objs[n_before:]
+    raise RuntimeError(f"could not plant ({subj}, {pred}, {obj}) after 40 tries")
+
+
+_PLANTABLE = ("on", "sitting on", "standing on", "riding", "inside", "holding", "wearing")
+
+
+# --------------------------------------------------------------------------------------------
+# Relation truth and annotation
+# --------------------------------------------------------------------------------------------
+
+def relation_truth(boxes: np.ndarray, classes: Sequence[str], depth: np.ndarray,
+                   facing: np.ndarray, parent: np.ndarray, attach: Sequence[str],
+                   colours: Sequence[str], long_side: int) -> np.ndarray:
+    """[P, N, N] bool: which predicate holds for each ordered pair (subject i, object j).
+
+    Definitions (tol = 0.02 * long side):
+      left of: centre_x(i) < centre_x(j) - tol and the boxes overlap vertically; right of: mirror.
+      above: bottom(i) < top(j) and the boxes overlap horizontally; below: mirror.
+      near: boxes do not intersect and their gap is <= 0.06 * long side.
+      on: i rests on j (bottom(i) == top(j), centre_x(i) within j); sitting on / standing on:
+        the same for people/cats/dogs and birds; riding: person on a bicycle; under: j on i.
+      inside: i placed inside j (box containment); has: j inside i.
+      holding / wearing: j held / worn by i (a drawn hand / hat on the head).
+      in front of: boxes intersect by >= 10% of the smaller box and i is drawn after j; behind.
+      looking at: i animate, j the nearest non-attached object on the side i faces whose
+        vertical extent (+- tol) contains i's eye; facing away from: such j on the other side
+        within 0.12 * long side.
+      same colour as: same colour name.
+    """
+    n = len(classes)
+    t = np.zeros((NUM_PREDICATES, n, n), bool)
+    if n == 0:
+        return t
+    b = np.asarray(boxes, np.float64)
+    x1, y1, x2, y2 = (b[:, k] for k in range(4))
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    tol = 0.02 * long_side
+    ix = np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None])
+    iy = np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None])
+    inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)
+    area = (x2 - x1) * (y2 - y1)
+    eye = np.eye(n, dtype=bool)
+    gap = np.maximum(np.clip(-ix, 0, None), np.clip(-iy, 0, None))
+
+    def put(name: str, m: np.ndarray) -> None:
+        t[P[name] - 1] |= m & ~eye
+
+    put("left of", (cx[:, None] < cx[None] - tol) & (iy > 0))
+    put("right of", (cx[:, None] > cx[None] + tol) & (iy > 0))
+    put("above", (y2[:, None] < y1[None]) & (ix > 0))
+    put("below", (y1[:, None] > y2[None]) & (ix > 0))
+    put("near", (inter == 0) & (gap <= 0.06 * long_side))
+    put("in front of", (inter >= 0.1 * np.minimum(area[:, None], area[None]))
+        & (depth[:, None] > depth[None]))
+    put("behind", (inter >= 0.1 * np.minimum(area[:, None], area[None]))
+        & (depth[:, None] < depth[None]))
+    same = np.array(colours)[:, None] == np.array(colours)[None]
+    put("same colour as", same)
+
+    idx = np.arange(n)
+    child_of = (parent[:, None] == idx[None])  # [i, j]: i's parent is j
+    att = np.array(list(attach) if n else [], dtype=object)
+    rest = child_of & np.isin(att, ["on"])[:, None]
+    specific = np.full((n, n), "", dtype=object)
+    for i, j in np.argwhere(rest):
+        specific[i, j] = spec.resting_predicate(classes[i], classes[j])
+    put("on", rest)
+    put("sitting on", rest & (specific == "sitting on"))
+    put("standing on", rest & (specific == "standing on"))
+    put("under", rest.T)
+    put("riding", child_of & np.isin(att, ["riding"])[:, None])
+    inside = child_of & np.isin(att, ["inside"])[:, None]
+    put("inside", inside)
+    put("has", inside.T)
+    put("holding", (child_of & np.isin(att, ["held"])[:, None]).T)
+    put("wearing", (child_of & np.isin(att, ["worn"])[:, None]).T)
+
+    attached = child_of | child_of.T
+    for i in range(n):
+        if facing[i] == 0:
+            continue
+        ex, ey = eye_point(classes[i], tuple(int(v) for v in b[i]), int(facing[i]))
+        band = (y1 - tol <= ey) & (ey <= y2 + tol) & ~attached[i] & (idx != i)
+        side = facing[i] * (cx - cx[i])
+        ahead = np.flatnonzero(band & (side > 0))
+        if ahead.size:
+            j = ahead[np.argmin(np.abs(cx[ahead] - cx[i]))]
+            t[P["looking at"] - 1, i, j] = True
+        t[P["facing away from"] - 1, i] = band & (side < 0) & (gap[i] <= 0.12 * long_side)
+    return t
+
+
+_SALIENCE = np.array([spec.PREDICATE_TABLE[p][0] for p in spec.PREDICATE_NAMES])
+_KEEP = np.array([spec.PREDICATE_TABLE[p][1] for p in spec.PREDICATE_NAMES])
+
+
+def annotate(rng: np.random.Generator, truth: np.ndarray, classes: Sequence[str],
+             forced: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Sparse VG-like annotation: [R, 3] (subject, object, predicate 1-based).
+
+    For each ordered pair with a true predicate, the annotator names one of them (chance
+    proportional to salience), writes it down with a probability that depends on the predicate
+    and the two classes, rarely adds a second true predicate for the pair, and mostly skips a
+    pair whose reverse was already annotated. `forced` is always annotated.
+    """
+    n = truth.shape[1]
+    rels: list[tuple[int, int, int]] = []
+    if forced is not None:
+        rels.append(forced)
+    any_true = truth.any(0)
+    pairs = np.argwhere(any_true)
+    if len(pairs) == 0:
+        return np.array(rels, np.int32).reshape(-1, 3)
+    order = rng.permutation(len(pairs))
+    gumbel = rng.gumbel(size=(len(pairs), NUM_PREDICATES))
+    u = rng.random((len(pairs), 3))
+    done: set[tuple[int, int]] = {(forced[0], forced[1])} if forced is not None else set()
+    ck = np.array([spec.CLASS_KEEP[c] for c in classes])
+    for k in order:
+        i, j = (int(v) for v in pairs[k])
+        if (i, j) in done:
+            continue
+        score = np.where(truth[:, i, j], np.log(_SALIENCE) + gumbel[k], -np.inf)
+        p = int(np.argmax(score))
+        keep = _KEEP[p] * np.sqrt(ck[i] * ck[j])
+        if (j, i) in done:
+            keep *= 0.25
+        if u[k, 0] >= keep:
+            continue
+        done.add((i, j))
+        rels.append((i, j, p + 1))
+        others = np.flatnonzero(truth[:, i, j] & (np.arange(NUM_PREDICATES) != p))
+        if others.size and u[k, 1] < 0.06:
+            rels.append((i, j, int(others[int(u[k, 2] * others.size)]) + 1))
+    del n
+    return np.array(rels, np.int32).reshape(-1, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# Region descriptions
+# --------------------------------------------------------------------------------------------
+
+def _size_word(cls: str, box: np.ndarray, long_side: int) -> str | None:
+    c = spec.CLASS_BY_NAME[cls]
+    ratio = float(box[2] - box[0]) / (0.5 * (c.size[0] + c.size[1]) * long_side)
+    if ratio < 0.72:
+        return "small"
+    if ratio > 1.08:
+        return "large"
+    return None
+
+
+def region_phrases(rng: np.random.Generator, boxes: np.ndarray, classes: Sequence[str],
+                   colours: Sequence[str], textures: Sequence[str], relations: np.ndarray,
+                   long_side: int) -> tuple[np.ndarray, list[list[str]]]:
+    """Region boxes and phrases of 3..8 words (MSDN keeps 5 <= len + 2 (<start>, <end>) < 11).
+
+    One region per annotated pair (union box, "[size] colour subject predicate colour object")
+    and some single objects ("a [size] colour class [with texture]").
+    """
+    out_boxes, phrases = [], []
+    seen = set()
+    for s, o, p in relations:
+        if (s, o) in seen:
+            continue
+        seen.add((s, o))
+        words = []
+        size = _size_word(classes[s], boxes[s], long_side)
+        if size:
+            words.append(size)
+        words += [colours[s], classes[s], *spec.PREDICATE_NAMES[p - 1].split(),
+                  colours[o], classes[o]]
+        bs, bo = boxes[s], boxes[o]
+        out_boxes.append([min(bs[0], bo[0]), min(bs[1], bo[1]), max(bs[2], bo[2]),
+                          max(bs[3], bo[3])])
+        phrases.append(words)
+    for i in range(len(classes)):
+        if rng.random() >= 0.3:
+            continue
+        words = ["a"]
+        size = _size_word(classes[i], boxes[i], long_side)
+        if size:
+            words.append(size)
+        words += [colours[i], classes[i]]
+        if textures[i] in spec.TEXTURE_WORDS:
+            words += ["with", spec.TEXTURE_WORDS[textures[i]]]
+        out_boxes.append(list(boxes[i]))
+        phrases.append(words)
+    return np.array(out_boxes, np.float32).reshape(-1, 4), phrases
+
+
+# --------------------------------------------------------------------------------------------
+# One scene
+# --------------------------------------------------------------------------------------------
+
+def _as_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(image_size, (int, np.integer)):
+        return int(image_size), int(image_size)
+    w, h = image_size
+    return int(w), int(h)
+
+
+def sample_scene(rng: np.random.Generator, image_size: int | tuple[int, int] = 256, *,
+                 scene_type: str | None = None,
+                 force_triplet: tuple[str, str, str] | None = None,
+                 exclude_triplets: Sequence[tuple[int, int, int]] = ()
+                 ) -> tuple[SceneGraph, list[DrawItem], int, tuple]:
+    """Samples one scene's world and graph without drawing it.
+
+    Returns (graph, draw items back to front, horizon, background colours). `force_triplet`
+    (names) plants and annotates that relation; `exclude_triplets` (1-based class, predicate,
+    class ids) are removed from the annotation (zero-shot triplets in train/val).
+    """
+    width, height = _as_size(image_size)
+    check_image_size(width, height)
+    if force_triplet is not None:
+        scene = _scene_for(rng, (force_triplet[0], force_triplet[2]))
+    elif scene_type is not None:
+        if scene_type not in spec.SCENE_BY_NAME:
+            raise ValueError(f"scene_type must be one of {sorted(spec.SCENE_BY_NAME)}, "
+                             f"got {scene_type!r}")
+        scene = spec.SCENE_BY_NAME[scene_type]
+    else:
+        scene = spec.SCENE_TYPES[int(rng.choice(len(spec.SCENE_TYPES),
+                                                p=np.array(spec.SCENE_TYPE_WEIGHTS)))]
+    world = _World(rng, width, height, scene)
+    forced_pair = None
+    if force_triplet is not None:
+        forced_pair = _force_triplet(world, *force_triplet)
+    n_ground = int(rng.integers(scene.num_ground[0], scene.num_ground[1] + 1))
+    n_sky = int(rng.integers(scene.num_sky[0], scene.num_sky[1] + 1))
+    for _ in range(n_sky):
+        cls = _choice(rng, scene.sky)
+        if cls is not None:
+            world.place_sky(cls)
+    grounds = []
+    for _ in range(n_ground):
+        k = world.place_ground(_choice(rng, scene.ground))
+        if k is not None:
+            grounds.append(k)
+    for k in grounds:
+        world.decorate(k)
+    if not world.objs:  # always at least one object
+        k = world.place_ground("person", tries=20, max_overlap=1.0)
+        if k is None:
+            raise RuntimeError("could not place any object")
+
+    # draw order (back to front) and a random order for the written files
+    objs = world.objs
+    n = len(objs)
+    draw_order = sorted(range(n), key=lambda k: (objs[k].depth, k))
+    rank = np.empty(n, np.int32)
+    rank[draw_order] = np.arange(n)
+    perm = rng.permutation(n)  # file position -> world index
+    inv = np.empty(n, np.int64)
+    inv[perm] = np.arange(n)
+    classes = [objs[k].cls for k in perm]
+    boxes = np.array([objs[k].box for k in perm], np.float32).reshape(-1, 4)
+    colours = [objs[k].colour for k in perm]
+    textures = [objs[k].texture for k in perm]
+    facing = np.array([objs[k].facing for k in perm], np.int8)
+    parent = np.array([inv[objs[k].parent] if objs[k].parent >= 0 else -1 for k in perm],
+                      np.int32)
+    attach = [objs[k].attach for k in perm]
+    depth = rank[perm]
+    L = max(width, height)
+    truth = relation_truth(boxes, classes, depth, facing, parent, attach, colours, L)
+    forced = None
+    if forced_pair is not None:
+        forced = (int(inv[forced_pair[0]]), int(inv[forced_pair[1]]),
+                  spec.PREDICATE_ID[force_triplet[1]])
+        if not truth[forced[2] - 1, forced[0], forced[1]]:
+            raise RuntimeError(f"planted {force_triplet} does not hold")  # a bug
+    labels = np.array([spec.CLASS_ID[c] for c in classes], np.int32)
+    rels = annotate(rng, truth, classes, forced)
+    if len(exclude_triplets) and len(rels):
+        ex = {tuple(int(v) for v in t) for t in exclude_triplets}
+        keep = [(int(labels[s]), int(p), int(labels[o])) not in ex for s, o, p in rels]
+        rels = rels[np.array(keep, bool)]
+    rboxes, phrases = region_phrases(rng, boxes, classes, colours, textures, rels, L)
+    graph = SceneGraph(width=width, height=height, scene_type=scene.name, boxes=boxes,
+                       labels=labels, colours=colours, textures=textures, depth=depth,
+                       facing=facing, parent=parent, attach=attach, truth=truth,
+                       relations=rels.astype(np.int32).reshape(-1, 3), region_boxes=rboxes,
+                       region_phrases=phrases)
+    items = []
+    for k in draw_order:
+        o = objs[k]
+        rgb = np.clip(np.array(spec.COLOURS[o.colour]) + rng.integers(-10, 11, 3), 0, 255)
+        items.append(DrawItem(o.cls, tuple(o.box), tuple(int(c) for c in rgb), o.texture,
+                              o.facing, o.hand))
+    return graph, items, world.horizon, scene.background
+
+
+def make_scene(rng: np.random.Generator, image_size: int | tuple[int, int] = 256, *,
+               scene_type: str | None = None,
+               force_triplet: tuple[str, str, str] | None = None,
+               exclude_triplets: Sequence[tuple[int, int, int]] = ()
+               ) -> tuple[np.ndarray, SceneGraph]:
+    """One rendered scene: (uint8 [H, W, 3] image, its SceneGraph). Pure given `rng`.
+
+    `image_size` is S (square) or (width, height); the long side must divide 1024.
+    """
+    graph, items, horizon, background = sample_scene(
+        rng, image_size, scene_type=scene_type, force_triplet=force_triplet,
+        exclude_triplets=exclude_triplets)
+    image = render(rng, graph.width, graph.height, horizon, graph.scene_type, background, items)
+    return image, graph
+
+
+def expected_annotation_counts(graphs: Sequence[SceneGraph]) -> np.ndarray:
+    """[P] expected number of annotations per predicate over `graphs`' truth tensors.
+
+    The annotation model in closed form (ignoring the rare second predicate and the reverse-pair
+    damping): a pair with true predicates T names p with probability salience_p / sum_T salience
+    and keeps it with probability keep_p * sqrt(class_keep_i * class_keep_j). Used to check the
+    long tail from the sampling distribution without large generations.
+    """
+    total = np.zeros(NUM_PREDICATES)
+    for g in graphs:
+        t = g.truth.astype(np.float64)
+        if t.size == 0:
+            continue
+        classes = [spec.CLASS_NAMES[int(c) - 1] for c in g.labels]
+        ck = np.sqrt(np.outer([spec.CLASS_KEEP[c] for c in classes],
+                              [spec.CLASS_KEEP[c] for c in classes]))
+        w = t * _SALIENCE[:, None, None]
+        norm = w.sum(0)
+        choose = np.divide(w, norm, out=np.zeros_like(w), where=norm > 0)
+        total += (choose * _KEEP[:, None, None] * ck[None]).sum((1, 2))
+    return total
