@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -67,30 +68,36 @@ def as_box_array(values: Any, file: str, field: str) -> np.ndarray:
     return arr
 
 
-def check_and_clip_boxes(boxes: np.ndarray, width: float, height: float, file: str,
-                         field: str) -> tuple[np.ndarray, int]:
+def check_and_clip_boxes(boxes: np.ndarray, width: Any, height: Any, file: str, field: str,
+                         describe: Callable[[int], str] | None = None
+                         ) -> tuple[np.ndarray, int]:
     """Validates x1y1x2y2 pixel boxes against their image and clips slight overhangs.
 
-    Raises DataFormatError for x2 < x1, y2 < y1 and for boxes lying entirely outside the image
-    (those cannot be repaired). Boxes that only extend past the border are clipped to
-    [0, width] x [0, height]: real VG150 boxes are clamped to the long side at 1024 scale, not to
-    the image, so short-side overhangs exist in the real file (neural-motifs clips them too).
+    `width` / `height` are scalars or per-box arrays. Raises DataFormatError for x2 < x1,
+    y2 < y1 and for boxes lying entirely outside the image (those cannot be repaired). Boxes that
+    only extend past the border are clipped to [0, width] x [0, height]: real VG150 boxes are
+    clamped to the long side at 1024 scale, not to the image, so short-side overhangs exist in
+    the real file (neural-motifs clips them too). `describe(i)` names box i in messages.
     Returns the clipped boxes and how many boxes were clipped.
     """
     if boxes.shape[0] == 0:
         return boxes, 0
+    name = describe or (lambda i: f"box {i}")
     bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
     if np.any(bad):
         i = int(np.argmax(bad))
         raise DataFormatError(file, field, "boxes with x2 >= x1 and y2 >= y1",
-                              f"box {i} = {boxes[i].tolist()}")
+                              f"{name(i)} = {boxes[i].tolist()}")
+    width = np.broadcast_to(np.asarray(width, boxes.dtype), boxes.shape[:1])
+    height = np.broadcast_to(np.asarray(height, boxes.dtype), boxes.shape[:1])
     outside = ((boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2] <= 0)
                | (boxes[:, 3] <= 0))
     if np.any(outside):
         i = int(np.argmax(outside))
-        raise DataFormatError(file, field, f"boxes inside the {width}x{height} image",
-                              f"box {i} = {boxes[i].tolist()} lies entirely outside")
-    limits = np.array([width, height, width, height], dtype=boxes.dtype)
+        raise DataFormatError(file, field, "boxes inside their image",
+                              f"{name(i)} = {boxes[i].tolist()} lies entirely outside the "
+                              f"{width[i]:g}x{height[i]:g} image")
+    limits = np.stack([width, height, width, height], axis=1)
     clipped = np.clip(boxes, 0, limits)
     n_clipped = int(np.sum(np.any(clipped != boxes, axis=1)))
     return clipped, n_clipped
@@ -98,7 +105,8 @@ def check_and_clip_boxes(boxes: np.ndarray, width: float, height: float, file: s
 
 def check_relations(relations: np.ndarray, num_boxes: int, num_predicates: int | None,
                     file: str, field: str) -> None:
-    """Checks [R, 3] (subject, object, predicate) rows: indices in [0, num_boxes), predicate >= 1."""
+    """Checks [R, 3] (subject, object, predicate) rows: indices in [0, num_boxes), predicates
+    in [1, num_predicates]."""
     if relations.shape[0] == 0:
         return
     idx = relations[:, :2]
@@ -116,7 +124,7 @@ def check_relations(relations: np.ndarray, num_boxes: int, num_predicates: int |
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes `data` to `path` via a temporary file and os.replace (readers never see a half file)."""
+    """Writes `data` to `path` via a temp file and os.replace, so no reader sees half a file."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)

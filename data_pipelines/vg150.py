@@ -363,8 +363,9 @@ def _validate(h5: dict[str, np.ndarray], path: str, num_classes: int | None,
     hi = num_classes - 1 if num_classes else np.iinfo(np.int64).max
     bad = (h5["labels"] < 1) | (h5["labels"] > hi)
     if np.any(bad):
+        i = int(np.argmax(bad))
         raise DataFormatError(path, "labels", f"classes in [1, {hi}]",
-                              f"{int(h5['labels'][np.argmax(bad)])} at object {int(np.argmax(bad))}")
+                              f"{int(h5['labels'][i])} at object {i}")
     hi = num_predicates - 1 if num_predicates else np.iinfo(np.int64).max
     bad = (h5["predicates"] < 1) | (h5["predicates"] > hi)
     if np.any(bad):
@@ -445,27 +446,26 @@ def _select_images(h5: dict[str, np.ndarray], split: str, num_val_im: int,
     return index
 
 
-def _pairs_intersect(boxes: np.ndarray, rels: np.ndarray) -> np.ndarray:
-    """Whether each relation's two integer boxes overlap, with NM's +1 (inclusive pixel) rule."""
-    a, b = boxes[rels[:, 0]], boxes[rels[:, 1]]
-    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + 1
-    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + 1
-    return (iw > 0) & (ih > 0)
+def _one_predicate_per_pair(pairs: np.ndarray, rng: np.random.Generator
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """One relation per (subject, object) pair of GLOBAL box indices, the predicate drawn
+    uniformly among the pair's annotations (NM's np.random.choice over the list).
 
-
-def _one_predicate_per_pair(rels: np.ndarray, num_boxes: int,
-                            rng: np.random.Generator) -> np.ndarray:
-    """Keeps one relation per ordered (subject, object) pair, its predicate drawn uniformly
-    among the pair's annotations (as NM's np.random.choice), in first-occurrence order."""
-    if rels.shape[0] < 2:
-        return rels
-    keys = rels[:, 0].astype(np.int64) * num_boxes + rels[:, 1]
+    Returns (first, pick): row indices of each pair's first occurrence, in file order, and of the
+    row whose predicate is kept. Vectorised over the whole split (global indices never collide
+    across images).
+    """
+    if pairs.shape[0] == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty
+    keys = pairs[:, 0].astype(np.int64) * (int(pairs.max()) + 1) + pairs[:, 1]
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     members = np.argsort(inverse, kind="stable")
     starts = np.cumsum(counts) - counts
     pick = members[starts + rng.integers(0, counts)]
     first = members[starts]
-    return np.column_stack([rels[first, :2], rels[pick, 2]])[np.argsort(first)]
+    order = np.argsort(first)
+    return first[order], pick[order]
 
 
 def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 5000,
@@ -477,12 +477,14 @@ def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 500
     split: "train" (split 0 minus its first `num_val_im` images), "val" (those first images)
       or "test" (split 2); images without boxes are dropped, and without relations when
       filter_empty_rels; `num_im` > -1 truncates before the val/train cut, as NM does.
-    filter_duplicate_rels (train only): one predicate per ordered pair, drawn with `seed`.
+    filter_duplicate_rels (train only): one predicate per ordered pair, drawn with `seed` (NM
+      redraws every epoch; we draw once per load).
     filter_non_overlap (train only, for SGDet training): keep relations whose boxes intersect
-      (at 1024 scale, NM's inclusive-pixel rule); images left without relations are dropped.
-    Boxes: 1024-scale [xc, yc, w, h] -> x1 = trunc(xc - w/2), x2 = x1 + w, then divided by
-    box_scale / max(width, height) to original pixels and clipped to the image (count printed).
-    The whole file is validated first (vectorised); problems raise DataFormatError.
+      (at box_scale, NM's inclusive-pixel rule); images left without relations are dropped.
+    Boxes: [xc, yc, w, h] at box_scale -> x1 = trunc(xc - w/2), x2 = x1 + w, then divided by
+      box_scale / max(width, height) to original pixels and clipped to the image (count printed;
+      boxes entirely outside raise).
+    The whole file is validated first, vectorised; problems raise DataFormatError.
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -491,7 +493,6 @@ def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 500
     data_dir = os.fspath(data_dir)
     h5_path = os.path.join(data_dir, H5_NAME)
     dicts_path = os.path.join(data_dir, DICTS_NAME)
-    info_path = os.path.join(data_dir, IMAGE_DATA_NAME)
     box_key = f"boxes_{box_scale}"
     h5 = _read_h5(h5_path)
     if box_key not in h5:
@@ -499,48 +500,68 @@ def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 500
     dicts = load_vg150_dicts(dicts_path) if os.path.isfile(dicts_path) else None
     _validate(h5, h5_path, dicts.num_classes if dicts else None,
               dicts.num_predicates if dicts else None, box_key)
-    image_ids, widths, heights = _read_image_data(info_path, h5["split"].shape[0])
+    image_ids, widths, heights = _read_image_data(os.path.join(data_dir, IMAGE_DATA_NAME),
+                                                  h5["split"].shape[0])
 
     index = _select_images(h5, split, num_val_im, filter_empty_rels, num_im)
     is_train = split == "train"
-    rng = np.random.default_rng(seed)
-    boxes_all = decode_boxes(h5[box_key])
-    labels_all = h5["labels"].astype(np.int32)
-    rels_all = h5["relationships"].astype(np.int64)
-    preds_all = h5["predicates"].astype(np.int64)
-    fb, lb = h5["img_to_first_box"], h5["img_to_last_box"]
-    fr, lr = h5["img_to_first_rel"], h5["img_to_last_rel"]
-    records: list[SceneGraphRecord] = []
-    n_clipped = n_no_overlap = 0
-    for i in index.tolist():
-        boxes = boxes_all[fb[i]:lb[i] + 1]
-        if fr[i] >= 0:
-            rels = np.column_stack([rels_all[fr[i]:lr[i] + 1] - fb[i], preds_all[fr[i]:lr[i] + 1]])
-        else:
-            rels = np.zeros((0, 3), np.int64)
-        if filter_non_overlap and is_train:
-            rels = rels[_pairs_intersect(boxes, rels)]
-            if rels.shape[0] == 0:
-                n_no_overlap += 1
-                continue
-        if filter_duplicate_rels and is_train:
-            rels = _one_predicate_per_pair(rels, boxes.shape[0], rng)
-        w, h = int(widths[i]), int(heights[i])
-        pix = boxes.astype(np.float64) * (max(w, h) / box_scale)
-        pix, c = check_and_clip_boxes(pix, w, h, f"{h5_path} (image {i}, id {image_ids[i]})",
-                                      box_key)
-        n_clipped += c
-        records.append(SceneGraphRecord(
-            image_id=int(image_ids[i]),
-            image_path=os.path.join(data_dir, image_dir, f"{int(image_ids[i])}.jpg"),
-            width=w, height=h,
-            boxes=pix.astype(np.float32),
-            labels=labels_all[fb[i]:lb[i] + 1].copy(),
-            relations=rels.astype(np.int32),
-            split=split))
-    if n_no_overlap:
-        print(f"VG150 {split}: dropped {n_no_overlap} images whose relations all join "
-              "non-overlapping boxes (filter_non_overlap)")
+    first_box = h5["img_to_first_box"][index].astype(np.int64)
+    n_box = h5["img_to_last_box"][index].astype(np.int64) - first_box + 1
+    box_owner, box_rows = _expand_ranges(h5["img_to_first_box"][index],
+                                         h5["img_to_last_box"][index])
+    rel_owner, rel_rows = _expand_ranges(h5["img_to_first_rel"][index],
+                                         h5["img_to_last_rel"][index])
+    boxes = decode_boxes(h5[box_key][box_rows])
+    pairs = h5["relationships"][rel_rows].astype(np.int64)  # global box indices
+    preds = h5["predicates"][rel_rows].astype(np.int64)
+    # position of each relation's boxes among the gathered boxes
+    box_start = np.cumsum(n_box) - n_box
+    local = pairs - first_box[rel_owner][:, None]
+
+    keep_image = np.ones(index.size, bool)
+    if filter_non_overlap and is_train:
+        pos = local + box_start[rel_owner][:, None]
+        a, b = boxes[pos[:, 0]], boxes[pos[:, 1]]
+        iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + 1
+        ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + 1
+        overlap = (iw > 0) & (ih > 0)
+        pairs, preds, local, rel_owner = (pairs[overlap], preds[overlap], local[overlap],
+                                          rel_owner[overlap])
+        keep_image = np.bincount(rel_owner, minlength=index.size) > 0
+        if np.sum(~keep_image):
+            print(f"VG150 {split}: dropped {int(np.sum(~keep_image))} images whose relations "
+                  "all join non-overlapping boxes (filter_non_overlap)")
+    if filter_duplicate_rels and is_train:
+        first, pick = _one_predicate_per_pair(pairs, np.random.default_rng(seed))
+        local, rel_owner, preds = local[first], rel_owner[first], preds[pick]
+
+    size = np.maximum(widths, heights)[index].astype(np.float64)
+    pix = boxes.astype(np.float64) * (size / box_scale)[box_owner][:, None]
+    w_img = widths[index][box_owner].astype(np.float64)
+    h_img = heights[index][box_owner].astype(np.float64)
+
+    def describe(i: int) -> str:
+        img = int(index[box_owner[i]])
+        return f"object {int(box_rows[i])} of image {img} (id {int(image_ids[img])})"
+
+    pix, n_clipped = check_and_clip_boxes(pix, w_img, h_img, h5_path, box_key,
+                                          describe=describe)
     if n_clipped:
         print(f"VG150 {split}: clipped {n_clipped} boxes that extended past their image border")
+
+    rels = np.column_stack([local, preds]).astype(np.int32)
+    n_rel = np.bincount(rel_owner, minlength=index.size)
+    box_split = np.split(pix.astype(np.float32), np.cumsum(n_box)[:-1])
+    label_split = np.split(h5["labels"][box_rows].astype(np.int32), np.cumsum(n_box)[:-1])
+    rel_split = np.split(rels, np.cumsum(n_rel)[:-1])
+    image_root = os.path.join(data_dir, image_dir)
+    records: list[SceneGraphRecord] = []
+    for j, i in enumerate(index.tolist()):
+        if not keep_image[j]:
+            continue
+        image_id = int(image_ids[i])
+        records.append(SceneGraphRecord(
+            image_id=image_id, image_path=f"{image_root}{os.sep}{image_id}.jpg",
+            width=int(widths[i]), height=int(heights[i]), boxes=box_split[j],
+            labels=label_split[j], relations=rel_split[j], split=split))
     return records

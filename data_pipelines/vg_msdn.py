@@ -132,9 +132,9 @@ def parse_graph_entry(entry: Mapping[str, Any], *, path: str, field: str, box_ke
                       split: str) -> tuple[SceneGraphRecord, int]:
     """Shared MSDN / VRD parsing of one image entry into a record (regions left empty).
 
-    `class_of(value, field) -> int` and `predicate_of(value, field) -> int` map the json's class / predicate
-    values to 1-based ids (raising DataFormatError). Returns the record and how many boxes were
-    clipped to the image.
+    `class_of(value, field) -> int` and `predicate_of(value, field) -> int` map the json's
+    class / predicate values to 1-based ids (raising DataFormatError). Returns the record and
+    how many boxes were clipped to the image.
     """
     rel_path = _require(entry, "path", path, field)
     image_path = os.path.join(image_root, rel_path) if image_root else rel_path

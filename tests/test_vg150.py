@@ -240,14 +240,21 @@ def test_filter_non_overlap(tmp_path, capsys):
     # touch (x2 of 2 == x1 of 3), which neural-motifs' inclusive-pixel rule counts as overlap.
     boxes = [[0, 0, 10, 10], [5, 5, 20, 20], [40, 40, 50, 50], [50, 40, 60, 50]]
     recs = [_record(1, "train", boxes, [1, 2, 3, 4], [[0, 1, 1], [0, 2, 2], [2, 3, 3]]),
-            _record(2, "train", boxes, [1, 2, 3, 4], [[0, 2, 2], [3, 0, 1]])]
+            _record(2, "train", boxes, [1, 2, 3, 4], [[0, 2, 2], [3, 0, 1]]),
+            _record(3, "train", boxes[1:], [2, 3, 4], [[2, 1, 4], [0, 1, 2], [2, 1, 1]])]
     vg150.write_vg150(tmp_path, recs, LABELS, PREDS)
     got = vg150.load_vg150(tmp_path, "train", num_val_im=0, filter_non_overlap=True)
-    assert [r.image_id for r in got] == [1]
+    assert [r.image_id for r in got] == [1, 3]
     np.testing.assert_array_equal(got[0].relations, [[0, 1, 1], [2, 3, 3]])
+    np.testing.assert_array_equal(got[1].relations, [[2, 1, 4], [2, 1, 1]])
+    np.testing.assert_array_equal(got[1].boxes, boxes[1:])
+    both = vg150.load_vg150(tmp_path, "train", num_val_im=0, filter_non_overlap=True,
+                            filter_duplicate_rels=True)
+    np.testing.assert_array_equal(both[0].relations, [[0, 1, 1], [2, 3, 3]])
+    assert both[1].relations.shape == (1, 3) and both[1].relations[0, 2] in (1, 4)
     assert "dropped 1 images whose relations all join non-overlapping" in capsys.readouterr().out
-    val = vg150.load_vg150(tmp_path, "val", num_val_im=2, filter_non_overlap=True)
-    assert len(val) == 2 and len(val[1].relations) == 2
+    val = vg150.load_vg150(tmp_path, "val", num_val_im=3, filter_non_overlap=True)
+    assert len(val) == 3 and len(val[1].relations) == 2
 
 
 # ------------------------------------------------------------------ dictionaries
