@@ -47,6 +47,9 @@ from data_pipelines.records import SceneGraphRecord
 
 H5_NAME = "VG-SGG.h5"
 DICTS_NAME = "VG-SGG-dicts.json"
+# Scene-Graph-Benchmark.pytorch ships the same data (plus attributes) under these names.
+SGB_H5_NAME = "VG-SGG-with-attri.h5"
+SGB_DICTS_NAME = "VG-SGG-dicts-with-attri.json"
 IMAGE_DATA_NAME = "image_data.json"
 BACKGROUND = "__background__"
 # Images listed in the real image_data.json but absent from the real VG-SGG.h5.
@@ -468,6 +471,13 @@ def _one_predicate_per_pair(pairs: np.ndarray, rng: np.random.Generator
     return first[order], pick[order]
 
 
+def _first_existing(data_dir: str, name: str, alternative: str) -> str:
+    """data_dir/name, or data_dir/alternative when only that exists (SGB's file names)."""
+    path = os.path.join(data_dir, name)
+    alt = os.path.join(data_dir, alternative)
+    return alt if not os.path.exists(path) and os.path.exists(alt) else path
+
+
 def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 5000,
                filter_empty_rels: bool = True, filter_duplicate_rels: bool = False,
                filter_non_overlap: bool = False, num_im: int = -1, box_scale: int = 1024,
@@ -485,14 +495,17 @@ def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 500
       box_scale / max(width, height) to original pixels and clipped to the image (count printed;
       boxes entirely outside raise).
     The whole file is validated first, vectorised; problems raise DataFormatError.
+    SGB's VG-SGG-with-attri.h5 / VG-SGG-dicts-with-attri.json are used when the plain names are
+    absent (their extra `attributes` are ignored). Sizes are taken from image_data.json as is
+    (SGB corrects a few wrong VG sizes from the image files; we do not open images here).
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     if box_scale not in (512, 1024):
         raise ValueError(f"box_scale must be 512 or 1024, got {box_scale}")
     data_dir = os.fspath(data_dir)
-    h5_path = os.path.join(data_dir, H5_NAME)
-    dicts_path = os.path.join(data_dir, DICTS_NAME)
+    h5_path = _first_existing(data_dir, H5_NAME, SGB_H5_NAME)
+    dicts_path = _first_existing(data_dir, DICTS_NAME, SGB_DICTS_NAME)
     box_key = f"boxes_{box_scale}"
     h5 = _read_h5(h5_path)
     if box_key not in h5:

@@ -421,3 +421,18 @@ def test_image_data_mismatch_and_corrupt_ids(written):
     del info[3]["width"]
     (d / vg150.IMAGE_DATA_NAME).write_text(json.dumps(info))
     _expect_error(d, vg150.IMAGE_DATA_NAME, "'width'")
+
+
+def test_sgb_file_names_are_accepted(written):
+    d, recs = written
+    os.rename(d / vg150.H5_NAME, d / vg150.SGB_H5_NAME)
+    os.rename(d / vg150.DICTS_NAME, d / vg150.SGB_DICTS_NAME)
+    with h5py.File(d / vg150.SGB_H5_NAME, "r+") as f:  # SGB's extra dataset is ignored
+        f["attributes"] = np.zeros((f["labels"].shape[0], 10), np.int64)
+    _assert_same(vg150.load_vg150(d, "test"), [r for r in recs if r.split == "test"])
+
+
+def test_writer_leaves_no_temporary_files(written):
+    d, _ = written
+    assert sorted(os.listdir(d)) == sorted([vg150.H5_NAME, vg150.DICTS_NAME,
+                                            vg150.IMAGE_DATA_NAME])
