@@ -37,54 +37,72 @@ def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
     return cand[order[:k]].astype(np.int64)
 
 
-def rank_graph_constrained(rel_scores: np.ndarray, pair_obj_scores: np.ndarray,
-                           k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def best_predicates(rel_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best foreground predicate (1-based; ties: lowest) and its score (float64)."""
+    fg = rel_scores[:, 1:]
+    if fg.shape[0] == 0 or fg.shape[1] == 0:
+        return np.zeros((fg.shape[0],), np.int64), np.zeros((fg.shape[0],), np.float64)
+    pred = fg.argmax(axis=1)
+    return pred.astype(np.int64) + 1, fg[np.arange(fg.shape[0]), pred].astype(np.float64)
+
+
+def rank_graph_constrained(rel_scores: np.ndarray, pair_obj_scores: np.ndarray, k: int,
+                           best: tuple[np.ndarray, np.ndarray] | None = None
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k triplets with one predicate per pair (the "graph constraint").
 
     Args:
       rel_scores: [M, P+1], column 0 = no relation (ignored).
       pair_obj_scores: [M] subject score x object score.
       k: how many to keep.
+      best: `best_predicates(rel_scores)` if already computed.
     Returns (rows [k'], predicates [k'] 1-based, scores [k']) sorted by score descending, where
-    score = max_{p>=1} rel_scores[p] * subject score * object score (argmax ties: lowest p).
+    score = max_{p>=1} rel_scores[p] * (subject score * object score) (argmax ties: lowest p).
     """
-    fg = rel_scores[:, 1:]
-    if fg.shape[0] == 0 or fg.shape[1] == 0:
-        z = np.zeros((0,), np.int64)
-        return z, z, np.zeros((0,), np.float64)
-    pred = fg.argmax(axis=1)
-    score = fg[np.arange(fg.shape[0]), pred].astype(np.float64) * pair_obj_scores
+    pred, top = best if best is not None else best_predicates(rel_scores)
+    score = top * pair_obj_scores
     rows = top_k_stable(score, k)
-    return rows, pred[rows].astype(np.int64) + 1, score[rows]
+    return rows, pred[rows], score[rows]
 
 
 def rank_no_graph_constraint(rel_scores: np.ndarray, pair_obj_scores: np.ndarray, k: int,
-                             per_pair: int | None = None
+                             per_pair: int | None = None,
+                             best: tuple[np.ndarray, np.ndarray] | None = None
                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k (pair, predicate) entries over all pairs ("no graph constraint", NM multiple_preds).
 
     Every foreground predicate of every pair is a candidate scored
-    rel_scores[p] * subject score * object score. With `per_pair` set, only each pair's
-    `per_pair` best predicates are candidates (F-Net keeps 10). Ties: lower pair row first,
-    then lower predicate.
+    rel_scores[p] * (subject score * object score), zero scores included (as in NM / SGB). With
+    `per_pair` set, only each pair's `per_pair` best predicates are candidates (F-Net keeps 10).
+    Ties: lower pair row first, then lower predicate.
+    Speed: an entry can only be in the top k if its row's best entry is among the k best rows
+    (k rows scoring strictly more would each beat it), so only those rows are expanded; the
+    result equals ranking all M x P entries.
     Returns (rows, predicates 1-based, scores), sorted by score descending.
     """
-    fg = rel_scores[:, 1:].astype(np.float64)
-    m, p = fg.shape
-    if m == 0 or p == 0:
+    m, p = rel_scores.shape[0], rel_scores.shape[1] - 1
+    if m == 0 or p <= 0 or k <= 0:
         z = np.zeros((0,), np.int64)
         return z, z, np.zeros((0,), np.float64)
-    scores = fg * pair_obj_scores[:, None]
+    if per_pair is not None and per_pair < p:
+        k = min(k, m * per_pair)
+    rows_keep = np.arange(m)
+    if m > k and np.all(pair_obj_scores >= 0):
+        _, top = best if best is not None else best_predicates(rel_scores)
+        row_score = top * pair_obj_scores
+        kth = np.partition(row_score, m - k)[m - k]
+        rows_keep = np.flatnonzero(row_score >= kth)
+    fg = rel_scores[rows_keep, 1:].astype(np.float64)
+    scores = fg * pair_obj_scores[rows_keep, None]
     if per_pair is not None and per_pair < p:
         # keep each row's `per_pair` best predicates (ties: lower predicate index first)
         order = np.argsort(-fg, axis=1, kind="stable")[:, :per_pair]
         keep = np.zeros_like(scores, dtype=bool)
         np.put_along_axis(keep, order, True, axis=1)
         scores = np.where(keep, scores, -np.inf)
-        k = min(k, m * per_pair)
-    flat = top_k_stable(scores.ravel(), k)
-    rows, pred = np.divmod(flat, p)
-    return rows, pred + 1, scores.ravel()[flat]
+    flat = top_k_stable(scores.ravel(), k)  # row-major over sorted rows = global (row, p) order
+    local_row, pred = np.divmod(flat, p)
+    return rows_keep[local_row], pred + 1, scores.ravel()[flat]
 
 
 def first_hit_ranks(cand_sub: np.ndarray, cand_obj: np.ndarray, cand_pred: np.ndarray,

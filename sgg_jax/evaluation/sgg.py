@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sgg_jax.evaluation.ranking import (NO_HIT, first_hit_ranks, rank_graph_constrained,
-                                        rank_no_graph_constraint, top_k_stable, triplet_nms_keep)
+from sgg_jax.evaluation.ranking import (best_predicates, first_hit_ranks, rank_graph_constrained,
+                                        rank_no_graph_constraint, triplet_nms_keep)
 
 MODES = ("predcls", "sgcls", "sgdet", "phrdet", "preddet")
 PROTOCOLS = ("motifs", "msdn")
@@ -37,6 +37,14 @@ def encode_triplets(triplets: np.ndarray) -> np.ndarray:
     """Encodes [T, 3] non-negative (subject class, predicate, object class) rows as int64 keys."""
     t = np.asarray(triplets, np.int64).reshape(-1, 3)
     return (t[:, 0] << (2 * _SHIFT)) | (t[:, 1] << _SHIFT) | t[:, 2]
+
+
+def _member(keys: np.ndarray, sorted_table: np.ndarray) -> np.ndarray:
+    """keys in sorted_table (a sorted unique int64 array), by binary search."""
+    if sorted_table.shape[0] == 0:
+        return np.zeros(keys.shape, bool)
+    pos = np.minimum(np.searchsorted(sorted_table, keys), sorted_table.shape[0] - 1)
+    return sorted_table[pos] == keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +79,8 @@ def _array(d: Mapping[str, Any], key: str, where: str, ndim: int, last: int | No
         return a.astype(np.int64)
     if a.size and not np.issubdtype(a.dtype, np.number):
         raise ValueError(f"{where}: field '{key}' must be numeric, got {a.dtype}")
-    if a.size and not np.all(np.isfinite(a)):
+    # one cheap pass: the sum is finite unless some entry is NaN / inf (or it overflows)
+    if a.size and not np.isfinite(a.sum()) and not np.all(np.isfinite(a)):
         raise ValueError(f"{where}: field '{key}' contains NaN or inf")
     return a
 
@@ -166,9 +175,10 @@ def motifs_image_ranks(x: ImageInputs, mode: str, kmax: int, iou_threshold: floa
         rows = _preddet_rows(pairs, x.gt_rels, x.gt_boxes.shape[0])
         pairs, rel_scores = pairs[rows], rel_scores[rows]
     pair_obj = x.scores[pairs[:, 0]] * x.scores[pairs[:, 1]] if pairs.size else np.zeros((0,))
+    best = best_predicates(rel_scores)
     out = {}
     for name, ranker in (("gc", rank_graph_constrained), ("ng", rank_no_graph_constraint)):
-        rows, pred, _ = ranker(rel_scores, pair_obj, kmax)
+        rows, pred, _ = ranker(rel_scores, pair_obj, kmax, best=best)
         out[name] = first_hit_ranks(
             pairs[rows, 0], pairs[rows, 1], pred, x.boxes, x.labels, x.gt_boxes, x.gt_labels,
             x.gt_rels, iou_threshold=iou_threshold, convention=convention,
@@ -354,7 +364,7 @@ class SGGEvaluator:
         self._mcnt += present
         zs = None
         if self._zs_keys is not None:
-            zs = np.isin(encode_triplets(r.triplets), self._zs_keys)
+            zs = _member(encode_triplets(r.triplets), self._zs_keys)
             if zs.any():
                 self._zs_images += 1
         for c, ranks in (("gc", r.gc), ("ng", r.ng)):
