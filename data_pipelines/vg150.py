@@ -162,7 +162,11 @@ def _names_without_background(names: Sequence[str] | Mapping[Any, str]) -> list[
 # --------------------------------------------------------------------------------------------
 
 def encode_boxes(boxes: np.ndarray, width: int, height: int, long_side: int) -> np.ndarray:
-    """Pixel x1y1x2y2 -> int32 [xc, yc, w, h] at `long_side` scale (see module docstring)."""
+    """Pixel x1y1x2y2 -> int32 [xc, yc, w, h] at `long_side` scale (see module docstring).
+
+    Coordinates are rounded to the nearest integer at that scale; a box narrower than one unit
+    becomes one unit wide (VG150 requires w, h > 0).
+    """
     scale = long_side / max(width, height)
     scaled = np.rint(np.asarray(boxes, np.float64) * scale).astype(np.int64)
     wh = np.maximum(scaled[:, 2:] - scaled[:, :2], 1)
@@ -229,6 +233,13 @@ def write_vg150(out_dir: str | os.PathLike, records: Sequence[SceneGraphRecord],
                          or rel[:, 2].min() < 1 or rel[:, 2].max() > len(pred_names)):
             raise ValueError(f"record {r.image_id}: relations out of range")
         boxes = np.asarray(r.boxes, np.float64).reshape(-1, 4)
+        if boxes.shape[0] != lab.size:
+            raise ValueError(f"record {r.image_id}: {boxes.shape[0]} boxes but {lab.size} labels")
+        if boxes.size and (np.any(boxes[:, 2:] < boxes[:, :2]) or boxes.min() < 0
+                           or np.any(boxes[:, [0, 2]] > r.width)
+                           or np.any(boxes[:, [1, 3]] > r.height)):
+            raise ValueError(f"record {r.image_id}: boxes must satisfy 0 <= x1 <= x2 <= width "
+                             f"and 0 <= y1 <= y2 <= height ({r.width}x{r.height})")
         labels.append(lab)
         b1024.append(encode_boxes(boxes, r.width, r.height, 1024))
         b512.append(encode_boxes(boxes, r.width, r.height, 512))

@@ -45,6 +45,9 @@ def _box_list(boxes: np.ndarray) -> list[list[float | int]]:
 def _entry(r: SceneGraphRecord, labels: list[str], preds: list[str]) -> dict[str, Any]:
     """One image's MSDN json entry."""
     rels = np.asarray(r.relations, np.int64).reshape(-1, 3)
+    if len(r.region_phrases) != np.asarray(r.region_boxes).reshape(-1, 4).shape[0]:
+        raise ValueError(f"record {r.image_id}: {len(r.region_phrases)} region phrases but "
+                         f"{np.asarray(r.region_boxes).reshape(-1, 4).shape[0]} region boxes")
     return {
         "path": os.path.basename(r.image_path) or f"{r.image_id}.jpg",
         "width": int(r.width),
@@ -168,6 +171,16 @@ def parse_graph_entry(entry: Mapping[str, Any], *, path: str, field: str, box_ke
     return record, n_clipped
 
 
+def image_id_of(entry: Any, i: int, path: str) -> int:
+    """The entry's "id" (or "image_id"), else its position in the file."""
+    if not isinstance(entry, Mapping):
+        raise DataFormatError(path, f"[{i}]", "an object per image", type(entry).__name__)
+    value = entry.get("id", entry.get("image_id", i))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataFormatError(path, f"[{i}].id", "an integer image id", repr(value))
+    return value
+
+
 def _name_lookup(names: list[str], path: str):
     table = {n: i + 1 for i, n in enumerate(names)}
 
@@ -208,7 +221,7 @@ def load_vg_msdn(json_path: str | os.PathLike, categories_path: str | os.PathLik
     records, clipped, dropped_regions, no_boxes = [], 0, 0, 0
     for i, entry in enumerate(data):
         field = f"[{i}]"
-        image_id = entry.get("id", i) if isinstance(entry, Mapping) else i
+        image_id = image_id_of(entry, i, json_path)
         rec, n = parse_graph_entry(entry, path=json_path, field=field, box_key="box",
                                    class_of=class_of, predicate_of=predicate_of,
                                    num_predicates=len(cats["predicate"]),

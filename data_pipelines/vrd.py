@@ -24,7 +24,7 @@ from typing import Any
 
 from data_pipelines.errors import DataFormatError, load_json
 from data_pipelines.records import SceneGraphRecord
-from data_pipelines.vg_msdn import parse_graph_entry
+from data_pipelines.vg_msdn import image_id_of, parse_graph_entry
 
 
 def _load_names(path: str, what: str) -> list[str]:
@@ -62,7 +62,7 @@ def load_vrd(annotation_path: str | os.PathLike, objects_path: str | os.PathLike
     predicate_of = _int_lookup(len(predicates), annotation_path)
     records, clipped, no_boxes, self_rels = [], 0, 0, 0
     for i, entry in enumerate(data):
-        image_id = entry.get("id", i) if isinstance(entry, dict) else i
+        image_id = image_id_of(entry, i, annotation_path)
         rec, n = parse_graph_entry(entry, path=annotation_path, field=f"[{i}]", box_key="bbox",
                                    class_of=class_of, predicate_of=predicate_of,
                                    num_predicates=len(predicates), image_root=image_root,

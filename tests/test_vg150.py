@@ -436,3 +436,13 @@ def test_writer_leaves_no_temporary_files(written):
     d, _ = written
     assert sorted(os.listdir(d)) == sorted([vg150.H5_NAME, vg150.DICTS_NAME,
                                             vg150.IMAGE_DATA_NAME])
+
+
+def test_writer_rejects_inconsistent_records(tmp_path):
+    bad_box = _record(1, "train", [[0, 0, 300, 10]], [1], np.zeros((0, 3)))  # x2 > width 256
+    with pytest.raises(ValueError, match="0 <= x1 <= x2 <= width"):
+        vg150.write_vg150(tmp_path, [bad_box], LABELS, PREDS)
+    bad_rel = _record(1, "train", [[0, 0, 3, 10]], [1], [[0, 1, 1]])
+    with pytest.raises(ValueError, match="relations out of range"):
+        vg150.write_vg150(tmp_path, [bad_rel], LABELS, PREDS)
+    assert not os.listdir(tmp_path)  # nothing half-written
