@@ -69,8 +69,8 @@ def as_box_array(values: Any, file: str, field: str) -> np.ndarray:
 
 
 def check_and_clip_boxes(boxes: np.ndarray, width: Any, height: Any, file: str, field: str,
-                         describe: Callable[[int], str] | None = None
-                         ) -> tuple[np.ndarray, int]:
+                         describe: Callable[[int], str] | None = None,
+                         allow_outside: bool = False) -> tuple[np.ndarray, int]:
     """Validates x1y1x2y2 pixel boxes against their image and clips slight overhangs.
 
     `width` / `height` are scalars or per-box arrays. Raises DataFormatError for x2 < x1,
@@ -78,6 +78,8 @@ def check_and_clip_boxes(boxes: np.ndarray, width: Any, height: Any, file: str, 
     only extend past the border are clipped to [0, width] x [0, height]: real VG150 boxes are
     clamped to the long side at 1024 scale, not to the image, so short-side overhangs exist in
     the real file (neural-motifs clips them too). `describe(i)` names box i in messages.
+    allow_outside=True clips boxes lying entirely outside too (to a degenerate box on the
+    border, as neural-motifs' training clip does) instead of raising.
     Returns the clipped boxes and how many boxes were clipped.
     """
     if boxes.shape[0] == 0:
@@ -92,7 +94,7 @@ def check_and_clip_boxes(boxes: np.ndarray, width: Any, height: Any, file: str, 
     height = np.broadcast_to(np.asarray(height, boxes.dtype), boxes.shape[:1])
     outside = ((boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2] <= 0)
                | (boxes[:, 3] <= 0))
-    if np.any(outside):
+    if np.any(outside) and not allow_outside:
         i = int(np.argmax(outside))
         raise DataFormatError(file, field, "boxes inside their image",
                               f"{name(i)} = {boxes[i].tolist()} lies entirely outside the "

@@ -492,7 +492,8 @@ def _first_existing(data_dir: str, name: str, alternative: str) -> str:
 def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 5000,
                filter_empty_rels: bool = True, filter_duplicate_rels: bool = False,
                filter_non_overlap: bool = False, num_im: int = -1, box_scale: int = 1024,
-               image_dir: str = "VG_100K", seed: int = 0) -> list[SceneGraphRecord]:
+               image_dir: str = "VG_100K", seed: int = 0,
+               outside_boxes: str = "error") -> list[SceneGraphRecord]:
     """Reads one split of a VG150 directory into records, with neural-motifs' loader semantics.
 
     split: "train" (split 0 minus its first `num_val_im` images), "val" (those first images)
@@ -504,7 +505,8 @@ def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 500
       (at box_scale, NM's inclusive-pixel rule); images left without relations are dropped.
     Boxes: [xc, yc, w, h] at box_scale -> x1 = trunc(xc - w/2), x2 = x1 + w, then divided by
       box_scale / max(width, height) to original pixels and clipped to the image (count printed;
-      boxes entirely outside raise).
+      boxes entirely outside raise unless outside_boxes="clip", which clips them onto the
+      border as neural-motifs' training clip does).
     The whole file is validated first, vectorised; problems raise DataFormatError.
     SGB's VG-SGG-with-attri.h5 / VG-SGG-dicts-with-attri.json are used when the plain names are
     absent (their extra `attributes` are ignored). Sizes are taken from image_data.json as is
@@ -512,6 +514,8 @@ def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 500
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    if outside_boxes not in ("error", "clip"):
+        raise ValueError(f"outside_boxes must be 'error' or 'clip', got {outside_boxes!r}")
     if box_scale not in (512, 1024):
         raise ValueError(f"box_scale must be 512 or 1024, got {box_scale}")
     data_dir = os.fspath(data_dir)
@@ -568,8 +572,14 @@ def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 500
         img = int(index[box_owner[i]])
         return f"object {int(box_rows[i])} of image {img} (id {int(image_ids[img])})"
 
-    pix, n_clipped = check_and_clip_boxes(pix, w_img, h_img, h5_path, box_key,
-                                          describe=describe)
+    try:
+        pix, n_clipped = check_and_clip_boxes(pix, w_img, h_img, h5_path, box_key,
+                                              describe=describe,
+                                              allow_outside=outside_boxes == "clip")
+    except DataFormatError as e:
+        e.args = (e.args[0] + " (image_data.json may give a wrong size for this image; "
+                  "outside_boxes='clip' clips such boxes as neural-motifs does)",)
+        raise
     if n_clipped:
         print(f"VG150 {split}: clipped {n_clipped} boxes that extended past their image border")
 

@@ -370,7 +370,13 @@ def test_box_outside_image(written):
     # x1 = y1 = 995 at 1024 scale: beyond the short side of every (non-square) test image
     boxes[0] = [1000, 1000, 10, 10]
     _rewrite(d, "boxes_1024", boxes)
-    _expect_error(d, vg150.H5_NAME, "'boxes_1024'", "entirely outside", split="val")
+    _expect_error(d, vg150.H5_NAME, "'boxes_1024'", "entirely outside", "object 0 of image 0",
+                  split="val")
+    got = vg150.load_vg150(d, "val", num_val_im=0, outside_boxes="clip")
+    w, h = got[0].width, got[0].height
+    b = got[0].boxes[0]  # clipped onto the border: inside the image and degenerate
+    assert 0 <= b[0] <= b[2] <= w and 0 <= b[1] <= b[3] <= h
+    assert b[0] == b[2] == w or b[1] == b[3] == h
 
 
 def test_overhanging_box_is_clipped(tmp_path, capsys):
