@@ -103,3 +103,31 @@ def test_encode_phrases_and_vocabulary():
     w2i = {w: i for i, w in enumerate(vocab)}
     np.testing.assert_array_equal(tfds_sgg.encode_phrases([["a", "zz"], ["b"]], w2i),
                                   [[1, 5, 3, 2], [1, 4, 2, 0]])
+
+
+def test_prepare_synthetic_and_cli(tmp_path, capsys):
+    from data_pipelines import prepare
+    from data_pipelines.dataset import DataConfig, prepare_dataset
+    cfg = DataConfig(name="synthetic", cache_dir=str(tmp_path), num_train=10, num_val=3,
+                     num_test=5, image_size=128, seed=1)
+    ds = prepare_dataset(cfg, progress=False)
+    assert os.path.basename(ds.raw_dir) == "synthetic-default-1-10-3-5-128"
+    assert ds.num_classes == ds.statistics.num_classes >= 20
+    assert ds.num_predicates == ds.statistics.num_predicates >= 15
+    assert set(ds.sources) == {"train", "val", "test"} and ds.split_sizes["val"] == 3
+    lr = ds.flip_predicate_map()
+    assert [tuple(ds.idx_to_predicate[i] for i in p) for p in lr] == [("left of", "right of")]
+    with open(os.path.join(ds.raw_dir, tfds_sgg.ZERO_SHOT_NAME)) as f:
+        assert ds.zero_shot_triplets.tolist() == json.load(f)["triplets"]
+    out = tmp_path / "summary.json"
+    rc = prepare.main(["--cache-dir", str(tmp_path), "--num-train", "10", "--num-val", "3",
+                       "--num-test", "5", "--image-size", "128", "--seed", "1",
+                       "--json", str(out)])
+    assert rc == 0 and "left of <-> right of" in capsys.readouterr().out
+    summary = json.loads(out.read_text())
+    assert summary["split_sizes"] == ds.split_sizes
+    assert summary["train_relations"] == ds.statistics.num_relations > 0
+    with pytest.raises(ValueError, match="name"):
+        prepare_dataset(DataConfig(name="coco"))
+    with pytest.raises(ValueError, match="unknown"):
+        DataConfig.from_dict({"name": "synthetic", "bogus": 1})
