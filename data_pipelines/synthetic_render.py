@@ -153,8 +153,10 @@ def _bird(d, w, h, f):
 
 
 def _eye(g, cx, cy, r):
+    cx, cy = int(round(cx)), int(round(cy))  # the pupil's centre pixel is the eye point
     g.ellipse([cx - r - 1, cy - r - 1, cx + r + 1, cy + r + 1], fill=WHITE)
-    g.ellipse([cx - r / 2 - 0.5, cy - r / 2 - 0.5, cx + r / 2 + 0.5, cy + r / 2 + 0.5], fill=BLACK)
+    pr = max(1.0, 0.6 * r)
+    g.ellipse([cx - pr, cy - pr, cx + pr, cy + pr], fill=BLACK)
 
 
 def _bird_d(g, b, f, rgb):
@@ -377,7 +379,7 @@ def _person_d(g, b, f, rgb):
     g.polygon([(nx, y1 + 0.45 * dd), (nx + f * 0.22 * dd, y1 + 0.62 * dd), (nx, y1 + 0.75 * dd)],
               fill=SKIN)
     ex, ey = eye_point("person", b, f)
-    _eye(g, ex, ey, max(1.0, 0.07 * dd))
+    _eye(g, ex, ey, max(1.0, 0.1 * dd))
 
 
 def _plate_d(g, b, f, rgb):
