@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sgg_jax.evaluation.boxes import box_iou, paired_iou, union_boxes
+from sgg_jax.evaluation.boxes import box_iou, union_boxes
 
 NO_HIT = np.iinfo(np.int64).max  # first-hit rank of a ground truth that no candidate hits
 
@@ -156,9 +156,9 @@ def triplet_nms_keep(order_sub: np.ndarray, order_obj: np.ndarray, order_pred: n
     same = ((labels[order_sub][:, None] == labels[order_sub][None, :])
             & (labels[order_obj][:, None] == labels[order_obj][None, :])
             & (order_pred[:, None] == order_pred[None, :]))
-    sub_iou = paired_iou(boxes[order_sub][:, None, :], boxes[order_sub][None, :, :], convention)
-    obj_iou = paired_iou(boxes[order_obj][:, None, :], boxes[order_obj][None, :, :], convention)
-    suppress = same & (sub_iou > threshold) & (obj_iou > threshold)
+    over = box_iou(boxes, boxes, convention) > threshold  # [N, N], gathered per candidate pair
+    suppress = same & over[order_sub[:, None], order_sub[None, :]]
+    suppress &= over[order_obj[:, None], order_obj[None, :]]
     removed = np.zeros((n,), bool)
     keep: list[int] = []
     for i in range(n):
