@@ -550,3 +550,100 @@ def test_matches_loop_reference_on_random_images(mode, convention, ks):
         else:
             assert got[key] == pytest.approx(v, abs=1e-9), key
     assert got["num_images_evaluated"] == sum(len(g["relations"]) > 0 for g in gts)
+
+
+def ref_msdn(mode, gts, preds, ks, top, nms, plus_one=True):
+    """MSDN / F-Net protocol with loops: N x N ground truth, top predicates per pair, greedy
+    triplet NMS, hits summed over the dataset."""
+    hits = {k: 0 for k in ks}
+    pred_hits = {k: 0 for k in ks}
+    total = 0
+    for gt, pred in zip(gts, preds):
+        mat = {}
+        for s, o, p in gt["relations"]:
+            mat[(int(s), int(o))] = int(p)  # the last predicate listed for a pair wins
+        if not len(gt["relations"]):
+            continue
+        g_rels = [(s, o, p) for (s, o), p in mat.items()]
+        total += len(g_rels)
+        if mode == "sgcls":
+            boxes, labels, scores = gt["boxes"], pred["labels"], pred["scores"]
+        else:
+            boxes, labels, scores = pred["boxes"], pred["labels"], pred["scores"]
+        pairs, rs = pred["rel_pairs"], pred["rel_scores"]
+        cands = []
+        for r in range(len(pairs)):
+            s, o = pairs[r]
+            order = sorted(range(1, rs.shape[1]), key=lambda p: (-rs[r][p], p))[:top]
+            for p in order:
+                cands.append((rs[r][p] * (scores[s] * scores[o]), r, p))
+        cands.sort(key=lambda t: (-t[0], t[1], t[2]))
+        kept = []
+        for c in cands:
+            if len(kept) == max(ks):
+                break
+            s, o = pairs[c[1]]
+            dropped = False
+            for d in kept if nms is not None else []:
+                s2, o2 = pairs[d[1]]
+                if (labels[s] == labels[s2] and labels[o] == labels[o2] and c[2] == d[2]
+                        and ref_iou(boxes[s], boxes[s2], plus_one) > nms
+                        and ref_iou(boxes[o], boxes[o2], plus_one) > nms):
+                    dropped = True
+                    break
+            if not dropped:
+                kept.append(c)
+        for k in ks:
+            for gs, go, gp in g_rels:
+                full = part = False
+                for _, r, p in kept[:k]:
+                    s, o = pairs[r]
+                    if p != gp:
+                        continue
+                    box_ok = (ref_iou(boxes[s], gt["boxes"][gs], plus_one) >= 0.5
+                              and ref_iou(boxes[o], gt["boxes"][go], plus_one) >= 0.5)
+                    lab_ok = labels[s] == gt["labels"][gs] and labels[o] == gt["labels"][go]
+                    part |= box_ok
+                    full |= box_ok and lab_ok
+                hits[k] += full
+                pred_hits[k] += part
+    out = {f"R@{k}": 100 * hits[k] / total for k in ks}
+    out.update({f"predR@{k}": 100 * pred_hits[k] / total for k in ks})
+    return out
+
+
+@pytest.mark.parametrize("mode", ["sgcls", "sgdet"])
+@pytest.mark.parametrize("top,nms", [(2, 0.4), (10, None), (1, 0.4)])
+def test_msdn_matches_loop_reference_on_random_images(mode, top, nms):
+    rng = np.random.default_rng(zlib.crc32(f"msdn/{mode}/{top}/{nms}".encode()))
+    num_p, ks = 4, (1, 3, 10, 50)
+    gts, preds = zip(*[random_scene(rng, num_p, mode) for _ in range(40)])
+    ev = SGGEvaluator(mode, num_p, ks, protocol="msdn", top_predicates_per_pair=top,
+                      triplet_nms_threshold=nms)
+    for g, p in zip(gts, preds):
+        ev.add(g, p)
+    got = ev.compute()
+    for key, v in ref_msdn(mode, gts, preds, ks, top, nms).items():
+        assert got[key] == pytest.approx(v, abs=1e-9), key
+
+
+def test_permuting_predicted_boxes_changes_nothing():
+    """Relabelling the prediction's box indices (pairs remapped, pair rows kept) is invisible."""
+    rng = np.random.default_rng(7)
+    gts, preds = zip(*[random_scene(rng, 4, "sgdet") for _ in range(30)])
+    permuted = []
+    for p in preds:
+        perm = rng.permutation(p["boxes"].shape[0])  # new index of old box i is inv[i]
+        inv = np.argsort(perm)
+        permuted.append(dict(p, boxes=p["boxes"][perm], labels=p["labels"][perm],
+                             scores=p["scores"][perm], rel_pairs=inv[p["rel_pairs"]]))
+    for mode in ("sgdet", "phrdet"):
+        a = SGGEvaluator(mode, 4, (1, 3, 20), zero_shot_triplets=np.array([[1, 1, 2]]))
+        b = SGGEvaluator(mode, 4, (1, 3, 20), zero_shot_triplets=np.array([[1, 1, 2]]))
+        for g, p, q in zip(gts, preds, permuted):
+            a.add(g, p)
+            b.add(g, q)
+        ra, rb = a.compute(), b.compute()
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert (ra[k] == rb[k]) or (ra[k] != ra[k] and rb[k] != rb[k]), k
