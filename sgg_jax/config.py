@@ -32,7 +32,7 @@ def get_base_config() -> ml_collections.ConfigDict:
         tfds_dir="",
         num_train=1500, num_val=100, num_test=300,
         image_size=256, preset="default",
-        num_val_im=100,
+        num_val_im=100, seed=0,
         filter_empty_rels=True, filter_duplicate_rels=True, filter_non_overlap=False,
     ))
     c.input = ml_collections.ConfigDict(dict(

@@ -1,0 +1,108 @@
+"""The jitted training and evaluation steps.
+
+`train_step(state, batch, rng)` is pure: it samples relations per image on device, runs the model,
+computes the stage's losses and applies one optimizer update. A non-finite loss leaves the state
+unchanged and raises a flag the host checks at log and checkpoint time, so the last good state
+is what gets saved.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from data_pipelines.batch import Batch
+from sgg_jax import losses as losses_lib
+from sgg_jax import relation_sampling
+from sgg_jax.models.interface import ModelInputs, ModelOutputs
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a stage checkpoints besides the data iterator."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    nonfinite: jax.Array  # count of steps whose loss was NaN/Inf (update skipped)
+
+    @classmethod
+    def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                   nonfinite=jnp.zeros((), jnp.int32))
+
+
+def model_inputs(batch: Batch, pairs: jax.Array, pair_mask: jax.Array) -> ModelInputs:
+    """The model's view of a batch, with the given candidate pairs."""
+    return ModelInputs(images=batch.images, image_sizes=batch.image_sizes, boxes=batch.boxes,
+                       box_mask=batch.box_mask, labels=batch.labels, pairs=pairs,
+                       pair_mask=pair_mask)
+
+
+def sample_training_pairs(rng: jax.Array, batch: Batch, *, num_rels: int, fg_fraction: float,
+                          must_overlap: bool):
+    """Per-image relation sampling (neural-motifs style), vmapped over the batch."""
+    keys = jax.random.split(rng, batch.boxes.shape[0])
+    sample = lambda k, b, m, l, r, rm: relation_sampling.sample_relations(
+        k, b, m, l, r, rm, num_rels=num_rels, fg_fraction=fg_fraction, must_overlap=must_overlap)
+    return jax.vmap(sample)(keys, batch.boxes, batch.box_mask, batch.labels, batch.relations,
+                            batch.rel_mask)
+
+
+def compute_losses(outputs: ModelOutputs, batch: Batch, pair_labels: jax.Array,
+                   pair_mask: jax.Array, *, loss_names: tuple[str, ...], edge_kind: str,
+                   obj_weight: float, rel_weight: float) -> tuple[jax.Array, dict]:
+    """The stage's weighted total loss and its parts."""
+    parts = {}
+    if "object" in loss_names:
+        parts["object_loss"] = obj_weight * losses_lib.object_loss(
+            outputs.obj_logits, batch.labels, batch.box_mask)
+    if "relation" in loss_names:
+        parts["relation_loss"] = rel_weight * losses_lib.edge_loss(
+            outputs.rel_logits, pair_labels, pair_mask, kind=edge_kind)
+    total = sum(parts.values()) if parts else jnp.zeros(())
+    return total, parts
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
+                    loss_names: tuple[str, ...], edge_kind: str, obj_weight: float,
+                    rel_weight: float, num_rels: int, fg_fraction: float,
+                    must_overlap: bool) -> Callable:
+    """Builds the (un-jitted) pure train step for one stage."""
+
+    def train_step(state: TrainState, batch: Batch, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        sample_rng, dropout_rng = jax.random.split(rng)
+        pairs, pair_labels, pair_mask = sample_training_pairs(
+            sample_rng, batch, num_rels=num_rels, fg_fraction=fg_fraction,
+            must_overlap=must_overlap)
+        inputs = model_inputs(batch, pairs, pair_mask)
+
+        def loss_fn(params):
+            outputs = model.apply({"params": params}, inputs, train=True,
+                                  rngs={"dropout": dropout_rng})
+            return compute_losses(outputs, batch, pair_labels, pair_mask,
+                                  loss_names=loss_names, edge_kind=edge_kind,
+                                  obj_weight=obj_weight, rel_weight=rel_weight)
+
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            opt_state=keep(new_opt_state, state.opt_state),
+            nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
+        metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
+                       fg_pairs=jnp.sum(pair_mask & (pair_labels > 0)) / batch.boxes.shape[0],
+                       **parts)
+        return new_state, metrics
+
+    return train_step

@@ -1,0 +1,252 @@
+"""Staged training and evaluation: the one training system every model uses.
+
+Flow: config -> dataset (synthetic or local VG150, through TFDS + grain) -> model -> for each
+stage in `train.stage_order`: restore or start, jitted train steps over a device mesh, Orbax
+checkpoints with the grain iterator state -> evaluation of every mode -> results.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from sgg_jax import models as models_lib
+from sgg_jax.evaluation import SGGEvaluator
+from sgg_jax.training import data as data_lib
+from sgg_jax.training import eval_loop, mesh as mesh_lib, optim, reporting
+from sgg_jax.training.checkpointing import StageCheckpointer, abstract_like
+from sgg_jax.training.steps import TrainState, make_train_step
+
+log = logging.getLogger("sgg_jax")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """What training and evaluation share: config, mesh, data and the model per mode."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: jax.sharding.Mesh
+    data: Any  # data_pipelines.dataset.PreparedDataset
+    train_mode: str
+
+    def model(self, mode: str):
+        return models_lib.build_model(
+            self.config.model, num_classes=self.data.num_classes,
+            num_predicates=self.data.num_predicates, statistics=self.data.statistics, mode=mode)
+
+    def checkpoint_dir(self, stage: str) -> str:
+        return os.path.join(self.workdir, "checkpoints", stage)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
+    """Distributed init, mesh and dataset preparation."""
+    d = config.distributed
+    mesh_lib.maybe_initialize_distributed(d.coordinator_address, d.num_processes, d.process_id,
+                                          d.initialize)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = mesh_lib.make_mesh(config.train.data_parallel)
+    data = data_lib.prepare(config)
+    train_mode = "sgcls" if "sgcls" in optim.split_list(config.eval.modes) else "predcls"
+    return Experiment(config=config, workdir=workdir, mesh=mesh, data=data, train_mode=train_mode)
+
+
+def init_params(exp: Experiment, rng: jax.Array) -> Any:
+    """Initial parameters, replicated over the mesh."""
+    model = exp.model(exp.train_mode)
+    dummy = data_lib.dummy_batch(exp.config, exp.data)
+    from sgg_jax.training.steps import model_inputs
+    num_obj = dummy.boxes.shape[1]
+    pairs = jnp.zeros((dummy.boxes.shape[0], num_obj, 2), jnp.int32)
+    inputs = model_inputs(jax.tree.map(jnp.asarray, dummy), pairs,
+                          jnp.zeros(pairs.shape[:2], bool))
+    params = jax.jit(lambda r: model.init({"params": r, "dropout": r}, inputs, train=False)[
+        "params"], out_shardings=mesh_lib.replicated(exp.mesh))(rng)
+    return params
+
+
+def _check_finite(state: TrainState, stage: str, ckpt: StageCheckpointer) -> None:
+    bad = int(jax.device_get(state.nonfinite))
+    if bad:
+        last = ckpt.latest_step()
+        raise NonFiniteLossError(
+            f"stage '{stage}': the loss became NaN/Inf ({bad} step(s), updates skipped) by step "
+            f"{int(jax.device_get(state.step))}; the last good checkpoint is step {last} in "
+            f"{ckpt.directory}. Lower the learning rate or enable gradient clipping "
+            "(config.train.grad_clip_norm).")
+
+
+def train_stage(exp: Experiment, stage_name: str, params: Any, rng: jax.Array,
+                writer: reporting.MetricWriter, stage_index: int) -> Any:
+    """Runs (or resumes, or skips when finished) one stage; returns its final parameters."""
+    cfg = exp.config
+    stage = cfg.train.stages[stage_name]
+    num_steps = int(stage.num_steps)
+    ckpt = StageCheckpointer(exp.checkpoint_dir(stage_name), keep=cfg.train.keep_checkpoints)
+    groups = optim.trainable_groups(stage, params)
+    if not groups or num_steps <= 0:
+        log.info("stage '%s': nothing to train for this model (%s); skipped", stage_name,
+                 stage.trainable)
+        return params
+    tx = optim.make_optimizer(stage, cfg.train, params)
+    replicated = mesh_lib.replicated(exp.mesh)
+    state = jax.jit(lambda p: TrainState.create(p, tx), out_shardings=replicated)(params)
+    loader = data_lib.train_loader(cfg, exp.data, exp.mesh, seed=cfg.seed + 1000 * stage_index)
+    iterator = iter(loader)
+    start = ckpt.latest_step()
+    if start is not None:
+        state, meta = ckpt.restore(start, abstract_like(state), iterator)
+        log.info("stage '%s': resumed from step %d (%s)", stage_name, start, ckpt.directory)
+        if start >= num_steps:
+            ckpt.close()
+            return state.params
+    model = exp.model(exp.train_mode)
+    step_fn = make_train_step(
+        model, tx, loss_names=tuple(optim.split_list(stage.losses)), edge_kind=cfg.loss.edge,
+        obj_weight=float(cfg.loss.obj_weight), rel_weight=float(cfg.loss.rel_weight),
+        num_rels=int(cfg.sampling.num_rels), fg_fraction=float(cfg.sampling.fg_fraction),
+        must_overlap=bool(cfg.sampling.must_overlap))
+    batch_sharding = mesh_lib.data_sharding(exp.mesh)
+    train_step = jax.jit(step_fn, in_shardings=(replicated, batch_sharding, replicated),
+                         out_shardings=(replicated, replicated), donate_argnums=(0,))
+    step = int(jax.device_get(state.step))
+    bar = tqdm(total=num_steps, initial=step, desc=f"train[{stage_name}]", unit="step",
+               disable=jax.process_index() != 0, dynamic_ncols=True)
+    log_every, ckpt_every = max(int(cfg.train.log_every), 1), max(int(cfg.train.checkpoint_every), 1)
+    eval_every = int(cfg.train.eval_every)
+    t0 = time.perf_counter()
+    while step < num_steps:
+        batch = mesh_lib.to_global(next(iterator), exp.mesh)
+        state, metrics = train_step(state, batch, rng)
+        step += 1
+        bar.update(1)
+        if step % log_every == 0 or step == num_steps:
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            _check_finite(state, stage_name, ckpt)
+            host["images_per_s"] = log_every * cfg.input.batch_size / max(time.perf_counter() - t0, 1e-9)
+            t0 = time.perf_counter()
+            bar.set_postfix(loss=f"{host['loss']:.4f}")
+            writer.scalars(step, host, prefix=f"{stage_name}/")
+        if step % ckpt_every == 0 or step == num_steps:
+            _check_finite(state, stage_name, ckpt)
+            ckpt.save(step, state, iterator, dict(stage=stage_name, step=step))
+        if eval_every and step % eval_every == 0 and step < num_steps:
+            results = evaluate(exp, state.params)
+            for mode, vals in results.items():
+                writer.scalars(step, {k: v for k, v in vals.items() if "@" in k},
+                               prefix=f"eval_{mode}/")
+    bar.close()
+    ckpt.close()
+    return state.params
+
+
+def evaluate(exp: Experiment, params: Any, split: str | None = None) -> dict[str, dict]:
+    """Evaluates every configured mode on a split; returns {mode: {metric: value}}."""
+    cfg = exp.config
+    split = split or cfg.eval.split
+    results = {}
+    for mode in optim.split_list(cfg.eval.modes):
+        evaluator = SGGEvaluator(
+            mode, exp.data.num_predicates, ks=tuple(cfg.eval.ks),
+            zero_shot_triplets=exp.data.zero_shot_triplets,
+            triplet_counts=data_lib.triplet_counts(exp.data))
+        score = jax.jit(eval_loop.make_score_step(exp.model(mode), mode))
+        loader = data_lib.eval_loader(cfg, exp.data, exp.mesh, split)
+        seen = 0
+        limit = int(cfg.eval.max_images)
+        for host_batch in tqdm(loader, desc=f"eval[{mode}]", unit="batch",
+                               disable=jax.process_index() != 0, dynamic_ncols=True):
+            scored = eval_loop.gather_to_host(score(params, mesh_lib.to_global(host_batch, exp.mesh)))
+            full_batch = eval_loop.gather_to_host(mesh_lib.to_global(host_batch, exp.mesh))
+            for gt, pred in eval_loop.batch_to_examples(full_batch, scored):
+                if 0 <= limit <= seen:
+                    break
+                evaluator.add(gt, pred)
+                seen += 1
+        results[mode] = evaluator.compute()
+    return results
+
+
+def restore_final_params(exp: Experiment, rng: jax.Array, checkpoint: str = "") -> Any:
+    """Parameters of the last finished stage (from `checkpoint` or the workdir)."""
+    params = init_params(exp, rng)
+    root = checkpoint or exp.workdir
+    stages = optim.split_list(exp.config.train.stage_order)
+    candidates = [(s, os.path.join(root, "checkpoints", s)) for s in reversed(stages)]
+    candidates.append((os.path.basename(root.rstrip("/")), root))
+    for stage_name, directory in candidates:
+        if not os.path.isdir(directory):
+            continue
+        ckpt = StageCheckpointer(directory)
+        step = ckpt.latest_step()
+        if step is None:
+            continue
+        stage = exp.config.train.stages[stage_name] if stage_name in exp.config.train.stages \
+            else exp.config.train.stages[stages[-1]]
+        tx = optim.make_optimizer(stage, exp.config.train, params)
+        state = jax.jit(lambda p: TrainState.create(p, tx),
+                        out_shardings=mesh_lib.replicated(exp.mesh))(params)
+        state, _ = ckpt.restore(step, abstract_like(state))
+        ckpt.close()
+        log.info("restored parameters of stage '%s' step %d from %s", stage_name, step, directory)
+        return state.params
+    if exp.config.model.name == "freq" and not checkpoint:
+        return params
+    raise FileNotFoundError(f"no checkpoint found under {root!r} (expected "
+                            f"{root}/checkpoints/<stage>/<step>)")
+
+
+def report(exp: Experiment, results: dict[str, dict], name: str = "results.json") -> str:
+    """Prints the table and writes results.json (process 0)."""
+    path = os.path.join(exp.workdir, name)
+    if jax.process_index() == 0:
+        proto = {m: r.get("protocol", "motifs") for m, r in results.items()}
+        title = (f"{exp.config.model.name} on {exp.config.data.name}/{exp.config.eval.split} "
+                 f"(protocol: {', '.join(sorted(set(map(str, proto.values()))))}; recalls in %)")
+        print(reporting.format_results_table(results, title))
+        reporting.write_json_atomic(path, results)
+    return path
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+    """Runs every stage (resuming where a previous run stopped), then evaluates."""
+    exp = setup(config, workdir)
+    rng = jax.random.key(config.seed)
+    init_rng, train_rng = jax.random.split(rng)
+    params = init_params(exp, init_rng)
+    writer = reporting.MetricWriter(os.path.join(workdir, "tensorboard"))
+    try:
+        for i, stage_name in enumerate(optim.split_list(config.train.stage_order)):
+            if stage_name not in config.train.stages:
+                raise ValueError(f"config.train.stage_order names '{stage_name}', which is not in "
+                                 f"config.train.stages ({sorted(config.train.stages)})")
+            params = train_stage(exp, stage_name, params, jax.random.fold_in(train_rng, i),
+                                 writer, i)
+        results = evaluate(exp, params)
+        for mode, vals in results.items():
+            writer.scalars(0, {k: v for k, v in vals.items() if "@" in k}, prefix=f"final_{mode}/")
+    finally:
+        writer.close()
+    report(exp, results)
+    return results
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+    """`--config.mode=eval`: evaluate the parameters of a finished run."""
+    exp = setup(config, workdir)
+    params = restore_final_params(exp, jax.random.key(config.seed), config.eval.checkpoint)
+    results = evaluate(exp, params)
+    report(exp, results)
+    return results

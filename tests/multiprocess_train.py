@@ -1,0 +1,33 @@
+"""Runs the tiny training in one process of a multi-process (gloo) job; used by
+tests/test_training.py. Process 0 writes the final parameters to --output (npz)."""
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache-dir", required=True)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--coordinator", required=True)
+    ap.add_argument("--process-id", type=int, required=True)
+    ap.add_argument("--output", required=True)
+    args = ap.parse_args()
+    import numpy as np
+    from training_utils import load_config
+    from test_training import _train
+
+    config = load_config("imp", "tiny", **{
+        "data.cache_dir": args.cache_dir, "train.data_parallel": 4,
+        "distributed.coordinator_address": args.coordinator, "distributed.num_processes": 2,
+        "distributed.process_id": args.process_id})
+    params = _train(config, args.workdir)
+    if args.process_id == 0:
+        np.savez(args.output, **params)
+
+
+if __name__ == "__main__":
+    main()
