@@ -335,6 +335,8 @@ def test_msdn_top_predicates_triplet_nms_and_predicate_recall():
     (lambda g, p: g.update(relations=np.array([[0, 7, 1]])), "relations"),
     (lambda g, p: g.update(labels=np.array([0, 1, 2, 3])), "labels"),
     (lambda g, p: p.update(labels=np.array([1, 2])), "same length"),
+    (lambda g, p: p.update(rel_pairs=[[0, 1], [2]]), "rel_pairs"),
+    (lambda g, p: p.update(boxes=np.zeros((4, 4, 1))), "boxes"),
 ])
 def test_bad_input_raises_value_error(change, msg):
     g = gt_dict(BOXES, LABELS, [[0, 1, 1]])

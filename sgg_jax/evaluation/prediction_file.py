@@ -64,7 +64,11 @@ class PredictionFile:
 def _as(a: Any, dtype: Any, shape_tail: tuple[int, ...], file: str, image: Any, field: str
         ) -> np.ndarray:
     """Converts to an array of rank 1 + len(shape_tail) with that trailing shape, or raises."""
-    arr = np.asarray(a)
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as e:
+        raise PredictionFileError(file, f"not a rectangular numeric array ({e})", image,
+                                  field) from e
     if arr.size == 0:
         arr = arr.reshape((0,) + shape_tail)
     if arr.ndim != 1 + len(shape_tail) or tuple(arr.shape[1:]) != shape_tail:

@@ -66,7 +66,10 @@ def _array(d: Mapping[str, Any], key: str, where: str, ndim: int, last: int | No
     """Fetches d[key] as an array of the given rank / last dimension / kind or raises ValueError."""
     if key not in d or d[key] is None:
         raise ValueError(f"{where}: missing field '{key}'")
-    a = np.asarray(d[key])
+    try:
+        a = np.asarray(d[key])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: field '{key}' is not a rectangular numeric array ({e})") from e
     if a.size == 0 and a.ndim != ndim:
         a = a.reshape((0,) + ((last,) if ndim == 2 else ()))
     if a.ndim != ndim or (last is not None and a.shape[-1] != last):
