@@ -260,3 +260,44 @@ def test_cli_bad_input_exits_nonzero_with_message(split_file, tmp_path, capsys):
     assert "--allow-partial" in capsys.readouterr().err
     assert cli.main(["--predictions", small, "--groundtruth", path, "--mode", "sgdet",
                      "--allow-partial"]) == 0
+
+
+def test_cli_real_vg150_directory_end_to_end(tmp_path):
+    """A VG150 directory written by data_pipelines.vg150 is read back as the ground truth."""
+    vg150 = pytest.importorskip("data_pipelines.vg150")
+    from data_pipelines.records import SceneGraphRecord
+
+    rng = np.random.default_rng(3)
+    records, preds = [], []
+    for i, split in enumerate(["train", "test", "test", "test"]):
+        g = 4
+        x1 = rng.integers(0, 200, g)
+        y1 = rng.integers(0, 150, g)
+        boxes = np.stack([x1, y1, x1 + rng.integers(5, 40, g), y1 + rng.integers(5, 40, g)], 1)
+        labels = rng.integers(1, C + 1, g)
+        rels = np.array([[0, 1, 1 + i % P], [2, 3, 1]])
+        records.append(SceneGraphRecord(image_id=100 + i, image_path=f"{100 + i}.jpg",
+                                        width=256, height=192,
+                                        boxes=boxes.astype(np.float32),
+                                        labels=labels.astype(np.int32),
+                                        relations=rels.astype(np.int32), split=split))
+        pairs = np.array([[a, b] for a in range(g) for b in range(g) if a != b])
+        rs = rng.random((len(pairs), P + 1)) * 0.1
+        rs[0, 1 + i % P] = 1.0  # pair (0, 1) gets its true predicate
+        preds.append({"boxes": boxes, "labels": labels, "scores": np.ones(g),
+                      "rel_pairs": pairs, "rel_scores": rs})
+    vg_dir = tmp_path / "vg"
+    vg150.write_vg150(vg_dir, records, [f"c{i}" for i in range(1, C + 1)],
+                      [f"p{i}" for i in range(1, P + 1)])
+    pred_path = str(tmp_path / "p.h5")
+    write_predictions(pred_path, [101, 102, 103], preds[1:], None, {"num_classes": C})
+    out = str(tmp_path / "r.json")
+    assert cli.main(["--predictions", pred_path, "--groundtruth", str(vg_dir), "--mode",
+                     "predcls", "--ks", "1,20", "--output", out]) == 0
+    res = json.load(open(out))["predcls"]
+    assert res["num_images_evaluated"] == 3
+    assert res["R@1"] == pytest.approx(50.0)  # (0,1) ranked first and hit in every image
+    want = _direct_results([101, 102, 103], preds[1:],
+                           [{"boxes": r.boxes, "labels": r.labels, "relations": r.relations}
+                            for r in records[1:]], "predcls")
+    assert res["R@20"] == pytest.approx(want["R@20"])
