@@ -649,3 +649,13 @@ def test_permuting_predicted_boxes_changes_nothing():
         assert ra.keys() == rb.keys()
         for k in ra:
             assert (ra[k] == rb[k]) or (ra[k] != ra[k] and rb[k] != rb[k]), k
+
+
+def test_scene_graph_record_is_accepted_as_groundtruth():
+    from data_pipelines.records import SceneGraphRecord
+
+    g = gt_dict(BOXES, LABELS, [[0, 1, 1], [2, 3, 2]])
+    rec = SceneGraphRecord(image_id=1, image_path="", width=80, height=20, boxes=g["boxes"],
+                           labels=g["labels"], relations=g["relations"])
+    p = pred_dict(BOXES, LABELS, [1] * 4, [[0, 1]], one_hot_scores([{1: 0.9}]))
+    assert run("sgdet", [rec], [p]) == run("sgdet", [g], [p])

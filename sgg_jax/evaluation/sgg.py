@@ -36,6 +36,8 @@ _SHIFT = 21  # bits per field when encoding a (subject, predicate, object) tripl
 def encode_triplets(triplets: np.ndarray) -> np.ndarray:
     """Encodes [T, 3] non-negative (subject class, predicate, object class) rows as int64 keys."""
     t = np.asarray(triplets, np.int64).reshape(-1, 3)
+    if t.size and (t.min() < 0 or t.max() >= (1 << _SHIFT)):
+        raise ValueError(f"triplet classes and predicates must lie in [0, {1 << _SHIFT})")
     return (t[:, 0] << (2 * _SHIFT)) | (t[:, 1] << _SHIFT) | t[:, 2]
 
 
@@ -92,10 +94,15 @@ def resolve_inputs(mode: str, groundtruth: Mapping[str, Any], prediction: Mappin
                    num_predicates: int, where: str = "image") -> ImageInputs:
     """Validates one image's dicts and applies the mode's conventions (as NM does).
 
+    `groundtruth` may also be a `data_pipelines.records.SceneGraphRecord`.
+
     PredCls / PredDet: boxes and labels are the ground truth's, object scores 1.
     SGCls: boxes are the ground truth's; labels and scores come from the prediction.
     SGDet / PhrDet: everything comes from the prediction.
     """
+    if not isinstance(groundtruth, Mapping) and hasattr(groundtruth, "relations"):
+        # a data_pipelines.records.SceneGraphRecord (or any object with these attributes)
+        groundtruth = {k: getattr(groundtruth, k) for k in ("boxes", "labels", "relations")}
     gt_boxes = _array(groundtruth, "boxes", f"{where} groundtruth", 2, 4, "float")
     gt_labels = _array(groundtruth, "labels", f"{where} groundtruth", 1, None, "int")
     gt_rels = _array(groundtruth, "relations", f"{where} groundtruth", 2, 3, "int")
