@@ -43,6 +43,8 @@ PRESETS: dict[str, dict[str, int]] = {
     "default": {"num_train": 3000, "num_val": 500, "num_test": 1000, "image_size": 256},
     "large": {"num_train": 25000, "num_val": 2000, "num_test": 5000, "image_size": 512},
 }
+# Bumped whenever the same seed and sizes would produce different data (cache keys may use it).
+GENERATOR_VERSION = 1
 SPLIT_SEED_CODE = {"train": 0, "val": 1, "test": 2}
 JPEG_QUALITY = 92
 NUM_PREDICATES = len(spec.PREDICATE_NAMES)
@@ -828,6 +830,7 @@ sgg_jax repository for the classes, predicates, long-tail and zero-shot design.
 
 - seed: {seed}
 - preset: {preset}
+- generator version: {GENERATOR_VERSION}
 - image size: {w} x {h} pixels (width x height)
 - images: {counts['val']} val, {counts['train']} train, {counts['test']} test
 - objects: {n_obj}, annotated relations: {n_rel}
@@ -986,7 +989,8 @@ def _write_outputs(tmp: str, output_dir: str, records: list[SceneGraphRecord],
         "description": "(subject class, predicate, object class) triplets that never occur in "
                        "the train/val graphs and occur in the test graphs. ids are 1-based "
                        "(VG-SGG-dicts.json); column order subject, predicate, object.",
-        "columns": ["subject", "predicate", "object"],
+        "order": ["subject_class", "predicate", "object_class"],
+        "count": int(len(zs)),
         "triplets": zs.tolist(),
         "names": [[idx_to_label[s], idx_to_predicate[p], idx_to_label[o]] for s, p, o in zs],
         "test_counts": in_test.tolist(),

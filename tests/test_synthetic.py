@@ -277,6 +277,23 @@ def test_zero_shot_split(dataset):
     assert natural > 0
 
 
+def test_zero_shot_list_with_a_small_test_split(tmp_path, capsys):
+    res = S.generate(tmp_path / "z", num_train=2, num_val=0, num_test=3, image_size=128,
+                     progress=False)
+    # the planted triplets (test images 0, 1, 2) are listed; the others only if they happen to
+    # occur in these 3 test images
+    listed = {tuple(t) for t in res.zero_shot_triplets.tolist()}
+    assert {tuple(t) for t in S.zero_shot_ids()[:3].tolist()} <= listed
+    assert len(listed) < len(spec.ZERO_SHOT_TRIPLETS)
+    in_test = {(int(r.labels[s]), int(p), int(r.labels[o]))
+               for r in res.records if r.split == "test" for s, o, p in r.relations}
+    assert listed <= in_test
+    assert "left out" in capsys.readouterr().out
+    from sgg_jax.evaluation import load_zero_shot_triplets
+    np.testing.assert_array_equal(load_zero_shot_triplets(res.zero_shot_path),
+                                  res.zero_shot_triplets)
+
+
 def test_output_layout_and_readers_round_trip(dataset):
     d = dataset.output_dir
     for name in ("VG-SGG.h5", "VG-SGG-dicts.json", "image_data.json", "zero_shot_triplets.json",
