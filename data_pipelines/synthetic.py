@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import multiprocessing
 import os
@@ -199,11 +198,12 @@ class _World:
 
     # ---- placement ----
     def place_ground(self, cls: str, tries: int = 6, max_overlap: float = 0.5) -> int | None:
+        """A ground object: foot point below the horizon, size by perspective, little overlap
+        with other ground objects (buildings stand just below the horizon, far away)."""
+        span = self.H - self.horizon
         for _ in range(tries):
-            if cls == "building":
-                bottom = self.q(self.horizon + self.rng.uniform(0.0, 0.12) * (self.H - self.horizon))
-            else:
-                bottom = self.q(self.horizon + self.rng.uniform(0.08, 1.0) * (self.H - self.horizon))
+            lo, hi = (0.0, 0.12) if cls == "building" else (0.08, 1.0)
+            bottom = self.q(self.horizon + self.rng.uniform(lo, hi) * span)
             bottom = min(max(bottom, self.horizon + self.g), self.H)
             w, h = self.size(cls, self.persp(bottom))
             if h > bottom:  # too tall for the space above its foot point: shrink
@@ -219,6 +219,7 @@ class _World:
         return None
 
     def place_sky(self, cls: str) -> int | None:
+        """A flying object above the horizon (drawn before every ground object)."""
         for _ in range(4):
             w, h = self.size(cls, 0.8)
             if h >= self.horizon - self.g or w >= self.W:
@@ -231,7 +232,8 @@ class _World:
         return None
 
     def _taken(self, parent: int, attach: str) -> list[tuple[int, int]]:
-        return [(o.box[0], o.box[2]) for o in self.objs if o.parent == parent and o.attach == attach]
+        return [(o.box[0], o.box[2]) for o in self.objs
+                if o.parent == parent and o.attach == attach]
 
     def place_on(self, item: str, support: int, tries: int = 4) -> int | None:
         """`item` resting on top of `support` (or riding it, for bicycles)."""
@@ -492,7 +494,6 @@ def annotate(rng: np.random.Generator, truth: np.ndarray, classes: Sequence[str]
     and the two classes, rarely adds a second true predicate for the pair, and mostly skips a
     pair whose reverse was already annotated. `forced` is always annotated.
     """
-    n = truth.shape[1]
     rels: list[tuple[int, int, int]] = []
     if forced is not None:
         rels.append(forced)
@@ -521,7 +522,6 @@ def annotate(rng: np.random.Generator, truth: np.ndarray, classes: Sequence[str]
         others = np.flatnonzero(truth[:, i, j] & (np.arange(NUM_PREDICATES) != p))
         if others.size and u[k, 1] < 0.06:
             rels.append((i, j, int(others[int(u[k, 2] * others.size)]) + 1))
-    del n
     return np.array(rels, np.int32).reshape(-1, 3)
 
 
