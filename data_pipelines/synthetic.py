@@ -864,8 +864,10 @@ def _stats_table(records: Sequence[SceneGraphRecord], idx_to_predicate: Sequence
     fmt = lambda ks: ", ".join(f"{idx_to_predicate[k + 1]} {counts[k]}" for k in ks)  # noqa: E731
     lines.append(f"predicates, head: {fmt(order[:5])}")
     lines.append(f"predicates, tail: {fmt(order[-5:])}")
-    tail = max(int(counts.min()), 1)
-    lines.append(f"head / tail ratio: {counts.max() / tail:.0f}")
+    nonzero = counts[counts > 0]
+    if nonzero.size:
+        lines.append(f"head / tail ratio: {counts.max() / nonzero.min():.0f} (over predicates "
+                     f"that occur; {int((counts == 0).sum())} do not occur)")
     lines.append(f"zero-shot triplets: {len(zs)} (absent from train/val; test occurrences "
                  f"{int(zs_test.sum())})")
     n = len(records)
