@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 
@@ -16,7 +17,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
+            json.dump(json_safe(obj), f, indent=2, sort_keys=True, allow_nan=False)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -24,13 +25,32 @@ def write_json_atomic(path: str, obj: Any) -> None:
         raise
 
 
-def format_results_table(results: Mapping[str, Mapping[str, float]], title: str = "") -> str:
-    """One row per mode, one column per recall metric (counts and notes left out)."""
+def json_safe(obj: Any) -> Any:
+    """NaN/Inf (e.g. recall of an empty few-shot bucket) -> None, numpy scalars -> Python."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def format_results_table(results: Mapping[str, Mapping[str, float]], title: str = "",
+                         families: Sequence[str] = ("R", "ngR", "mR", "ngmR", "zR", "ngzR")
+                         ) -> str:
+    """One row per mode, one column per recall metric of the given families (e.g. R@20).
+
+    Few-shot buckets ("ngR@K/0-shot") get their own table: see `format_few_shot_table`.
+    """
     modes = list(results)
     metric_names: list[str] = []
     for m in modes:
         for k, v in results[m].items():
-            if isinstance(v, (int, float)) and "@" in k and k not in metric_names:
+            if (isinstance(v, (int, float)) and k.split("@")[0] in families and "/" not in k
+                    and k not in metric_names):
                 metric_names.append(k)
     width = max([len(m) for m in modes] + [6])
     lines = [title] if title else []
@@ -42,6 +62,29 @@ def format_results_table(results: Mapping[str, Mapping[str, float]], title: str 
             v = results[m].get(k)
             row += f"{v:>10.2f}" if isinstance(v, (int, float)) else f"{'-':>10}"
         lines.append(row)
+    return "\n".join(lines)
+
+
+def format_few_shot_table(results: Mapping[str, Mapping[str, float]]) -> str:
+    """Knyazev et al.'s few-shot ngR@K buckets: one row per (mode, bucket), one column per K."""
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    ks: list[str] = []
+    for mode, vals in results.items():
+        for k, v in vals.items():
+            if "/" in k and "@" in k:
+                metric, bucket = k.split("/", 1)
+                rows.setdefault((mode, bucket), {})[metric] = v
+                if metric not in ks:
+                    ks.append(metric)
+    if not rows:
+        return ""
+    lines = ["few-shot (ngR@K over test triplets by training count)",
+             "mode      bucket        " + "".join(f"{k:>11}" for k in ks)]
+    lines.append("-" * len(lines[-1]))
+    for (mode, bucket), vals in rows.items():
+        cells = "".join(f"{vals[k]:>11.2f}" if isinstance(vals.get(k), (int, float))
+                        and math.isfinite(vals[k]) else f"{'-':>11}" for k in ks)
+        lines.append(f"{mode:<10}{bucket:<14}{cells}")
     return "\n".join(lines)
 
 
@@ -58,7 +101,9 @@ class MetricWriter:
         if self._writer is None:
             return
         for k, v in values.items():
-            self._writer.add_scalar(f"{prefix}{k}", float(v), int(step))
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                tag = f"{prefix}{k}".replace("@", "_at_")  # '@' is not a legal TB tag char
+                self._writer.add_scalar(tag, float(v), int(step))
         self._writer.flush()
 
     def close(self) -> None:

@@ -216,6 +216,9 @@ def report(exp: Experiment, results: dict[str, dict], name: str = "results.json"
         title = (f"{exp.config.model.name} on {exp.config.data.name}/{exp.config.eval.split} "
                  f"(protocol: {', '.join(sorted(set(map(str, proto.values()))))}; recalls in %)")
         print(reporting.format_results_table(results, title))
+        few_shot = reporting.format_few_shot_table(results)
+        if few_shot:
+            print(few_shot)
         reporting.write_json_atomic(path, results)
     return path
 
