@@ -283,7 +283,16 @@ def empty_batch(config: InputConfig, batch_size: int | None = None) -> Batch:
 # Loaders
 # --------------------------------------------------------------------------------------------
 
+def _ensure_flags_parsed(config: InputConfig) -> None:
+    """grain's worker processes read absl flags; outside an absl app, use their defaults."""
+    if config.worker_count > 0:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+
+
 def _read_options(config: InputConfig) -> grain.ReadOptions:
+    _ensure_flags_parsed(config)
     return grain.ReadOptions(num_threads=config.read_threads,
                              prefetch_buffer_size=config.read_prefetch)
 
