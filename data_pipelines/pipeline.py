@@ -312,6 +312,11 @@ def make_loader(source: Any, config: InputConfig, split: str = "train", *,
     if split != "train":
         return EvalLoader(source, config, shard_options=shard_options)
     shard = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    per_shard = len(source) // shard.shard_count
+    if config.drop_remainder and per_shard < config.batch_size:
+        raise ValueError(f"InputConfig.batch_size: {config.batch_size} is larger than this "
+                         f"process's {per_shard} training images (of {len(source)} over "
+                         f"{shard.shard_count} processes); no full batch could be made")
     sampler = grain.samplers.IndexSampler(
         num_records=len(source), shard_options=shard, shuffle=config.shuffle,
         num_epochs=config.num_epochs, seed=config.seed)

@@ -220,3 +220,10 @@ def test_input_config_from_dict():
     c = pipeline.InputConfig.from_dict(dict(image_size=32, batch_size=4, eval_batch_size=8,
                                             flip_predicate_map=[[1, 2]]), seed=5)
     assert (c.image_size, c.batch_size, c.seed, c.flip_predicate_map) == (32, 4, 5, ((1, 2),))
+
+
+def test_batch_larger_than_shard_is_an_error(data):
+    _, src = data
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline.make_loader(src["train"], _cfg(batch_size=5), "train",
+                             shard_options=grain.sharding.ShardOptions(0, 2, True))
