@@ -1,0 +1,99 @@
+"""Relation models and their registry.
+
+`build_model(model_config, num_classes=..., num_predicates=..., statistics=..., mode=...)` returns
+a Flax Linen module called as `model.apply(variables, inputs: ModelInputs, train, rngs=...)` that
+returns `ModelOutputs`. Every model names its top-level submodules from `PARAM_GROUPS`, so the
+trainer can freeze or restore them per stage (`param_group_labels`, `trainable_mask`).
+See docs/models.md for the config fields.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from sgg_jax.models.backbone import BACKBONES
+from sgg_jax.models.interface import ModelInputs, ModelOutputs
+
+MODEL_NAMES = ("freq", "imp")
+MODES = ("predcls", "sgcls", "sgdet")
+# Top-level parameter groups shared by all models (not every model has every group).
+PARAM_GROUPS = ("backbone", "roi_features", "obj_classifier", "relation_head")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_FIELDS = ("name", "backbone", "hidden_dim", "num_iterations", "roi_size", "sampling_ratio",
+           "fc_dim", "dtype", "dropout")
+
+
+def _field(config: Any, key: str) -> Any:
+    try:
+        return config[key]
+    except (KeyError, AttributeError, TypeError):
+        raise ValueError(f"model config: missing field {key!r} (expected fields: {_FIELDS})") from None
+
+
+def build_model(model_config: Any, *, num_classes: int, num_predicates: int,
+                statistics: Any = None, mode: str = "predcls") -> nn.Module:
+    """Builds the relation model described by `model_config` (an ml_collections ConfigDict).
+
+    Args:
+      model_config: fields name ("freq" | "imp"), backbone ("small_resnet" | "vgg16" |
+        "resnet50"), hidden_dim, num_iterations, roi_size, sampling_ratio, fc_dim,
+        dtype ("float32" | "bfloat16"), dropout.
+      num_classes: C object classes; num_predicates: P predicates.
+      statistics: `data_pipelines.statistics.DatasetStatistics` (needs `fg_matrix` [C+1, C+1, P+1]
+        and optionally `bg_matrix` [C+1, C+1]); required by "freq".
+      mode: "predcls" | "sgcls" | "sgdet".
+    """
+    name = _field(model_config, "name")
+    if name not in MODEL_NAMES:
+        raise ValueError(f"model.name: expected one of {MODEL_NAMES}, got {name!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    backbone = _field(model_config, "backbone")
+    if backbone not in BACKBONES:
+        raise ValueError(f"model.backbone: expected one of {BACKBONES}, got {backbone!r}")
+    dtype_name = _field(model_config, "dtype")
+    if dtype_name not in _DTYPES:
+        raise ValueError(f"model.dtype: expected one of {tuple(_DTYPES)}, got {dtype_name!r}")
+    common = dict(mode=mode, backbone_name=backbone, fc_dim=int(_field(model_config, "fc_dim")),
+                  roi_size=int(_field(model_config, "roi_size")),
+                  sampling_ratio=int(_field(model_config, "sampling_ratio")),
+                  dropout=float(_field(model_config, "dropout")), dtype=_DTYPES[dtype_name])
+    if name == "freq":
+        from sgg_jax.models.freq import FreqModel, frequency_log_table
+
+        fg = getattr(statistics, "fg_matrix", None)
+        if fg is None:
+            raise ValueError("model 'freq' needs statistics with a fg_matrix [C+1, C+1, P+1]")
+        table = frequency_log_table(fg, getattr(statistics, "bg_matrix", None))
+        if table.shape != (num_classes + 1, num_classes + 1, num_predicates + 1):
+            raise ValueError(f"statistics.fg_matrix: expected shape {(num_classes + 1,) * 2 + (num_predicates + 1,)}, "
+                             f"got {table.shape}")
+        return FreqModel(num_classes=num_classes, table=table, **common)
+    from sgg_jax.models.imp import IMPModel
+
+    return IMPModel(num_classes=num_classes, num_predicates=num_predicates,
+                    hidden_dim=int(_field(model_config, "hidden_dim")),
+                    num_iterations=int(_field(model_config, "num_iterations")), **common)
+
+
+def param_group_labels(params: Any) -> Any:
+    """A pytree like `params` whose leaves are their top-level group name (for optax.multi_transform)."""
+    if not isinstance(params, dict) and not hasattr(params, "items"):
+        raise ValueError("param_group_labels: expected the 'params' collection (a dict)")
+    return {k: jax.tree_util.tree_map(lambda _, k=k: k, v) for k, v in params.items()}
+
+
+def trainable_mask(params: Any, groups: Iterable[str]) -> Any:
+    """A bool pytree like `params`: True for leaves in one of `groups` (e.g. for optax.masked)."""
+    groups = set(groups)
+    unknown = groups - set(PARAM_GROUPS)
+    if unknown:
+        raise ValueError(f"trainable groups: unknown {sorted(unknown)}, expected some of {PARAM_GROUPS}")
+    return {k: jax.tree_util.tree_map(lambda _, k=k: k in groups, v) for k, v in params.items()}
+
+
+__all__ = ["build_model", "param_group_labels", "trainable_mask", "PARAM_GROUPS", "MODEL_NAMES",
+           "ModelInputs", "ModelOutputs"]

@@ -1,0 +1,136 @@
+"""IMP: iterative message passing (Xu et al., CVPR 2017), as re-implemented in neural-motifs/SGB.
+
+Node states start from the object RoI features, edge states from the union-box features (each
+through a linear "unary" map and one GRU step from a zero state). Then `num_iterations` rounds:
+
+- edge update: message = g_s * h_subject + g_o * h_object, with scalar gates
+  g_s = sigmoid(w_s . [h_subject, h_edge]), g_o = sigmoid(w_o . [h_object, h_edge]);
+  h_edge <- GRU_edge(message, h_edge).
+- node update (from the edge states of the same round's start): each node sums
+  sigmoid(w_out . [h_node, h_edge]) * h_edge over its outgoing edges (as subject) and
+  sigmoid(w_in . [h_node, h_edge]) * h_edge over its incoming edges (as object);
+  h_node <- GRU_node(sum, h_node).
+
+Sums over edges use `jax.ops.segment_sum` per image under vmap (fixed shapes, no Python loops over
+boxes); padded pairs send no messages, padded boxes have zero input features and are never the
+end of a real pair. Object logits come from the final node states (`obj_classifier`), predicate
+logits from the final edge states (inside `relation_head`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sgg_jax.models.backbone import build_backbone
+from sgg_jax.models.interface import ModelInputs, ModelOutputs
+from sgg_jax.models.roi_features import RoIFeatures
+
+MODES = ("predcls", "sgcls", "sgdet")
+
+
+def _gather_nodes(nodes: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
+    """nodes [B, O, H], index [B, M] -> [B, M, H]."""
+    return jnp.take_along_axis(nodes, index[..., None], axis=1)
+
+
+def _scatter_edges(values: jnp.ndarray, index: jnp.ndarray, num_nodes: int) -> jnp.ndarray:
+    """Sum edge values [B, M, H] into their nodes index [B, M] -> [B, O, H]."""
+    return jax.vmap(lambda v, i: jax.ops.segment_sum(v, i, num_segments=num_nodes))(values, index)
+
+
+class Gate(nn.Module):
+    """Scalar gate sigmoid(w . [a, b] + c) per row."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+        return nn.sigmoid(nn.Dense(1, dtype=self.dtype)(jnp.concatenate([a, b], axis=-1)))
+
+
+class IMPRelationHead(nn.Module):
+    """Message passing between node and edge GRU states; returns (node states, rel logits)."""
+
+    num_predicates: int
+    hidden_dim: int = 512
+    num_iterations: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, obj_feats: jnp.ndarray, union_feats: jnp.ndarray, pairs: jnp.ndarray,
+                 pair_mask: jnp.ndarray, box_mask: jnp.ndarray
+                 ) -> tuple[jnp.ndarray, jnp.ndarray]:
+        b, o = obj_feats.shape[:2]
+        h = self.hidden_dim
+        pmask = pair_mask[..., None].astype(self.dtype)
+        bmask = box_mask[..., None].astype(self.dtype)
+        node_in = nn.Dense(h, dtype=self.dtype, name="obj_unary")(obj_feats) * bmask
+        edge_in = nn.relu(nn.Dense(h, dtype=self.dtype, name="edge_unary")(union_feats)) * pmask
+
+        node_gru = nn.GRUCell(h, dtype=self.dtype, name="node_gru")
+        edge_gru = nn.GRUCell(h, dtype=self.dtype, name="edge_gru")
+        nodes, _ = node_gru(jnp.zeros(node_in.shape, self.dtype), node_in)
+        edges, _ = edge_gru(jnp.zeros(edge_in.shape, self.dtype), edge_in)
+
+        sub_gate = Gate(self.dtype, name="sub_vert_gate")
+        obj_gate = Gate(self.dtype, name="obj_vert_gate")
+        out_gate = Gate(self.dtype, name="out_edge_gate")
+        in_gate = Gate(self.dtype, name="in_edge_gate")
+        subj_idx, obj_idx = pairs[..., 0], pairs[..., 1]
+        for _ in range(self.num_iterations):
+            sub_vert = _gather_nodes(nodes, subj_idx)
+            obj_vert = _gather_nodes(nodes, obj_idx)
+            edge_msg = sub_gate(sub_vert, edges) * sub_vert + obj_gate(obj_vert, edges) * obj_vert
+            new_edges, _ = edge_gru(edges, edge_msg)
+
+            out_msg = out_gate(sub_vert, edges) * edges * pmask
+            in_msg = in_gate(obj_vert, edges) * edges * pmask
+            node_msg = (_scatter_edges(out_msg, subj_idx, o) + _scatter_edges(in_msg, obj_idx, o))
+            nodes, _ = node_gru(nodes, node_msg)
+            edges = new_edges
+        rel_logits = nn.Dense(self.num_predicates + 1, dtype=self.dtype, name="rel_classifier")(
+            edges)
+        return nodes, rel_logits
+
+
+class IMPModel(nn.Module):
+    """IMP: backbone -> RoI features (objects, union boxes) -> message passing -> classifiers.
+
+    Attributes:
+      num_classes, num_predicates: C and P (logits have C + 1 and P + 1 columns).
+      mode: "predcls" | "sgcls" | "sgdet". IMP never reads the labels as input; in PredCls the
+        evaluator uses the ground-truth labels instead of `obj_logits`.
+    """
+
+    num_classes: int
+    num_predicates: int
+    mode: str = "predcls"
+    backbone_name: str = "small_resnet"
+    hidden_dim: int = 512
+    num_iterations: int = 3
+    fc_dim: int = 256
+    roi_size: int = 7
+    sampling_ratio: int = 2
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs: ModelInputs, train: bool = False) -> ModelOutputs:
+        if self.mode not in MODES:
+            raise ValueError(f"IMPModel.mode: expected one of {MODES}, got {self.mode!r}")
+        features, stride = build_backbone(self.backbone_name, self.dtype, name="backbone")(
+            inputs.images, train)
+        obj_feats, union_feats = RoIFeatures(
+            self.fc_dim, self.roi_size, self.sampling_ratio, self.dropout, self.dtype,
+            name="roi_features")(features, stride, inputs.boxes, inputs.box_mask, inputs.pairs,
+                                 inputs.pair_mask, train=train)
+        nodes, rel_logits = IMPRelationHead(self.num_predicates, self.hidden_dim,
+                                            self.num_iterations, self.dtype,
+                                            name="relation_head")(
+            obj_feats, union_feats, inputs.pairs, inputs.pair_mask, inputs.box_mask)
+        obj_logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="obj_classifier")(nodes)
+        return ModelOutputs(obj_logits=obj_logits.astype(jnp.float32),
+                            rel_logits=rel_logits.astype(jnp.float32))

@@ -1,0 +1,91 @@
+"""RoI features for objects and for the union box of each (subject, object) pair.
+
+Object boxes [B, O, 4] are flattened to R = B * O RoIs with `box_indices` (fixed shapes, padding
+included), pooled with RoI-align (`pallas_kernels.roi_align`), flattened and passed through two
+fully connected layers (the fc6/fc7 head of Faster R-CNN, sized by `fc_dim`). Pairs get the union
+box of their two boxes, pooled the same way through a second fc6/fc7 head. Rows of padded boxes
+or pairs are zeroed so that padding never leaks into real outputs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def _roi_align(features, boxes, box_indices, output_size, spatial_scale, sampling_ratio):
+    """Calls the shared RoI-align kernel (imported lazily so this module imports on its own)."""
+    from pallas_kernels import roi_align as roi_align_lib
+
+    return roi_align_lib.roi_align(features, boxes, box_indices, output_size, spatial_scale,
+                                   sampling_ratio, aligned=True)
+
+
+def union_boxes(boxes: jnp.ndarray, pairs: jnp.ndarray) -> jnp.ndarray:
+    """Union box of each pair. boxes [B, O, 4] x1y1x2y2, pairs [B, M, 2] -> [B, M, 4]."""
+    subj = jnp.take_along_axis(boxes, pairs[..., 0:1], axis=1)
+    obj = jnp.take_along_axis(boxes, pairs[..., 1:2], axis=1)
+    return jnp.concatenate([jnp.minimum(subj[..., :2], obj[..., :2]),
+                            jnp.maximum(subj[..., 2:], obj[..., 2:])], axis=-1)
+
+
+def pool_boxes(features: jnp.ndarray, boxes: jnp.ndarray, stride: int, roi_size: int,
+               sampling_ratio: int) -> jnp.ndarray:
+    """RoI-align every box of every image. features [B,H,W,C], boxes [B,N,4] -> [B,N,s,s,C]."""
+    b, n = boxes.shape[:2]
+    box_indices = jnp.repeat(jnp.arange(b, dtype=jnp.int32), n)
+    pooled = _roi_align(features, boxes.reshape(b * n, 4).astype(jnp.float32), box_indices,
+                        (roi_size, roi_size), 1.0 / stride, sampling_ratio)
+    return pooled.reshape((b, n) + pooled.shape[1:])
+
+
+class FCHead(nn.Module):
+    """Flatten -> Dense -> ReLU -> Dropout -> Dense -> ReLU -> Dropout (fc6 / fc7)."""
+
+    fc_dim: int
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        x = x.reshape(x.shape[:2] + (-1,)).astype(self.dtype)
+        for name in ("fc6", "fc7"):
+            x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name=name)(x))
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return x
+
+
+class RoIFeatures(nn.Module):
+    """Object features [B, O, fc_dim] and (optionally) union-box features [B, M, fc_dim].
+
+    Attributes:
+      fc_dim: width of the fc6/fc7 layers (4096 in VGG16 detectors).
+      roi_size: RoI-align output size (7).
+      sampling_ratio: RoI-align samples per bin and axis (fixed, jit-friendly; 2).
+      dropout: dropout rate after fc6 and fc7 in training.
+    """
+
+    fc_dim: int = 256
+    roi_size: int = 7
+    sampling_ratio: int = 2
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jnp.ndarray, stride: int, boxes: jnp.ndarray,
+                 box_mask: jnp.ndarray, pairs: jnp.ndarray | None = None,
+                 pair_mask: jnp.ndarray | None = None, train: bool = False
+                 ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+        pooled = pool_boxes(features, boxes, stride, self.roi_size, self.sampling_ratio)
+        obj = FCHead(self.fc_dim, self.dropout, self.dtype, name="obj_fc")(pooled, train)
+        obj = obj * box_mask[..., None].astype(obj.dtype)
+        if pairs is None:
+            return obj, None
+        if pair_mask is None:
+            raise ValueError("RoIFeatures: pair_mask is required when pairs are given")
+        ubox = union_boxes(boxes, pairs)
+        upooled = pool_boxes(features, ubox, stride, self.roi_size, self.sampling_ratio)
+        union = FCHead(self.fc_dim, self.dropout, self.dtype, name="union_fc")(upooled, train)
+        union = union * pair_mask[..., None].astype(union.dtype)
+        return obj, union
