@@ -222,8 +222,11 @@ def resnet50_rules(flax_prefix: Sequence[str] = ("backbone",), torch_prefix: str
     return rules
 
 
-def torchvision_fasterrcnn_rules() -> list[Rule]:
-    """torchvision `fasterrcnn_resnet50_fpn` -> our FasterRCNN with backbone resnet50_fpn."""
+def torchvision_fasterrcnn_rules(fpn_channels: int = 256) -> list[Rule]:
+    """torchvision `fasterrcnn_resnet50_fpn` -> our FasterRCNN with backbone resnet50_fpn.
+
+    Note torchvision resizes inputs (min_size 800) and normalises with ImageNet statistics; our
+    model takes the canvas as given, so feed images at the scale the weights were trained on."""
     rules = resnet50_rules(("backbone", "body"), "backbone.body", num_layers=4)
     for i in range(4):
         rules += conv_rules(("backbone", "fpn", f"fpn_inner{i}"), f"backbone.fpn.inner_blocks.{i}.0")
@@ -232,14 +235,14 @@ def torchvision_fasterrcnn_rules() -> list[Rule]:
     rules += conv_rules(("rpn", "cls_logits"), "rpn.head.cls_logits")
     rules += conv_rules(("rpn", "bbox_pred"), "rpn.head.bbox_pred")
     rules += dense_rules(("roi_head", "fc6"), "roi_heads.box_head.fc6",
-                         lambda w: fc_chw_to_hwc(w, 256))
+                         lambda w: fc_chw_to_hwc(w, fpn_channels))
     rules += dense_rules(("roi_head", "fc7"), "roi_heads.box_head.fc7")
     rules += dense_rules(("roi_head", "cls_score"), "roi_heads.box_predictor.cls_score")
     rules += dense_rules(("roi_head", "bbox_pred"), "roi_heads.box_predictor.bbox_pred")
     return rules
 
 
-def neural_motifs_detector_rules(torch_prefix: str = "") -> list[Rule]:
+def neural_motifs_detector_rules(torch_prefix: str = "", fc_channels: int = 512) -> list[Rule]:
     """neural-motifs `ObjectDetector` (VGG): features.N, roi_fmap.0 / .3 (fc6 / fc7),
     score_fc, bbox_fc, rpn_head.conv.0 (3x3) and rpn_head.conv.2 (1x1, 6 channels per anchor:
     2-way softmax objectness then 4 deltas) -> our FasterRCNN with backbone vgg16, fc_dim 4096,
@@ -250,7 +253,7 @@ def neural_motifs_detector_rules(torch_prefix: str = "") -> list[Rule]:
     scales); its anchor order and pixel conventions are not verified here.
     """
     p = torch_prefix
-    rules = vgg16_rules(("backbone",), f"{p}features", ("roi_head",), f"{p}roi_fmap")
+    rules = vgg16_rules(("backbone",), f"{p}features", ("roi_head",), f"{p}roi_fmap", fc_channels)
     rules += dense_rules(("roi_head", "cls_score"), f"{p}score_fc")
     rules += dense_rules(("roi_head", "bbox_pred"), f"{p}bbox_fc")
     rules += conv_rules(("rpn", "conv"), f"{p}rpn_head.conv.0")
@@ -261,9 +264,9 @@ def neural_motifs_detector_rules(torch_prefix: str = "") -> list[Rule]:
     return rules
 
 
-def torchvision_vgg16_detector_rules() -> list[Rule]:
+def torchvision_vgg16_detector_rules(fc_channels: int = 512) -> list[Rule]:
     """torchvision `vgg16` (ImageNet) -> our FasterRCNN(vgg16): trunk plus fc6 / fc7."""
-    return vgg16_rules(("backbone",), "features", ("roi_head",), "classifier")
+    return vgg16_rules(("backbone",), "features", ("roi_head",), "classifier", fc_channels)
 
 
 # ----------------------------------------------------------------------------------------------
