@@ -175,7 +175,7 @@ def _chunk_layout(box_indices, num_images: int, chunk: int):
     return roi_of_slot, jnp.clip(chunk_image, 0, num_images - 1)
 
 
-def _features_vjp(shape, dtype, yi, yw, xi, xw, box_indices, dout, chunk: int = 64):
+def _features_vjp(shape, dtype, yi, yw, xi, xw, box_indices, dout, chunk: int = 16):
     """Gradient w.r.t. features: per image, dF = sum_r Wy_r^T dout_r Wx_r, as grouped matmuls.
 
     Scatter-adding the gathered taps is what autodiff would do; on CPU that scatter is ~10x
