@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import numpy as np
+import psutil
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,18 +32,32 @@ from data_pipelines import pipeline, synthetic  # noqa: E402
 from data_pipelines.dataset import DataConfig, prepare_dataset  # noqa: E402
 
 
-def time_loader(source, config: pipeline.InputConfig, num_images: int) -> float:
-    """Images/s of the train loader over `num_images`, after its first batch (start-up)."""
+def _cpu_seconds() -> float:
+    """CPU time of this process and its live children (grain workers)."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def time_loader(source, config: pipeline.InputConfig, num_images: int) -> tuple[float, float]:
+    """(images/s wall, images per CPU-second) of the train loader over `num_images`, after its
+    first batch (start-up). The CPU figure does not depend on what else the machine runs."""
     it = iter(pipeline.make_loader(source, config, "train"))
     next(it)
     n_batches = max(1, num_images // config.batch_size)
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_seconds(), time.perf_counter()
     for _ in range(n_batches):
         b = next(it)
         assert b.images.shape[1] == config.image_size
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, _cpu_seconds() - c0
     del it
-    return n_batches * config.batch_size / dt
+    n = n_batches * config.batch_size
+    return n / dt, n / dc
 
 
 def naive_decode_resize(data: bytes, size: int) -> np.ndarray:
@@ -88,10 +103,12 @@ def main() -> int:
     for src_size, out_size in ((256, 256), (512, 256), (512, 592)):
         for workers in (0, 2):
             cfg = dataclasses.replace(base, image_size=out_size, worker_count=workers)
-            rates = [time_loader(datasets[src_size], cfg, a.images) for _ in range(a.repeats)]
+            runs = [time_loader(datasets[src_size], cfg, a.images) for _ in range(a.repeats)]
             rows.append(dict(case=f"pipeline {src_size}px jpeg -> {out_size}px",
-                             workers=workers, images_per_s=round(statistics.median(rates), 1),
-                             runs=[round(r, 1) for r in rates]))
+                             workers=workers,
+                             images_per_s=round(statistics.median(r[0] for r in runs), 1),
+                             images_per_cpu_s=round(statistics.median(r[1] for r in runs), 1),
+                             runs=[round(r[0], 1) for r in runs]))
 
     blobs = [datasets[512][i]["image"] for i in range(min(100, len(datasets[512])))]
     for out_size in (256, 592):
@@ -118,11 +135,13 @@ def main() -> int:
     text = json.dumps(result, indent=1)
     print(text)
     print()
-    print(f"{'case':58s} {'workers':>7s} {'img/s':>8s} {'peer':>8s} {'ratio':>6s}")
+    print(f"{'case':58s} {'workers':>7s} {'img/s':>8s} {'img/cpu-s':>9s} {'peer':>8s} "
+          f"{'ratio':>6s}")
     for r in rows:
         peer = f"{r['peer_images_per_s']:8.1f}" if "peer_images_per_s" in r else f"{'-':>8s}"
         ratio = f"{r['ratio']:6.2f}" if "ratio" in r else f"{'-':>6s}"
-        print(f"{r['case']:58s} {r['workers']:7d} {r['images_per_s']:8.1f} {peer} {ratio}")
+        cpu = f"{r['images_per_cpu_s']:9.1f}" if "images_per_cpu_s" in r else f"{'-':>9s}"
+        print(f"{r['case']:58s} {r['workers']:7d} {r['images_per_s']:8.1f} {cpu} {peer} {ratio}")
     print(f"(load average {result['load_average_1min']} on {result['cpu_count']} cores)")
     if a.out:
         tmp_out = f"{a.out}.tmp.{os.getpid()}"

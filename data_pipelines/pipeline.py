@@ -58,8 +58,8 @@ class InputConfig:
     num_epochs: int | None = None
     worker_count: int = 0
     worker_buffer_size: int = 2
-    read_threads: int = 16  # grain ReadOptions: threads reading records ahead
-    read_prefetch: int = 500  # records read ahead per worker (small in tests)
+    read_threads: int = 2  # grain ReadOptions: threads reading records ahead (reading is
+    read_prefetch: int = 64  # Python-bound, so more threads only add contention)
     flip_prob: float = 0.0
     flip_predicate_map: tuple[tuple[int, int], ...] = ()
     filter_duplicate_rels: bool = False
@@ -196,8 +196,11 @@ def flip_example(ex: dict[str, np.ndarray], perm: np.ndarray) -> dict[str, np.nd
     """Horizontal flip of a fixed-shape example: content, boxes, regions and predicates."""
     out = dict(ex)
     th, tw = (int(v) for v in ex["image_sizes"])
-    img = ex["images"].copy()
-    img[:th, :tw] = img[:th, :tw][:, ::-1]
+    src = np.ascontiguousarray(ex["images"])
+    img = src.copy()
+    # Reverse whole pixels (one 3-byte item each) rather than a [H, W, 3] array: ~3x faster.
+    pixel = np.dtype((np.void, src.shape[-1] * src.itemsize))
+    img.view(pixel)[..., 0][:th, :tw] = src.view(pixel)[..., 0][:th, :tw][:, ::-1]
     out["images"] = img
     for key, mask in (("boxes", "box_mask"), ("region_boxes", "region_mask")):
         b = ex[key]

@@ -89,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=5, help="predicates listed at each end")
     p.add_argument("--json", default="", help="summary path (default: in the TFDS directory)")
     a = p.parse_args(argv)
+    import tensorflow_datasets as tfds
+    from absl import logging as absl_logging
+    tfds.disable_progress_bar()  # the table below is the output; keep the terminal readable
+    absl_logging.set_verbosity(absl_logging.ERROR)
     config = DataConfig(name="vg150" if a.data_dir else "synthetic", data_dir=a.data_dir,
                         cache_dir=a.cache_dir, tfds_dir=a.tfds_dir, num_train=a.num_train,
                         num_val=a.num_val, num_test=a.num_test, image_size=a.image_size,

@@ -227,3 +227,13 @@ def test_batch_larger_than_shard_is_an_error(data):
     with pytest.raises(ValueError, match="batch_size"):
         pipeline.make_loader(src["train"], _cfg(batch_size=5), "train",
                              shard_options=grain.sharding.ShardOptions(0, 2, True))
+
+
+def test_decode_png_and_grayscale():
+    gray = (np.arange(40 * 20) % 251).astype(np.uint8).reshape(20, 40)
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, "PNG")
+    canvas, scale, th, tw = pipeline.decode_resize(buf.getvalue(), 80)
+    assert (th, tw, scale) == (40, 80, 2.0) and canvas.shape == (80, 80, 3)
+    np.testing.assert_array_equal(canvas[:40, :80, 0], canvas[:40, :80, 2])  # gray -> RGB
+    assert not canvas[40:].any()
