@@ -1,8 +1,6 @@
 """Tests of the backbones, RoI features, FREQ, IMP, the registry and the post-processing."""
 from __future__ import annotations
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,59 +17,6 @@ from sgg_jax.models import postprocess
 
 C, P = 4, 3  # object classes, predicates
 B, S, O, M = 2, 64, 5, 8
-
-
-def _fallback_roi_align():
-    """TEMPORARY: a plain bilinear RoI-align until pallas_kernels.roi_align lands."""
-    try:
-        return importlib.import_module("pallas_kernels.roi_align")
-    except ImportError:
-        pass
-    import sys
-    import types
-
-    def roi_align(features, boxes, box_indices, output_size, spatial_scale, sampling_ratio,
-                  aligned=True, impl="auto"):
-        oh, ow = output_size
-        _, h, w, _ = features.shape
-        off = 0.5 if aligned else 0.0
-        x1, y1, x2, y2 = [boxes[:, i] * spatial_scale for i in range(4)]
-        x1, y1 = x1 - off, y1 - off
-        x2, y2 = x2 - off, y2 - off
-        g = sampling_ratio
-        ty = (jnp.arange(oh)[:, None] + (jnp.arange(g)[None] + 0.5) / g).reshape(-1) / oh
-        tx = (jnp.arange(ow)[:, None] + (jnp.arange(g)[None] + 0.5) / g).reshape(-1) / ow
-        ys = y1[:, None] + ty[None] * (y2 - y1)[:, None]
-        xs = x1[:, None] + tx[None] * (x2 - x1)[:, None]
-
-        def interp(coord, size):
-            valid = (coord >= -1) & (coord <= size)
-            c = jnp.clip(coord, 0, None)
-            lo = jnp.floor(c).astype(jnp.int32)
-            at_end = lo >= size - 1
-            lo = jnp.where(at_end, size - 1, lo)
-            hi = jnp.where(at_end, size - 1, lo + 1)
-            c = jnp.where(at_end, lo.astype(c.dtype), c)
-            frac = c - lo
-            wmat = (jax.nn.one_hot(lo, size) * (1 - frac)[..., None]
-                    + jax.nn.one_hot(hi, size) * frac[..., None])
-            return wmat * valid[..., None]
-
-        wy, wx = interp(ys, h), interp(xs, w)  # [R, oh*g, H], [R, ow*g, W]
-        f = features[box_indices].astype(jnp.float32)
-        out = jnp.einsum("ryh,rxw,rhwc->ryxc", wy, wx, f)
-        out = out.reshape(out.shape[0], oh, g, ow, g, -1).mean(axis=(2, 4))
-        return out.astype(features.dtype)
-
-    mod = types.ModuleType("pallas_kernels.roi_align")
-    mod.roi_align = roi_align
-    sys.modules["pallas_kernels.roi_align"] = mod
-    import pallas_kernels
-    pallas_kernels.roi_align = mod
-    return mod
-
-
-_fallback_roi_align()
 
 
 def model_config(name: str = "imp", **overrides) -> ml_collections.ConfigDict:
@@ -185,7 +130,15 @@ def test_frequency_table_hand_values():
         freq_lib.frequency_log_table(np.zeros((3, 4, 2)))
 
 
-def test_freq_predcls_equals_table_argmax():
+@pytest.fixture(scope="module")
+def freq_variables():
+    """FREQ has the same parameters in every mode: initialise once."""
+    model = build_model(model_config("freq"), num_classes=C, num_predicates=P,
+                        statistics=Stats(_hand_fg()), mode="sgcls")
+    return init(model, make_inputs())
+
+
+def test_freq_predcls_equals_table_argmax(freq_variables):
     fg = _hand_fg()
     model = build_model(model_config("freq"), num_classes=C, num_predicates=P,
                         statistics=Stats(fg), mode="predcls")
@@ -197,7 +150,7 @@ def test_freq_predcls_equals_table_argmax():
     pairs[0, :4] = [[0, 1], [1, 0], [2, 3], [0, 4]]
     pairs[1, :2] = [[0, 1], [2, 0]]
     inputs = inputs.replace(labels=jnp.asarray(labels), pairs=jnp.asarray(pairs))
-    variables = init(model, inputs)
+    variables = freq_variables
     out = jax.jit(lambda v, x: model.apply(v, x, False))(variables, inputs)
     pred = np.asarray(out.rel_logits.argmax(-1))
     # Hand-derived: (1,2)->1, (2,1)->3, (3,3)->2, (1,4) unseen -> background 0.
@@ -207,12 +160,12 @@ def test_freq_predcls_equals_table_argmax():
     assert set(variables["params"]) == {"backbone", "roi_features", "obj_classifier"}
 
 
-def test_freq_sgcls_uses_predicted_labels():
+def test_freq_sgcls_uses_predicted_labels(freq_variables):
     fg = _hand_fg()
     model = build_model(model_config("freq"), num_classes=C, num_predicates=P,
                         statistics=Stats(fg), mode="sgcls")
     inputs = make_inputs()
-    variables = init(model, inputs)
+    variables = freq_variables
     params = jax.tree_util.tree_map(lambda x: x, variables["params"])
     # Classifier forced to class 3 everywhere (bias only); GT labels must be ignored.
     params["obj_classifier"]["kernel"] = jnp.zeros_like(params["obj_classifier"]["kernel"])
@@ -291,11 +244,14 @@ def test_imp_permutation_equivariance(imp_setup):
 
 
 def test_imp_adam_steps_reduce_loss(imp_setup):
-    model, variables, inputs, _ = imp_setup
+    _, variables, inputs, _ = imp_setup
+    model = small_imp(num_iterations=2)  # same parameters, shorter graph to compile
     pair_labels = jnp.asarray(np.random.default_rng(3).integers(0, P + 1, (B, M)), jnp.int32)
-    # Stage-2 style: the backbone is frozen (its backward pass is not compiled: faster test).
-    frozen = {"backbone": variables["params"]["backbone"]}
-    params = {k: v for k, v in variables["params"].items() if k != "backbone"}
+    # Stage-2 style: backbone and RoI head frozen (their backward pass is not compiled: a faster
+    # test; RoI-align gradients are tested with the kernel).
+    frozen_groups = ("backbone", "roi_features")
+    frozen = {k: v for k, v in variables["params"].items() if k in frozen_groups}
+    params = {k: v for k, v in variables["params"].items() if k not in frozen_groups}
     tx = optax.adam(1e-2)
     opt_state = tx.init(params)
 
@@ -322,7 +278,7 @@ def test_imp_adam_steps_reduce_loss(imp_setup):
 def test_imp_bfloat16_and_dropout_run(imp_setup):
     _, variables, inputs, _ = imp_setup
     # Parameters stay float32 whatever the compute dtype, so the float32 model's variables fit.
-    model = small_imp(dtype="bfloat16", dropout=0.5)
+    model = small_imp(dtype="bfloat16", dropout=0.5, num_iterations=1)
     out = jax.jit(lambda v, x, r: model.apply(v, x, True, rngs={"dropout": r}))(
         variables, inputs, jax.random.PRNGKey(1))
     assert out.rel_logits.dtype == jnp.float32

@@ -62,7 +62,7 @@ def build_model(model_config: Any, *, num_classes: int, num_predicates: int,
                   sampling_ratio=int(_field(model_config, "sampling_ratio")),
                   dropout=float(_field(model_config, "dropout")), dtype=_DTYPES[dtype_name])
     if name == "freq":
-        from sgg_jax.models.freq import FreqModel, frequency_log_table
+        from sgg_jax.models.freq import ConstantTable, FreqModel, frequency_log_table
 
         fg = getattr(statistics, "fg_matrix", None)
         if fg is None:
@@ -71,7 +71,7 @@ def build_model(model_config: Any, *, num_classes: int, num_predicates: int,
         if table.shape != (num_classes + 1, num_classes + 1, num_predicates + 1):
             raise ValueError(f"statistics.fg_matrix: expected shape {(num_classes + 1,) * 2 + (num_predicates + 1,)}, "
                              f"got {table.shape}")
-        return FreqModel(num_classes=num_classes, table=table, **common)
+        return FreqModel(num_classes=num_classes, table=ConstantTable(table), **common)
     from sgg_jax.models.imp import IMPModel
 
     return IMPModel(num_classes=num_classes, num_predicates=num_predicates,

@@ -11,6 +11,7 @@ of an object classifier (backbone + RoI features + linear, the only trained part
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -52,13 +53,24 @@ def lookup_frequency(table: jnp.ndarray, labels: jnp.ndarray, pairs: jnp.ndarray
     return table[subj, obj]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class ConstantTable:
+    """A NumPy constant held by a module: hashable by identity, so the module stays hashable
+    (jit static arguments, Flax module caching) without hashing a large array."""
+
+    value: np.ndarray
+
+    def __repr__(self) -> str:
+        return f"ConstantTable(shape={self.value.shape}, dtype={self.value.dtype})"
+
+
 class FrequencyBias(nn.Module):
     """Looks up the constant log-frequency table (no parameters)."""
 
-    table: np.ndarray  # [C+1, C+1, P+1] float32 from `frequency_log_table`
+    table: ConstantTable  # [C+1, C+1, P+1] float32 from `frequency_log_table`
 
     def __call__(self, labels: jnp.ndarray, pairs: jnp.ndarray) -> jnp.ndarray:
-        return lookup_frequency(jnp.asarray(self.table), labels, pairs)
+        return lookup_frequency(jnp.asarray(self.table.value), labels, pairs)
 
 
 def predicted_labels(obj_logits: jnp.ndarray) -> jnp.ndarray:
@@ -71,12 +83,12 @@ class FreqModel(nn.Module):
 
     Attributes:
       num_classes: C object classes (logits have C + 1 columns).
-      table: the log-frequency table [C+1, C+1, P+1].
+      table: the log-frequency table [C+1, C+1, P+1] (`ConstantTable`).
       mode: "predcls" (GT labels index the table) | "sgcls" | "sgdet" (predicted labels).
     """
 
     num_classes: int
-    table: np.ndarray
+    table: ConstantTable
     mode: str = "predcls"
     backbone_name: str = "small_resnet"
     fc_dim: int = 256
