@@ -1,6 +1,7 @@
 """grain input pipeline: TFDS array_record examples -> fixed-shape `Batch` (numpy).
 
-Per example (a `grain.transforms.Map`, run in `worker_count` worker processes):
+Per example (in grain's read threads by default, see `DecodedSource`, or as a
+`grain.transforms.Map`; either way inside each of `worker_count` worker processes):
   1. decode the stored JPEG with Pillow; for JPEG, `draft` lets libjpeg decode at 1/2, 1/4 or
      1/8 scale when the target is that much smaller (much faster, same final size);
   2. resize so the long side is `image_size` (bilinear; content size = round(original * scale))
@@ -58,8 +59,9 @@ class InputConfig:
     num_epochs: int | None = None
     worker_count: int = 0
     worker_buffer_size: int = 2
-    read_threads: int = 2  # grain ReadOptions: threads reading records ahead (reading is
-    read_prefetch: int = 64  # Python-bound, so more threads only add contention)
+    read_threads: int = 2  # grain ReadOptions: threads reading (and, by default, decoding)
+    read_prefetch: int = 64  # records ahead; Pillow releases the GIL while decoding
+    decode_in_read_threads: bool = True  # False: decode as a grain map op instead
     flip_prob: float = 0.0
     flip_predicate_map: tuple[tuple[int, int], ...] = ()
     filter_duplicate_rels: bool = False
@@ -286,6 +288,32 @@ def empty_batch(config: InputConfig, batch_size: int | None = None) -> Batch:
 # Loaders
 # --------------------------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class DecodedSource:
+    """A random-access source whose items are already decoded and padded (`DecodeAndPad`).
+
+    Used as the grain data source, decoding runs in grain's read threads (in every worker):
+    Pillow releases the GIL while it decodes, so decoding overlaps across threads and cores even
+    with worker_count=0. Random augmentation stays a grain op (seeded per record).
+    """
+
+    source: Any
+    config: InputConfig
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return DecodeAndPad(self.config).map(self.source[i])
+
+
+def _decoding(source: Any, config: InputConfig) -> tuple[Any, list[Any]]:
+    """(data source, leading ops): decode in read threads or as a grain map op."""
+    if config.decode_in_read_threads:
+        return DecodedSource(source, config), []
+    return source, [DecodeAndPad(config)]
+
+
 def _ensure_flags_parsed(config: InputConfig) -> None:
     """grain's worker processes read absl flags; outside an absl app, use their defaults."""
     if config.worker_count > 0:
@@ -324,7 +352,7 @@ def make_loader(source: Any, config: InputConfig, split: str = "train", *,
         num_records=len(source), shard_options=shard, shuffle=config.shuffle,
         num_epochs=config.num_epochs, seed=config.seed)
     perm = predicate_permutation(config.flip_predicate_map)
-    ops: list[Any] = [DecodeAndPad(config)]
+    source, ops = _decoding(source, config)
     if config.flip_prob > 0 or config.filter_duplicate_rels:
         ops.append(RandomAugment(float(config.flip_prob), tuple(int(x) for x in perm),
                                  bool(config.filter_duplicate_rels)))
@@ -382,12 +410,13 @@ class EvalLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         c = self.config
+        source, ops = _decoding(self.source, c)
         sampler = grain.samplers.IndexSampler(
             num_records=len(self.source), shard_options=grain.sharding.NoSharding(),
             shuffle=False, num_epochs=1, seed=0)
         loader = grain.DataLoader(
-            data_source=self.source, sampler=sampler,
-            operations=[DecodeAndPad(c), grain.transforms.Batch(
+            data_source=source, sampler=sampler,
+            operations=ops + [grain.transforms.Batch(
                 c.batch_size, drop_remainder=False, batch_fn=StackPadded(c.batch_size))],
             worker_count=c.worker_count, worker_buffer_size=c.worker_buffer_size,
             read_options=_read_options(c))

@@ -237,3 +237,14 @@ def test_decode_png_and_grayscale():
     assert (th, tw, scale) == (40, 80, 2.0) and canvas.shape == (80, 80, 3)
     np.testing.assert_array_equal(canvas[:40, :80, 0], canvas[:40, :80, 2])  # gray -> RGB
     assert not canvas[40:].any()
+
+
+def test_decode_in_read_threads_or_as_map_op_same_batches(data):
+    _, src = data
+    kw = dict(flip_prob=0.5, flip_predicate_map=((2, 3),), num_epochs=2)
+    a = list(pipeline.make_loader(src["train"], _cfg(decode_in_read_threads=True, **kw)))
+    b = list(pipeline.make_loader(src["train"], _cfg(decode_in_read_threads=False, **kw)))
+    assert len(a) == len(b) == 8
+    for x, y in zip(a, b):
+        for f in ("images", "image_ids", "boxes", "relations", "rel_mask", "region_tokens"):
+            np.testing.assert_array_equal(getattr(x, f), getattr(y, f))
