@@ -246,15 +246,22 @@ class SceneGraphDataset(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, records: Sequence[SceneGraphRecord] = (),
                            word_to_idx: dict[str, int] | None = None
                            ) -> Iterator[tuple[str, dict[str, Any]]]:
+        corrected = []
         for r in records:
-            yield str(r.image_id), record_to_example(r, word_to_idx or {})
+            ex = record_to_example(r, word_to_idx or {})
+            if (ex["width"], ex["height"]) != (int(r.width), int(r.height)):
+                corrected.append(r.image_id)
+            yield str(r.image_id), ex
+        if corrected:
+            print(f"{len(corrected)} images have an annotated size that differs from their file "
+                  f"(e.g. image ids {corrected[:5]}); their boxes were rescaled to the file")
 
 
 def record_to_example(r: SceneGraphRecord, word_to_idx: dict[str, int]) -> dict[str, Any]:
     """One TFDS example from a record; reads the image bytes and checks the stored size.
 
     When the image file's size differs from the annotated width/height (a few real VG entries are
-    wrong), boxes are rescaled to the file's size and a line is printed.
+    wrong), boxes are rescaled to the file's size (the builder prints how many).
     """
     w, h = _image_size(r.image_path)
     boxes = np.asarray(r.boxes, np.float32).reshape(-1, 4)
@@ -262,8 +269,6 @@ def record_to_example(r: SceneGraphRecord, word_to_idx: dict[str, int]) -> dict[
     if (w, h) != (int(r.width), int(r.height)):
         k = np.array([w / r.width, h / r.height, w / r.width, h / r.height], np.float32)
         boxes, region_boxes = boxes * k, region_boxes * k
-        print(f"{r.image_path}: annotated size {r.width}x{r.height} but the file is {w}x{h}; "
-              "boxes rescaled to the file")
     with open(r.image_path, "rb") as f:
         data = f.read()
     return {

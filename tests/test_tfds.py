@@ -131,3 +131,17 @@ def test_prepare_synthetic_and_cli(tmp_path, capsys):
         prepare_dataset(DataConfig(name="coco"))
     with pytest.raises(ValueError, match="unknown"):
         DataConfig.from_dict({"name": "synthetic", "bogus": 1})
+
+
+def test_wrong_annotated_size_rescales_boxes(tmp_path):
+    from PIL import Image
+    raw = tmp_path / "raw"
+    recs = make_vg150_dir(str(raw), num_val=0, num_train=3, num_test=1, with_msdn=False)
+    r = recs["train"][1]
+    Image.new("RGB", (r.width * 2, r.height * 2), (9, 9, 9)).save(r.image_path)
+    b = tfds_sgg.build_dataset(raw, tmp_path / "tfds", tfds_sgg.make_config(num_val_im=0))
+    ex = b.as_data_source()["train"][1]
+    assert ex["image_id"] == r.image_id
+    assert (ex["width"], ex["height"]) == (r.width * 2, r.height * 2)
+    np.testing.assert_array_equal(ex["boxes"], r.boxes * 2)
+    np.testing.assert_array_equal(b.as_data_source()["train"][0]["boxes"], recs["train"][0].boxes)
