@@ -8,13 +8,18 @@ import numpy as np
 import optax
 import pytest
 
-pytest.importorskip("sgg_jax.ops.boxes", reason="the shared box ops have not landed yet")
+pytest.importorskip("sgg_jax.ops.nms", reason="the shared box ops have not landed yet")
 
 from sgg_jax import weights as W
 from sgg_jax.models.detection import FasterRCNN, tiny_config, vgg16_config, resnet50_fpn_config
 from sgg_jax.models.detection.roi_head import postprocess_image
 from sgg_jax.models.detection.rpn import select_proposals
 from sgg_jax.models.detection.targets import anchor_labels, rpn_targets, sample_proposals
+
+
+def key(seed: int) -> jax.Array:
+    """An rbg key: threefry takes ~10 s to compile on this CPU, rbg ~1 s (same statistics use)."""
+    return jax.random.key(seed, impl="rbg")
 
 
 def np_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -67,7 +72,7 @@ def test_anchor_labels_and_sampling_match_numpy_reference():
 
     n_fg, n_bg = int((ref == 1).sum()), int((ref == 0).sum())
     assert n_fg >= 4 and n_bg > 20
-    t = rpn_targets(jnp.asarray(anchors), gt, gt_mask, jnp.array([64.0, 64.0]), jax.random.PRNGKey(3),
+    t = rpn_targets(jnp.asarray(anchors), gt, gt_mask, jnp.array([64.0, 64.0]), key(3),
                     batch_size=16, positive_fraction=0.25)
     fg, bg = np.asarray(t.fg), np.asarray(t.bg)
     assert fg.sum() == min(n_fg, 4) and bg.sum() == 16 - fg.sum()
@@ -77,7 +82,7 @@ def test_anchor_labels_and_sampling_match_numpy_reference():
     dec = _ops.decode(t.deltas[fg], jnp.asarray(anchors[fg]), (1.0, 1.0, 1.0, 1.0))
     np.testing.assert_allclose(dec, gt[np.asarray(t.matched_gt)[fg]], atol=1e-3)
     # a different key draws a different sample of the same sizes
-    t2 = rpn_targets(jnp.asarray(anchors), gt, gt_mask, jnp.array([64.0, 64.0]), jax.random.PRNGKey(4),
+    t2 = rpn_targets(jnp.asarray(anchors), gt, gt_mask, jnp.array([64.0, 64.0]), key(4),
                      batch_size=16, positive_fraction=0.25)
     assert int(t2.bg.sum()) == int(bg.sum()) and not np.array_equal(np.asarray(t2.bg), bg)
 
@@ -90,7 +95,7 @@ def test_sample_proposals_labels_and_order():
     gt = np.concatenate([random_boxes(rng, 3), np.zeros((1, 4), np.float32)])
     gt_lab = np.array([2, 5, 1, 0], np.int32)
     gt_mask = gt_lab > 0
-    rt = sample_proposals(props, pmask, gt, gt_lab, gt_mask, jax.random.PRNGKey(0), batch_size=16,
+    rt = sample_proposals(props, pmask, gt, gt_lab, gt_mask, key(0), batch_size=16,
                           positive_fraction=0.25)
     boxes, labels, fg, valid = map(np.asarray, (rt.boxes, rt.labels, rt.fg, rt.valid))
     cands = np.concatenate([props[pmask], gt[gt_mask]])
@@ -185,13 +190,13 @@ def test_training_steps_reduce_loss_and_inference_shapes():
     cfg = tiny_config(num_classes=3)
     model = FasterRCNN(cfg)
     images, sizes, gtb, gtl, gtm = _tiny_batch()
-    variables = jax.jit(model.init)({"params": jax.random.PRNGKey(0)}, images, sizes)
+    variables = jax.jit(model.init)({"params": key(0)}, images, sizes)
     opt = optax.adam(3e-3)
-    key = jax.random.PRNGKey(1)  # fixed sampling key: the same loss function every step
+    k_sample = key(1)  # fixed sampling key: the same loss function every step
 
     def loss_fn(params):
         out = model.apply({**variables, "params": params}, images, sizes, gtb, gtl, gtm, train=True,
-                          rngs={"sampling": key})
+                          rngs={"sampling": k_sample})
         return out.total, out
 
     @jax.jit
@@ -224,7 +229,7 @@ def test_train_needs_ground_truth():
     cfg = tiny_config(num_classes=3)
     images, sizes, *_ = _tiny_batch()
     with pytest.raises(ValueError, match="gt_boxes"):
-        FasterRCNN(cfg).init({"params": jax.random.PRNGKey(0)}, images, sizes, train=True)
+        FasterRCNN(cfg).init({"params": key(0)}, images, sizes, train=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +237,7 @@ def test_train_needs_ground_truth():
 
 
 def _shapes(model, size=64):
-    return jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
+    return jax.eval_shape(lambda: model.init({"params": key(0)},
                                              jnp.zeros((1, size, size, 3), jnp.uint8),
                                              jnp.full((1, 2), float(size))))
 

@@ -1,6 +1,6 @@
 """The one place the detector calls the shared box ops and RoI-align (so their APIs meet here).
 
-Box ops come from `sgg_jax.ops.boxes`, RoI-align from `pallas_kernels.roi_align`; both are
+Box ops come from `sgg_jax.ops.boxes` / `sgg_jax.ops.nms`, RoI-align from `pallas_kernels.roi_align`; both are
 imported lazily so this package imports on its own.
 """
 from __future__ import annotations
@@ -23,23 +23,25 @@ def pairwise_iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
 
 def encode(targets: jnp.ndarray, reference: jnp.ndarray, weights: tuple) -> jnp.ndarray:
     """Faster R-CNN deltas (dx, dy, dw, dh) of `targets` relative to `reference`."""
-    return _boxes().encode(targets, reference, weights)
+    return _boxes().encode_boxes(reference, targets, weights)
 
 
 def decode(deltas: jnp.ndarray, reference: jnp.ndarray, weights: tuple) -> jnp.ndarray:
     """Inverse of `encode` (dw, dh clipped at log(1000 / 16))."""
-    return _boxes().decode(deltas, reference, weights)
+    return _boxes().decode_boxes(deltas, reference, weights)
 
 
 def clip(boxes: jnp.ndarray, image_hw: jnp.ndarray) -> jnp.ndarray:
     """Clip x1y1x2y2 boxes to [0, w] x [0, h]."""
-    return _boxes().clip(boxes, image_hw)
+    return _boxes().clip_boxes(boxes, image_hw[..., 0], image_hw[..., 1])
 
 
 def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, classes: jnp.ndarray, valid: jnp.ndarray,
                 iou_thresh: float, max_output: int) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Class-aware NMS: (indices [max_output] by decreasing score, valid mask [max_output])."""
-    return _boxes().batched_nms(boxes, scores, classes, valid, iou_thresh, max_output)
+    from sgg_jax.ops import nms
+
+    return nms.batched_nms(boxes, scores, classes, iou_thresh, max_output, valid=valid)
 
 
 def pool_rois(features: Sequence[jnp.ndarray], strides: Sequence[int], boxes: jnp.ndarray,
