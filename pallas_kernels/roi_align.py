@@ -220,8 +220,13 @@ def _window_kernel(bidx_ref, y0_ref, x0_ref, feat_ref, wy_ref, wx_ref, out_ref):
     _roi_kernel(bidx_ref, feat_ref, wy_ref, wx_ref, out_ref)
 
 
-def _default_interpret() -> bool:
-    return jax.default_backend() not in ("tpu", "gpu")
+def _default_interpret():
+    """Off TPU/GPU: the TPU-faithful interpreter (scalar prefetch, element windows, and it raises
+    on out-of-bounds block reads, which checks the window placement)."""
+    if jax.default_backend() in ("tpu", "gpu"):
+        return False
+    from jax.experimental.pallas import tpu as pltpu
+    return pltpu.InterpretParams()
 
 
 def _pallas_forward(features, yi, yw, xi, xw, box_indices, window: int | None,
@@ -231,6 +236,8 @@ def _pallas_forward(features, yi, yw, xi, xw, box_indices, window: int | None,
     r, oh, ow = yi.shape[0], yi.shape[1], xi.shape[1]
     if interpret is None:
         interpret = _default_interpret()
+    elif interpret is True:
+        interpret = _default_interpret() or True
     bidx = jnp.clip(box_indices.astype(jnp.int32), 0, b - 1)
     kh = h if window is None else min(int(window), h)
     kw = w if window is None else min(int(window), w)
@@ -317,11 +324,19 @@ def roi_align(features: jax.Array, boxes: jax.Array, box_indices: jax.Array,
     interpret: Pallas only; None interprets off TPU/GPU."""
     features, boxes, box_indices = map(jnp.asarray, (features, boxes, box_indices))
     _check(features, boxes, box_indices, sampling_ratio, impl)
-    out_hw = _pair(output_size)
+    return _roi_align_jit(features, boxes, box_indices, jnp.asarray(spatial_scale, jnp.float32),
+                          _pair(output_size), int(sampling_ratio), bool(aligned),
+                          resolve_impl(impl), window, interpret)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9))
+def _roi_align_jit(features, boxes, box_indices, spatial_scale, out_hw, ratio, aligned, impl,
+                   window, interpret):
+    # jitted as a whole: run eagerly, the per-tap gathers would each be dispatched separately
     _, h, w, _ = features.shape
-    yi, yw, xi, xw = _roi_taps(boxes, spatial_scale, aligned, out_hw, int(sampling_ratio), h, w)
+    yi, yw, xi, xw = _roi_taps(boxes, spatial_scale, aligned, out_hw, ratio, h, w)
     yi, yw, xi, xw = (jax.lax.stop_gradient(a) for a in (yi, yw, xi, xw))
-    return _align(features, yi, yw, xi, xw, box_indices, resolve_impl(impl), window, interpret)
+    return _align(features, yi, yw, xi, xw, box_indices, impl, window, interpret)
 
 
 def fpn_levels(boxes: jax.Array, k_min: int, k_max: int, canonical_level: int = 4,
@@ -352,7 +367,14 @@ def multilevel_roi_align(features_per_level: Sequence[jax.Array], boxes: jax.Arr
         if f.shape[0] != feats[0].shape[0] or f.shape[3] != feats[0].shape[3]:
             raise ValueError("pallas_kernels/roi_align.py: all levels need the same batch and "
                              f"channels, got {[x.shape for x in feats]}")
-    out_hw = _pair(output_size)
+    return _multilevel_jit(tuple(feats), boxes, box_indices, _pair(output_size),
+                           tuple(float(x) for x in spatial_scales), int(sampling_ratio),
+                           bool(aligned), int(canonical_level), float(canonical_scale))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def _multilevel_jit(feats, boxes, box_indices, out_hw, spatial_scales, sampling_ratio, aligned,
+                    canonical_level, canonical_scale):
     lv_ids = [-math.log2(s) for s in spatial_scales]
     k_min, k_max = int(round(lv_ids[0])), int(round(lv_ids[-1]))
     lvl = fpn_levels(boxes, k_min, k_max, canonical_level, canonical_scale)
@@ -391,19 +413,26 @@ def roi_pool(features: jax.Array, boxes: jax.Array, box_indices: jax.Array,
     Only an XLA implementation exists; every impl value runs it."""
     features, boxes, box_indices = map(jnp.asarray, (features, boxes, box_indices))
     _check(features, boxes, box_indices, 1, impl)
-    oh, ow = _pair(output_size)
+    return _roi_pool_jit(features, boxes, box_indices, _pair(output_size), float(spatial_scale))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _roi_pool_jit(features, boxes, box_indices, out_hw, spatial_scale):
+    oh, ow = out_hw
     b, h, w, c = features.shape
     r = boxes.shape[0]
     sb = _round_half_away(boxes.astype(jnp.float32) * jnp.float32(spatial_scale))
     x1, y1, x2, y2 = sb[:, 0], sb[:, 1], sb[:, 2], sb[:, 3]
 
     def bins(start, end, out, extent):
-        size = jnp.maximum(end - start + 1, 1.0)
-        binsz = (size / out)[:, None]
-        p = jnp.arange(out, dtype=jnp.float32)[None]
-        lo = jnp.clip(jnp.floor(p * binsz) + start[:, None], 0, extent)
-        hi = jnp.clip(jnp.ceil((p + 1) * binsz) + start[:, None], 0, extent)
-        return lo.astype(jnp.int32), hi.astype(jnp.int32)
+        # floor(p*size/out), ceil((p+1)*size/out) in exact integer arithmetic (float32 with
+        # XLA's division-by-constant rewrite can land one past an integer bin edge)
+        start, end = start.astype(jnp.int32), end.astype(jnp.int32)
+        size = jnp.maximum(end - start + 1, 1)[:, None]
+        p = jnp.arange(out, dtype=jnp.int32)[None]
+        lo = jnp.clip((p * size) // out + start[:, None], 0, extent)
+        hi = jnp.clip(-((-(p + 1) * size) // out) + start[:, None], 0, extent)
+        return lo, hi
 
     hs, he = bins(y1, y2, oh, h)
     ws_, we = bins(x1, x2, ow, w)
