@@ -87,6 +87,8 @@ def postprocess_image(logits: jnp.ndarray, deltas: jnp.ndarray, rois: jnp.ndarra
     logits [S, C+1], deltas [S, C+1, 4], rois [S, 4], roi_valid [S]. Returns boxes [D, 4],
     labels [D], scores [D], class_dists [D, C+1], valid [D], roi_index [D].
     """
+    logits, deltas = jnp.asarray(logits, jnp.float32), jnp.asarray(deltas, jnp.float32)
+    rois, roi_valid = jnp.asarray(rois, jnp.float32), jnp.asarray(roi_valid, bool)
     s, n = logits.shape
     c = n - 1
     probs = jax.nn.softmax(logits, axis=-1)

@@ -68,6 +68,8 @@ def rpn_targets(anchors: jnp.ndarray, gt_boxes: jnp.ndarray, gt_mask: jnp.ndarra
                 allowed_border: float = -1.0,
                 weights: tuple = (1.0, 1.0, 1.0, 1.0)) -> AnchorTargets:
     """Samples `batch_size` anchors (at most positive_fraction fg) for one image."""
+    anchors, gt_boxes = jnp.asarray(anchors, jnp.float32), jnp.asarray(gt_boxes, jnp.float32)
+    gt_mask, image_hw = jnp.asarray(gt_mask, bool), jnp.asarray(image_hw, jnp.float32)
     inside = None
     if allowed_border >= 0:
         h, w = image_hw[0], image_hw[1]
@@ -104,6 +106,9 @@ def sample_proposals(proposals: jnp.ndarray, proposal_mask: jnp.ndarray, gt_boxe
     fg: IoU >= fg_thresh with a valid gt (label = that gt's class); bg: IoU in
     [bg_thresh_lo, bg_thresh_hi). fg come first in the output, then bg, then padding.
     """
+    proposals, gt_boxes = jnp.asarray(proposals, jnp.float32), jnp.asarray(gt_boxes, jnp.float32)
+    proposal_mask, gt_mask = jnp.asarray(proposal_mask, bool), jnp.asarray(gt_mask, bool)
+    gt_labels = jnp.asarray(gt_labels, jnp.int32)
     boxes = jnp.concatenate([proposals, gt_boxes], axis=0)
     mask = jnp.concatenate([proposal_mask, gt_mask], axis=0)
     iou = jnp.where(gt_mask[None, :], _ops.pairwise_iou(boxes, gt_boxes), -1.0)
