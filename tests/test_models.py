@@ -55,8 +55,22 @@ def make_inputs(seed: int = 0, n_boxes=(5, 3), n_pairs=(8, 4)) -> ModelInputs:
 
 
 def init(model, inputs, seed=0):
-    """Jitted init with an RBG key: the threefry initialisers take far longer to compile on CPU."""
-    return jax.jit(lambda r, x: model.init(r, x, False))(jax.random.key(seed, impl="rbg"), inputs)
+    """Variables with the shapes `model.init` gives (traced by eval_shape) filled on the host:
+    kernels ~ N(0, 1/fan_in), biases 0, norm scales 1. Compiling the jitted init (one random
+    initialiser per parameter) costs far more CPU time than the rest of a test."""
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, False), inputs)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "kernel" or leaf.ndim >= 2:
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape), leaf.dtype)
+        if name in ("scale", "var"):
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.zeros(leaf.shape, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def small_imp(mode="sgcls", **overrides):
@@ -131,11 +145,24 @@ def test_frequency_table_hand_values():
 
 
 @pytest.fixture(scope="module")
-def freq_variables():
-    """FREQ has the same parameters in every mode: initialise once."""
+def freq_variables(imp_setup):
+    """FREQ's parameters, grafted from the IMP fixture (same backbone and object RoI head) to
+    save an initialisation compile; the object classifier is a fresh random linear map."""
+    imp_params = imp_setup[1]["params"]
+    rng = np.random.default_rng(5)
+    fc_dim = imp_params["roi_features"]["obj_fc"]["fc7"]["kernel"].shape[1]
+    params = {
+        "backbone": imp_params["backbone"],
+        "roi_features": {"obj_fc": imp_params["roi_features"]["obj_fc"]},
+        "obj_classifier": {"kernel": jnp.asarray(rng.normal(0, 0.1, (fc_dim, C + 1)), jnp.float32),
+                           "bias": jnp.zeros((C + 1,), jnp.float32)},
+    }
     model = build_model(model_config("freq"), num_classes=C, num_predicates=P,
                         statistics=Stats(_hand_fg()), mode="sgcls")
-    return init(model, make_inputs())
+    expected = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, False),
+                              make_inputs())["params"]
+    assert jax.tree_util.tree_structure(expected) == jax.tree_util.tree_structure(params)
+    return {"params": params}
 
 
 def test_freq_predcls_equals_table_argmax(freq_variables):
