@@ -1,6 +1,8 @@
 """Greedy non-maximum suppression with fixed-size output (jittable, vmap-able)."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -47,6 +49,13 @@ def batched_nms(boxes: jax.Array, scores: jax.Array, classes: jax.Array | None,
     if classes.shape != (n,) or valid.shape != (n,):
         raise ValueError(f"sgg_jax/ops/nms.py: classes and valid must be [N]={n}, got "
                          f"{classes.shape} and {valid.shape}")
+    return _batched_nms_jit(boxes, scores, classes, valid, jnp.float32(iou_threshold),
+                            int(max_output), bool(plus_one))
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def _batched_nms_jit(boxes, scores, classes, valid, iou_threshold, max_output, plus_one):
+    n = boxes.shape[0]
     valid = valid & ~jnp.isnan(scores)
     iota = jnp.arange(n, dtype=jnp.int32)
     _, _, order = jax.lax.sort((~valid, -jnp.where(valid, scores, 0.0), iota), num_keys=2,
