@@ -63,19 +63,22 @@ def _batched_nms_jit(boxes, scores, classes, valid, iou_threshold, max_output, p
     sb, sc, alive0 = boxes[order], classes[order], valid[order]
     areas = box_area(sb, plus_one)
 
+    # state: (number kept, alive mask, kept positions, first alive position); carrying the next
+    # candidate saves a separate any(alive) reduction per iteration.
     def cond(state):
-        i, alive, _ = state
-        return (i < max_output) & jnp.any(alive)
+        i, alive, _, best = state
+        return (i < max_output) & alive[best]
 
     def body(state):
-        i, alive, keep = state
-        best = jnp.argmax(alive).astype(jnp.int32)        # first alive = highest score
+        i, alive, keep, best = state
         iou = _iou_block(sb[best][None], sb, plus_one)[0]
         kill = ((iou > iou_threshold) & (sc == sc[best])) | (iota == best)
-        return i + 1, alive & ~kill, keep.at[i].set(best)
+        alive = alive & ~kill
+        return i + 1, alive, keep.at[i].set(best), jnp.argmax(alive).astype(jnp.int32)
 
-    count, _, keep = jax.lax.while_loop(
-        cond, body, (jnp.int32(0), alive0, jnp.zeros((max_output,), jnp.int32)))
+    count, _, keep, _ = jax.lax.while_loop(
+        cond, body, (jnp.int32(0), alive0, jnp.zeros((max_output,), jnp.int32),
+                     jnp.argmax(alive0).astype(jnp.int32)))
     keep_valid = jnp.arange(max_output) < count
     return jnp.where(keep_valid, order[keep], 0).astype(jnp.int32), keep_valid
 
