@@ -1,4 +1,3 @@
-"""Pallas kernels with pure-XLA fallbacks (RoI-align / RoI-pool)."""
-from pallas_kernels.roi_align import fpn_levels, multilevel_roi_align, roi_align, roi_pool
-
-__all__ = ["fpn_levels", "multilevel_roi_align", "roi_align", "roi_pool"]
+"""Pallas kernels with pure-XLA fallbacks. RoI-align / RoI-pool: `pallas_kernels.roi_align`
+(import the functions from that module; the package does not re-export them, so the module name
+is not shadowed by the function of the same name)."""

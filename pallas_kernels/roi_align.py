@@ -319,6 +319,8 @@ def roi_align(features: jax.Array, boxes: jax.Array, box_indices: jax.Array,
               window: int | None = None, interpret: bool | None = None) -> jax.Array:
     """torchvision.ops.roi_align on NHWC features; returns [R, out_h, out_w, C].
 
+    RoIs with box_indices outside [0, B) (e.g. -1 marking padding) give all-zero outputs.
+
     window: Pallas only; None copies the whole image per RoI, an int K copies a K x K window at
     the RoI (TPU design) and recomputes RoIs that do not fit with the XLA path.
     interpret: Pallas only; None interprets off TPU/GPU."""
@@ -333,8 +335,13 @@ def roi_align(features: jax.Array, boxes: jax.Array, box_indices: jax.Array,
 def _roi_align_jit(features, boxes, box_indices, spatial_scale, out_hw, ratio, aligned, impl,
                    window, interpret):
     # jitted as a whole: run eagerly, the per-tap gathers would each be dispatched separately
-    _, h, w, _ = features.shape
+    b, h, w, _ = features.shape
     yi, yw, xi, xw = _roi_taps(boxes, spatial_scale, aligned, out_hw, ratio, h, w)
+    # RoIs whose image index is out of range (e.g. -1 for padding) give zeros
+    box_indices = box_indices.astype(jnp.int32)
+    in_range = (box_indices >= 0) & (box_indices < b)
+    yw = jnp.where(in_range[:, None, None], yw, 0.0)
+    box_indices = jnp.clip(box_indices, 0, b - 1)
     yi, yw, xi, xw = (jax.lax.stop_gradient(a) for a in (yi, yw, xi, xw))
     return _align(features, yi, yw, xi, xw, box_indices, impl, window, interpret)
 

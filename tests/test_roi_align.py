@@ -152,6 +152,9 @@ def test_jit_and_errors():
         roi_align(feats, boxes, idx, 2, sampling_ratio=0)
     with pytest.raises(ValueError, match="impl"):
         roi_align(feats, boxes, idx, 2, impl="cuda")
+    # out-of-range image index (padding marker) -> zeros
+    pad = np.asarray(f(feats, boxes[:2], np.array([-1, 5], np.int32)))
+    assert np.all(pad == 0)
     assert ra.resolve_impl("auto") == ("pallas" if jax.default_backend() == "tpu" else "xla")
 
 
