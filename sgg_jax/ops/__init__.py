@@ -1,7 +1,4 @@
-"""Jittable box operations and fixed-size NMS."""
-from sgg_jax.ops.boxes import (box_area, clip_boxes, decode_boxes, encode_boxes, masked_top_k,
-                               pairwise_iou, union_boxes)
-from sgg_jax.ops.nms import batched_nms, nms
+"""Jittable box operations (`sgg_jax.ops.boxes`) and fixed-size NMS (`sgg_jax.ops.nms`).
 
-__all__ = ["box_area", "clip_boxes", "decode_boxes", "encode_boxes", "masked_top_k",
-           "pairwise_iou", "union_boxes", "batched_nms", "nms"]
+Import functions from the modules; the package re-exports nothing, so `from sgg_jax.ops import
+nms` is always the module (not the function of the same name)."""
