@@ -8,8 +8,6 @@ import numpy as np
 import optax
 import pytest
 
-pytest.importorskip("sgg_jax.ops.nms", reason="the shared box ops have not landed yet")
-
 from sgg_jax import weights as W
 from sgg_jax.models.detection import FasterRCNN, tiny_config, vgg16_config, resnet50_fpn_config
 from sgg_jax.models.detection.roi_head import postprocess_image
