@@ -53,6 +53,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         data_parallel=-1,  # devices on the mesh's data axis; -1 = all devices
         grad_clip_norm=5.0, weight_decay=0.0,
+        # Persistent XLA compilation cache ("" = $JAX_COMPILATION_CACHE_DIR or
+        # ~/.cache/sgg_jax/xla; "off" = none): re-runs and resumed runs skip recompilation.
+        compilation_cache_dir="",
         checkpoint_every=200, keep_checkpoints=2, log_every=20, eval_every=0,
         # Stages run in this order; each has its own checkpoint directory and restores the
         # parameters the previous one trained. Trainable groups and losses are comma lists.

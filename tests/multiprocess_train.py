@@ -22,6 +22,7 @@ def main():
 
     config = load_config("imp", "tiny", **{
         "data.cache_dir": args.cache_dir, "train.data_parallel": 4,
+        "train.stage_order": "relations",
         "distributed.coordinator_address": args.coordinator, "distributed.num_processes": 2,
         "distributed.process_id": args.process_id})
     params = _train(config, args.workdir)

@@ -26,8 +26,9 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     """
     if not (initialize or coordinator_address):
         return
-    if jax.default_backend() == "cpu" or coordinator_address.startswith(("localhost", "127.")):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Only affects the CPU backend (collectives across processes); harmless on GPU / TPU, and
+    # asking for the backend here would initialise it too early.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
     if coordinator_address:
         if num_processes <= 0 or process_id < 0:

@@ -71,8 +71,13 @@ def compute_losses(outputs: ModelOutputs, batch: Batch, pair_labels: jax.Array,
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     loss_names: tuple[str, ...], edge_kind: str, obj_weight: float,
                     rel_weight: float, num_rels: int, fg_fraction: float,
-                    must_overlap: bool) -> Callable:
-    """Builds the (un-jitted) pure train step for one stage."""
+                    must_overlap: bool, trainable: tuple[str, ...] | None = None) -> Callable:
+    """Builds the (un-jitted) pure train step for one stage.
+
+    `trainable` names the parameter groups this stage trains; the others are wrapped in
+    `stop_gradient`, so XLA never computes (or compiles) their backward pass, e.g. a frozen
+    backbone costs only its forward pass. None = all groups.
+    """
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
@@ -83,6 +88,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
         inputs = model_inputs(batch, pairs, pair_mask)
 
         def loss_fn(params):
+            if trainable is not None:
+                params = {k: (v if k in trainable else jax.lax.stop_gradient(v))
+                          for k, v in params.items()}
             outputs = model.apply({"params": params}, inputs, train=True,
                                   rngs={"dropout": dropout_rng})
             return compute_losses(outputs, batch, pair_labels, pair_mask,
@@ -100,7 +108,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
             params=keep(new_params, state.params),
             opt_state=keep(new_opt_state, state.opt_state),
             nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
-        metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
+        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
                        fg_pairs=jnp.sum(pair_mask & (pair_labels > 0)) / batch.boxes.shape[0],
                        **parts)
         return new_state, metrics
