@@ -36,8 +36,9 @@ def get_base_config() -> ml_collections.ConfigDict:
         filter_empty_rels=True, filter_duplicate_rels=True, filter_non_overlap=False,
     ))
     c.input = ml_collections.ConfigDict(dict(
-        image_size=256, max_objects=12, max_relations=32, max_regions=8, max_phrase_len=12,
-        batch_size=16,  # global batch; divided over processes
+        # 128 px canvases keep the CPU demo to minutes (the synthetic images are 256 px).
+        image_size=128, max_objects=12, max_relations=32, max_regions=8, max_phrase_len=12,
+        batch_size=8,  # global batch; divided over processes
         eval_batch_size=16,
         worker_count=0, flip_prob=0.5,
     ))
@@ -56,14 +57,14 @@ def get_base_config() -> ml_collections.ConfigDict:
         # Persistent XLA compilation cache ("" = $JAX_COMPILATION_CACHE_DIR or
         # ~/.cache/sgg_jax/xla; "off" = none): re-runs and resumed runs skip recompilation.
         compilation_cache_dir="",
-        checkpoint_every=200, keep_checkpoints=2, log_every=20, eval_every=0,
+        checkpoint_every=100, keep_checkpoints=2, log_every=20, eval_every=0,
         # Stages run in this order; each has its own checkpoint directory and restores the
         # parameters the previous one trained. Trainable groups and losses are comma lists.
         stage_order="objects,relations",
         stages=ml_collections.ConfigDict(dict(
-            objects=stage(num_steps=600, trainable=("backbone", "roi_features", "obj_classifier"),
+            objects=stage(num_steps=300, trainable=("backbone", "roi_features", "obj_classifier"),
                   losses=("object",), learning_rate=2e-3, warmup_steps=50),
-            relations=stage(num_steps=600, trainable=("roi_features", "obj_classifier", "relation_head"),
+            relations=stage(num_steps=400, trainable=("roi_features", "obj_classifier", "relation_head"),
                   losses=("object", "relation"), learning_rate=1e-3, warmup_steps=50),
         )),
     ))

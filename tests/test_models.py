@@ -354,3 +354,17 @@ def test_to_predictions_sgcls_and_predcls():
         inputs, "predcls")
     np.testing.assert_array_equal(pc[0]["labels"], np.asarray(inputs.labels)[0, :5])
     np.testing.assert_array_equal(pc[0]["scores"], np.ones(5))
+
+
+def test_pair_masks_hand_case():
+    """Subject left half, object right half of their union box (2 x 2 grid)."""
+    from sgg_jax.models.roi_features import pair_masks
+
+    boxes = jnp.array([[[0.0, 0.0, 10.0, 10.0], [10.5, 0.0, 20.0, 10.0]]])
+    pairs = jnp.array([[[0, 1], [1, 0]]])
+    m = np.asarray(pair_masks(boxes, pairs, 2))
+    assert m.shape == (1, 2, 2, 2, 2)
+    np.testing.assert_array_equal(m[0, 0, ..., 0], [[1, 0], [1, 0]])  # subject 0: left
+    np.testing.assert_array_equal(m[0, 0, ..., 1], [[0, 1], [0, 1]])  # object 1: right
+    np.testing.assert_array_equal(m[0, 1, ..., 0], m[0, 0, ..., 1])  # swapped pair
+    np.testing.assert_array_equal(m[0, 1, ..., 1], m[0, 0, ..., 0])

@@ -40,6 +40,29 @@ def pool_boxes(features: jnp.ndarray, boxes: jnp.ndarray, stride: int, roi_size:
     return pooled.reshape((b, n) + pooled.shape[1:])
 
 
+def pair_masks(boxes: jnp.ndarray, pairs: jnp.ndarray, size: int) -> jnp.ndarray:
+    """Where the subject and the object lie inside their union box: [B, M, size, size, 2].
+
+    Channel 0 (1) is 1 at the grid cells of the union box whose centre falls inside the subject
+    (object) box. This is the two-box spatial mask that Scene-Graph-Benchmark's union-feature
+    extractor gives every relation model (IMP included): it states the pair's geometry (left of,
+    above, inside, ...) directly instead of leaving the CNN to infer it from pixels.
+    """
+    subj = jnp.take_along_axis(boxes, pairs[..., 0:1], axis=1)
+    obj = jnp.take_along_axis(boxes, pairs[..., 1:2], axis=1)
+    union = union_boxes(boxes, pairs)
+    t = (jnp.arange(size, dtype=jnp.float32) + 0.5) / size
+    xs = union[..., 0:1] + t * (union[..., 2:3] - union[..., 0:1])  # [B, M, size]
+    ys = union[..., 1:2] + t * (union[..., 3:4] - union[..., 1:2])
+
+    def inside(box):
+        in_x = (xs >= box[..., 0:1]) & (xs <= box[..., 2:3])
+        in_y = (ys >= box[..., 1:2]) & (ys <= box[..., 3:4])
+        return (in_y[..., :, None] & in_x[..., None, :]).astype(jnp.float32)
+
+    return jnp.stack([inside(subj), inside(obj)], axis=-1)
+
+
 class FCHead(nn.Module):
     """Flatten -> Dense -> ReLU -> Dropout -> Dense -> ReLU -> Dropout (fc6 / fc7)."""
 
@@ -64,6 +87,8 @@ class RoIFeatures(nn.Module):
       roi_size: RoI-align output size (7).
       sampling_ratio: RoI-align samples per bin and axis (fixed, jit-friendly; 2).
       dropout: dropout rate after fc6 and fc7 in training.
+      spatial_masks: append the two boxes' masks in the union frame (`pair_masks`) to the
+        pooled union features before fc6, as Scene-Graph-Benchmark's union features do.
     """
 
     fc_dim: int = 256
@@ -71,6 +96,7 @@ class RoIFeatures(nn.Module):
     sampling_ratio: int = 2
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    spatial_masks: bool = True
 
     @nn.compact
     def __call__(self, features: jnp.ndarray, stride: int, boxes: jnp.ndarray,
@@ -86,6 +112,9 @@ class RoIFeatures(nn.Module):
             raise ValueError("RoIFeatures: pair_mask is required when pairs are given")
         ubox = union_boxes(boxes, pairs)
         upooled = pool_boxes(features, ubox, stride, self.roi_size, self.sampling_ratio)
+        if self.spatial_masks:
+            masks = pair_masks(boxes, pairs, self.roi_size).astype(upooled.dtype)
+            upooled = jnp.concatenate([upooled, masks], axis=-1)
         union = FCHead(self.fc_dim, self.dropout, self.dtype, name="union_fc")(upooled, train)
         union = union * pair_mask[..., None].astype(union.dtype)
         return obj, union
