@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from data_pipelines.errors import atomic_write_bytes
 from data_pipelines.records import SceneGraphRecord
 
 STATS_NPZ = "statistics.npz"
@@ -92,13 +93,13 @@ class DatasetStatistics:
         np.savez_compressed(buf, object_counts=self.object_counts,
                             predicate_counts=self.predicate_counts,
                             fg_matrix=self.fg_matrix, bg_matrix=self.bg_matrix)
-        _atomic_write(os.path.join(directory, STATS_NPZ), buf.getvalue())
+        atomic_write_bytes(os.path.join(directory, STATS_NPZ), buf.getvalue())
         meta = dict(idx_to_label=list(self.idx_to_label),
                     idx_to_predicate=list(self.idx_to_predicate),
                     num_images=int(self.num_images), num_classes=self.num_classes,
                     num_predicates=self.num_predicates, num_relations=self.num_relations,
                     num_objects=self.num_objects)
-        _atomic_write(os.path.join(directory, STATS_JSON),
+        atomic_write_bytes(os.path.join(directory, STATS_JSON),
                       json.dumps(meta, indent=1, sort_keys=True).encode("utf-8"))
 
     @classmethod
@@ -130,13 +131,6 @@ class DatasetStatistics:
                     num_images=int(meta["num_images"]), **arrays)
         _check_shapes(stats, npz_path)
         return stats
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _check_shapes(stats: DatasetStatistics, where: str) -> None:

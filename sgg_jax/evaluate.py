@@ -12,7 +12,6 @@ Bad input exits with status 2 and a message naming the file, image and field.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 from sgg_jax.evaluation.detection import DetectionEvaluator
 from sgg_jax.evaluation.prediction_file import PredictionReader
 from sgg_jax.evaluation.sgg import MODES, SGGEvaluator
+from sgg_jax.io_utils import write_json_atomic
 from sgg_jax.evaluation.zero_shot import load_vg150_zero_shot_triplets, load_zero_shot_triplets
 
 PROTOCOL_TITLES = {
@@ -80,17 +80,6 @@ def _format_table(mode: str, protocol: str, metrics: dict[str, Any]) -> str:
         lines.append(f"{name:>16}  {cells}")
     lines.append("  ".join(counts))
     return "\n".join(lines)
-
-
-def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
-    os.replace(tmp, path)
 
 
 def evaluate_file(predictions: str, groundtruth: str, modes: Sequence[str], *,
@@ -199,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m, metrics in results.items():
         print(_format_table(m, args.protocol, metrics))
     if args.output:
-        _write_json_atomic(args.output, {m: _json_safe(v) for m, v in results.items()})
+        write_json_atomic(args.output, results)
         print(f"wrote {args.output}")
     return 0
 

@@ -1,41 +1,11 @@
 """Results tables, results.json and TensorBoard event files (tensorboardX, no TensorFlow)."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import jax
 
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes JSON whole or not at all (temp file in the same directory, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(json_safe(obj), f, indent=2, sort_keys=True, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def json_safe(obj: Any) -> Any:
-    """NaN/Inf (e.g. recall of an empty few-shot bucket) -> None, numpy scalars -> Python."""
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def format_results_table(results: Mapping[str, Mapping[str, float]], title: str = "",

@@ -15,11 +15,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
+
 from tqdm.auto import tqdm
 
 from sgg_jax import models as models_lib
 from sgg_jax.evaluation import SGGEvaluator
+from sgg_jax.io_utils import write_json_atomic
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import eval_loop, mesh as mesh_lib, optim, reporting
 from sgg_jax.training.checkpointing import StageCheckpointer, abstract_like
@@ -242,7 +243,7 @@ def report(exp: Experiment, results: dict[str, dict], name: str = "results.json"
         few_shot = reporting.format_few_shot_table(results)
         if few_shot:
             print(few_shot)
-        reporting.write_json_atomic(path, results)
+        write_json_atomic(path, results)
     return path
 
 
