@@ -55,7 +55,8 @@ def main() -> None:
         exp.model(exp.train_mode), tx, loss_names=tuple(optim.split_list(stage.losses)),
         edge_kind=config.loss.edge, obj_weight=1.0, rel_weight=1.0,
         num_rels=config.sampling.num_rels, fg_fraction=config.sampling.fg_fraction,
-        must_overlap=False, trainable=tuple(optim.trainable_groups(stage, params)))
+        must_overlap=False, trainable=tuple(optim.trainable_groups(stage, params)),
+        model_state=exp.model_state)
     state = TrainState.create(params, tx)
     batch = mesh_lib.to_global(next(iter(data_lib.train_loader(config, exp.data, exp.mesh, seed=0))),
                                exp.mesh)

@@ -21,13 +21,16 @@ from sgg_jax.models import postprocess
 from sgg_jax.training.steps import model_inputs
 
 
-def make_score_step(model: nn.Module, mode: str) -> Callable:
-    """params, batch -> per-image labels, scores and predicate probabilities of all pairs."""
+def make_score_step(model: nn.Module, mode: str, model_state: dict | None = None) -> Callable:
+    """params, batch -> per-image labels, scores and predicate probabilities of all pairs.
+
+    `model_state`: the model's non-trainable collections (e.g. frozen batch-norm statistics)."""
+    model_state = dict(model_state or {})
 
     def score(params: Any, batch: Batch) -> dict[str, jax.Array]:
         num_obj = batch.boxes.shape[1]
         pairs, pair_mask = relation_sampling.all_pairs(batch.box_mask, num_obj * (num_obj - 1))
-        outputs = model.apply({"params": params}, model_inputs(batch, pairs, pair_mask),
+        outputs = model.apply({"params": params, **model_state}, model_inputs(batch, pairs, pair_mask),
                               train=False)
         scored = postprocess.predict_scores(outputs, mode, labels=batch.labels)
         return dict(labels=scored["obj_labels"], scores=scored["obj_scores"], pairs=pairs,

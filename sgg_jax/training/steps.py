@@ -71,13 +71,16 @@ def compute_losses(outputs: ModelOutputs, batch: Batch, pair_labels: jax.Array,
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     loss_names: tuple[str, ...], edge_kind: str, obj_weight: float,
                     rel_weight: float, num_rels: int, fg_fraction: float,
-                    must_overlap: bool, trainable: tuple[str, ...] | None = None) -> Callable:
+                    must_overlap: bool, trainable: tuple[str, ...] | None = None,
+                    model_state: dict | None = None) -> Callable:
     """Builds the (un-jitted) pure train step for one stage.
 
     `trainable` names the parameter groups this stage trains; the others are wrapped in
     `stop_gradient`, so XLA never computes (or compiles) their backward pass, e.g. a frozen
-    backbone costs only its forward pass. None = all groups.
+    backbone costs only its forward pass. None = all groups. `model_state` holds the model's
+    non-trainable collections (e.g. frozen batch-norm statistics), passed to every apply.
     """
+    model_state = dict(model_state or {})
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
@@ -91,7 +94,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
             if trainable is not None:
                 params = {k: (v if k in trainable else jax.lax.stop_gradient(v))
                           for k, v in params.items()}
-            outputs = model.apply({"params": params}, inputs, train=True,
+            outputs = model.apply({"params": params, **model_state}, inputs, train=True,
                                   rngs={"dropout": dropout_rng})
             return compute_losses(outputs, batch, pair_labels, pair_mask,
                                   loss_names=loss_names, edge_kind=edge_kind,

@@ -42,6 +42,9 @@ class Experiment:
     mesh: jax.sharding.Mesh
     data: Any  # data_pipelines.dataset.PreparedDataset
     train_mode: str
+    # Non-trainable model collections (e.g. frozen batch-norm statistics of ResNet-50), fixed at
+    # initialisation (or by weight import) and passed to every apply.
+    model_state: dict = dataclasses.field(default_factory=dict)
 
     def model(self, mode: str):
         return models_lib.build_model(
@@ -91,9 +94,10 @@ def init_params(exp: Experiment, rng: jax.Array) -> Any:
     pairs = jnp.zeros((dummy.boxes.shape[0], num_obj, 2), jnp.int32)
     inputs = model_inputs(jax.tree.map(jnp.asarray, dummy), pairs,
                           jnp.zeros(pairs.shape[:2], bool))
-    params = jax.jit(lambda r: model.init({"params": r, "dropout": r}, inputs, train=False)[
-        "params"], out_shardings=mesh_lib.replicated(exp.mesh))(rng)
-    return params
+    variables = jax.jit(lambda r: model.init({"params": r, "dropout": r}, inputs, train=False),
+                        out_shardings=mesh_lib.replicated(exp.mesh))(rng)
+    exp.model_state = {k: v for k, v in variables.items() if k != "params"}
+    return variables["params"]
 
 
 def _check_finite(state: TrainState, stage: str, ckpt: StageCheckpointer) -> None:
@@ -136,7 +140,8 @@ def train_stage(exp: Experiment, stage_name: str, params: Any, rng: jax.Array,
         model, tx, loss_names=tuple(optim.split_list(stage.losses)), edge_kind=cfg.loss.edge,
         obj_weight=float(cfg.loss.obj_weight), rel_weight=float(cfg.loss.rel_weight),
         num_rels=int(cfg.sampling.num_rels), fg_fraction=float(cfg.sampling.fg_fraction),
-        must_overlap=bool(cfg.sampling.must_overlap), trainable=tuple(groups))
+        must_overlap=bool(cfg.sampling.must_overlap), trainable=tuple(groups),
+        model_state=exp.model_state)
     batch_sharding = mesh_lib.data_sharding(exp.mesh)
     train_step = jax.jit(step_fn, in_shardings=(replicated, batch_sharding, replicated),
                          out_shardings=(replicated, replicated), donate_argnums=(0,))
@@ -186,7 +191,7 @@ def evaluate(exp: Experiment, params: Any, split: str | None = None) -> dict[str
             mode, exp.data.num_predicates, ks=tuple(cfg.eval.ks),
             zero_shot_triplets=exp.data.zero_shot_triplets,
             triplet_counts=data_lib.triplet_counts(exp.data))
-        score = jax.jit(eval_loop.make_score_step(exp.model(mode), mode))
+        score = jax.jit(eval_loop.make_score_step(exp.model(mode), mode, exp.model_state))
         loader = data_lib.eval_loader(cfg, exp.data, exp.mesh, split)
         seen = 0
         limit = int(cfg.eval.max_images)
