@@ -218,3 +218,51 @@ def test_two_processes_match_single_process(cache_dir, tmp_path):
         assert p.returncode == 0, o[-3000:]
     multi = dict(np.load(tmp_path / "params0.npz"))
     assert_trees_close(single, multi)
+
+
+def test_non_trainable_collections_reach_the_model():
+    """Frozen statistics (a `batch_stats` collection, as ResNet-50's frozen BN) are passed to
+    apply by both the train step and the evaluation step."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    import optax
+
+    from data_pipelines.batch import Batch
+    from sgg_jax.models.interface import ModelOutputs
+    from sgg_jax.training.eval_loop import make_score_step
+    from sgg_jax.training.steps import TrainState, make_train_step
+
+    class Scaled(nn.Module):
+        @nn.compact
+        def __call__(self, inputs, train=False):
+            shift = self.variable("batch_stats", "shift", lambda: jnp.zeros(())).value
+            w = self.param("w", nn.initializers.ones, ())
+            b, o = inputs.boxes.shape[:2]
+            m = inputs.pairs.shape[1]
+            obj = jnp.zeros((b, o, 3)) + w + shift
+            rel = jnp.zeros((b, m, 4)).at[..., 1].set(w + shift)
+            return ModelOutputs(obj_logits=obj, rel_logits=rel)
+
+    b, o, r = 2, 3, 2
+    batch = Batch(images=jnp.zeros((b, 8, 8, 3), jnp.uint8), image_sizes=jnp.full((b, 2), 8),
+                  scales=jnp.ones((b,)), image_ids=jnp.arange(b),
+                  boxes=jnp.tile(jnp.array([0.0, 0.0, 4.0, 4.0]), (b, o, 1)),
+                  labels=jnp.ones((b, o), jnp.int32), box_mask=jnp.ones((b, o), bool),
+                  relations=jnp.tile(jnp.array([0, 1, 1]), (b, r, 1)),
+                  rel_mask=jnp.ones((b, r), bool), region_boxes=jnp.zeros((b, 1, 4)),
+                  region_tokens=jnp.zeros((b, 1, 2), jnp.int32),
+                  region_mask=jnp.zeros((b, 1), bool))
+    model = Scaled()
+    state_vars = {"batch_stats": {"shift": jnp.asarray(5.0)}}
+    scored = make_score_step(model, "sgcls", state_vars)({"w": jnp.asarray(1.0)}, batch)
+    rel = np.asarray(scored["rel_scores"])[0, 0]
+    expected = np.exp([0.0, 6.0, 0.0, 0.0])  # logit of predicate 1 is w + shift = 6
+    np.testing.assert_allclose(rel, expected / expected.sum(), rtol=1e-5)
+    tx = optax.sgd(0.1)
+    step = make_train_step(model, tx, loss_names=("relation",), edge_kind="baseline",
+                           obj_weight=1.0, rel_weight=1.0, num_rels=4, fg_fraction=0.5,
+                           must_overlap=False, model_state=state_vars)
+    _, metrics = step(TrainState.create({"w": jnp.asarray(1.0)}, tx), batch, jax.random.key(0))
+    assert np.isfinite(float(metrics["loss"]))
+    with pytest.raises(Exception):  # without the collection the model cannot run
+        make_score_step(model, "sgcls")({"w": jnp.asarray(1.0)}, batch)
