@@ -62,12 +62,9 @@ def get_base_config() -> ml_collections.ConfigDict:
         # parameters the previous one trained. Trainable groups and losses are comma lists.
         stage_order="objects,relations",
         stages=ml_collections.ConfigDict(dict(
-            # Object classification pretrains everything on the object path (IMP's node
-            # GRU sits in relation_head); groups a model lacks are skipped.
-            objects=stage(num_steps=300, trainable=("backbone", "roi_features", "obj_classifier",
-                                                    "relation_head"),
+            objects=stage(num_steps=300, trainable=("backbone", "roi_features", "obj_classifier"),
                   losses=("object",), learning_rate=2e-3, warmup_steps=50),
-            relations=stage(num_steps=1000, trainable=("roi_features", "obj_classifier", "relation_head"),
+            relations=stage(num_steps=400, trainable=("roi_features", "obj_classifier", "relation_head"),
                   losses=("object", "relation"), learning_rate=1e-3, warmup_steps=50),
         )),
     ))
