@@ -45,6 +45,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         name="imp", backbone="small_resnet", hidden_dim=128, num_iterations=3,
         roi_size=7, sampling_ratio=2, fc_dim=256, dtype="float32", dropout=0.0,
+        # Add Motifs' frequency bias log p(pred | subj class, obj class) to the relation logits
+        # (Scene-Graph-Benchmark's PREDICT_USE_BIAS, on by default there for IMP and Motifs).
+        freq_bias=False,
     ))
     c.loss = ml_collections.ConfigDict(dict(
         edge="baseline",  # baseline | dnorm | dnorm-fgbg

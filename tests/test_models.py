@@ -219,6 +219,36 @@ def test_imp_shapes_and_groups(imp_setup):
     assert not any(jax.tree_util.tree_leaves(mask["backbone"]))
 
 
+def test_imp_freq_bias_adds_table_for_the_right_labels(imp_setup):
+    """model.freq_bias: logits = plain IMP logits + table[subj, obj]; GT labels in PredCls and in
+    training, the object classifier's argmax in SGCls evaluation (hand-forced to class 3)."""
+    _, variables, inputs, _ = imp_setup
+    fg = _hand_fg()
+    table = freq_lib.frequency_log_table(fg)
+    plain = small_imp("sgcls").apply(variables, inputs, False)
+    labels = np.asarray(inputs.labels)
+    pairs = np.asarray(inputs.pairs)
+    subj = np.take_along_axis(labels, pairs[..., 0], 1)
+    obj = np.take_along_axis(labels, pairs[..., 1], 1)
+    for mode, train in (("predcls", False), ("sgcls", True)):
+        model = build_model(model_config("imp", freq_bias=True), num_classes=C, num_predicates=P,
+                            statistics=Stats(fg), mode=mode)
+        out = model.apply(variables, inputs, train)
+        np.testing.assert_allclose(out.rel_logits, np.asarray(plain.rel_logits) + table[subj, obj],
+                                   rtol=1e-5, atol=1e-5)
+    params = jax.tree_util.tree_map(lambda x: x, variables["params"])
+    params["obj_classifier"]["kernel"] = jnp.zeros_like(params["obj_classifier"]["kernel"])
+    params["obj_classifier"]["bias"] = jnp.array([0.0, 0.0, 0.0, 5.0, 0.0])
+    plain = small_imp("sgcls").apply({"params": params}, inputs, False)
+    model = build_model(model_config("imp", freq_bias=True), num_classes=C, num_predicates=P,
+                        statistics=Stats(fg), mode="sgcls")
+    out = model.apply({"params": params}, inputs, False)
+    np.testing.assert_allclose(out.rel_logits, np.asarray(plain.rel_logits) + table[3, 3],
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="fg_matrix"):
+        build_model(model_config("imp", freq_bias=True), num_classes=C, num_predicates=P)
+
+
 def test_imp_padding_does_not_change_real_outputs(imp_setup):
     model, variables, inputs, apply = imp_setup
     out = apply(variables, inputs)

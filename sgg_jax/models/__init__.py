@@ -23,7 +23,7 @@ MODES = ("predcls", "sgcls", "sgdet")
 PARAM_GROUPS = ("backbone", "roi_features", "obj_classifier", "relation_head")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _FIELDS = ("name", "backbone", "hidden_dim", "num_iterations", "roi_size", "sampling_ratio",
-           "fc_dim", "dtype", "dropout")
+           "fc_dim", "dtype", "dropout", "freq_bias")
 
 
 def _field(config: Any, key: str) -> Any:
@@ -62,21 +62,34 @@ def build_model(model_config: Any, *, num_classes: int, num_predicates: int,
                   sampling_ratio=int(_field(model_config, "sampling_ratio")),
                   dropout=float(_field(model_config, "dropout")), dtype=_DTYPES[dtype_name])
     if name == "freq":
-        from sgg_jax.models.freq import ConstantTable, FreqModel, frequency_log_table
+        from sgg_jax.models.freq import FreqModel
 
-        fg = getattr(statistics, "fg_matrix", None)
-        if fg is None:
-            raise ValueError("model 'freq' needs statistics with a fg_matrix [C+1, C+1, P+1]")
-        table = frequency_log_table(fg, getattr(statistics, "bg_matrix", None))
-        if table.shape != (num_classes + 1, num_classes + 1, num_predicates + 1):
-            raise ValueError(f"statistics.fg_matrix: expected shape {(num_classes + 1,) * 2 + (num_predicates + 1,)}, "
-                             f"got {table.shape}")
-        return FreqModel(num_classes=num_classes, table=ConstantTable(table), **common)
+        return FreqModel(num_classes=num_classes,
+                         table=_frequency_table(name, statistics, num_classes, num_predicates),
+                         **common)
     from sgg_jax.models.imp import IMPModel
 
+    use_bias = bool(model_config.get("freq_bias", False)) if hasattr(model_config, "get") else False
+    table = _frequency_table(name, statistics, num_classes, num_predicates) if use_bias else None
     return IMPModel(num_classes=num_classes, num_predicates=num_predicates,
                     hidden_dim=int(_field(model_config, "hidden_dim")),
-                    num_iterations=int(_field(model_config, "num_iterations")), **common)
+                    num_iterations=int(_field(model_config, "num_iterations")),
+                    freq_table=table, **common)
+
+
+def _frequency_table(name: str, statistics: Any, num_classes: int, num_predicates: int):
+    """The dataset's log-frequency table [C+1, C+1, P+1] (Motifs' FrequencyBias) as a constant."""
+    from sgg_jax.models.freq import ConstantTable, frequency_log_table
+
+    fg = getattr(statistics, "fg_matrix", None)
+    if fg is None:
+        raise ValueError(f"model {name!r} with a frequency table needs statistics with a "
+                         "fg_matrix [C+1, C+1, P+1]")
+    table = frequency_log_table(fg, getattr(statistics, "bg_matrix", None))
+    if table.shape != (num_classes + 1, num_classes + 1, num_predicates + 1):
+        raise ValueError(f"statistics.fg_matrix: expected shape {(num_classes + 1,) * 2 + (num_predicates + 1,)}, "
+                         f"got {table.shape}")
+    return ConstantTable(table)
 
 
 def param_group_labels(params: Any) -> Any:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from sgg_jax.models.backbone import build_backbone
+from sgg_jax.models.freq import ConstantTable, FrequencyBias, predicted_labels
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.models.roi_features import RoIFeatures
 
@@ -103,6 +104,10 @@ class IMPModel(nn.Module):
       num_classes, num_predicates: C and P (logits have C + 1 and P + 1 columns).
       mode: "predcls" | "sgcls" | "sgdet". IMP never reads the labels as input; in PredCls the
         evaluator uses the ground-truth labels instead of `obj_logits`.
+      freq_table: optional Motifs frequency table (`ConstantTable` [C+1, C+1, P+1]); when set,
+        its log-frequencies for the pair's classes (ground truth in PredCls and in training,
+        the argmax of `obj_logits` in SGCls / SGDet evaluation) are added to the predicate logits, as Scene-Graph-Benchmark's
+        IMP predictor does with PREDICT_USE_BIAS. None = Xu et al.'s IMP (no bias).
     """
 
     num_classes: int
@@ -116,6 +121,7 @@ class IMPModel(nn.Module):
     sampling_ratio: int = 2
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    freq_table: ConstantTable | None = None
 
     @nn.compact
     def __call__(self, inputs: ModelInputs, train: bool = False) -> ModelOutputs:
@@ -131,6 +137,14 @@ class IMPModel(nn.Module):
                                             self.num_iterations, self.dtype,
                                             name="relation_head")(
             obj_feats, union_feats, inputs.pairs, inputs.pair_mask, inputs.box_mask)
-        obj_logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="obj_classifier")(nodes)
-        return ModelOutputs(obj_logits=obj_logits.astype(jnp.float32),
-                            rel_logits=rel_logits.astype(jnp.float32))
+        obj_logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="obj_classifier")(
+            nodes).astype(jnp.float32)
+        rel_logits = rel_logits.astype(jnp.float32)
+        if self.freq_table is not None:
+            # Ground truth in PredCls and in training (teacher forcing, as neural-motifs does for
+            # its bias), the model's own argmax in SGCls / SGDet evaluation.
+            use_gt = self.mode == "predcls" or train
+            labels = inputs.labels if use_gt else predicted_labels(obj_logits)
+            rel_logits = rel_logits + FrequencyBias(self.freq_table, name="freq_bias")(
+                labels, inputs.pairs)
+        return ModelOutputs(obj_logits=obj_logits, rel_logits=rel_logits)
