@@ -2,8 +2,9 @@
 
 Modes (`--mode`, default from the config): `train` runs every stage (resuming where a previous
 run in the same workdir stopped) and then evaluates; `eval` evaluates a finished run's
-checkpoint (`--checkpoint`, default the workdir). Any config field can be overridden with
-`--config.<key>=<value>`; unknown keys are rejected.
+checkpoint (`--checkpoint`, default the workdir); `predict` writes a scene graph (JSON + PNG)
+per image of `--images` into `--output` (sgg_jax/predict.py). Any config field can be
+overridden with `--config.<key>=<value>`; unknown keys are rejected.
 """
 from __future__ import annotations
 
@@ -19,9 +20,13 @@ config_flags.DEFINE_config_file("config", None, "Model config file, e.g. configs
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results.json go "
                     "(default: runs/<config>-<preset>).")
-flags.DEFINE_enum("mode", None, ["train", "eval"], "Overrides config.mode.")
-flags.DEFINE_string("checkpoint", None, "For --mode=eval: a training workdir or a stage's "
-                    "checkpoint directory (overrides config.eval.checkpoint).")
+flags.DEFINE_enum("mode", None, ["train", "eval", "predict"], "Overrides config.mode.")
+flags.DEFINE_string("checkpoint", None, "For --mode=eval/predict: a training workdir or a "
+                    "stage's checkpoint directory (overrides config.eval.checkpoint).")
+flags.DEFINE_string("images", None, "For --mode=predict: comma-separated image files or folders "
+                    "(overrides config.predict.images).")
+flags.DEFINE_string("output", None, "For --mode=predict: directory for <stem>.json and "
+                    "<stem>.png (overrides config.predict.output).")
 
 
 def default_workdir(config_arg: str) -> str:
@@ -45,6 +50,15 @@ def main(argv: list[str]) -> int:
         if FLAGS.checkpoint:
             config.eval.checkpoint = FLAGS.checkpoint
     workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
+    if config.mode == "predict":
+        from sgg_jax import predict
+        try:
+            return predict.run_cli(config, config.eval.checkpoint or workdir,
+                                   FLAGS.images or config.predict.images,
+                                   FLAGS.output or config.predict.output)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     from sgg_jax.training import trainer  # imported late: flags parsed first, XLA_FLAGS honoured
     try:
         if config.mode == "train":
@@ -52,7 +66,7 @@ def main(argv: list[str]) -> int:
         elif config.mode == "eval":
             trainer.evaluate_checkpoint(config, workdir)
         else:
-            raise app.UsageError(f"config.mode={config.mode!r}: expected train or eval")
+            raise app.UsageError(f"config.mode={config.mode!r}: expected train, eval or predict")
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
