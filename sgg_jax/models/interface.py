@@ -24,6 +24,12 @@ class ModelInputs:
         (and as targets by the loss); a model in SGCls must not read them for prediction.
       pairs: [B, M, 2] int32 (subject, object) indices into the O boxes.
       pair_mask: [B, M] bool.
+      region_boxes: optional [B, Q, 4] float32 caption-region boxes in canvas pixels (MSDN; the
+        ground-truth regions of `Batch.region_boxes`, or region proposals).
+      region_tokens: optional [B, Q, L] int32 caption tokens (0 pad, 1 <start>, 2 <end>), the
+        teacher-forcing targets of a captioner; never an input to its predictions.
+      region_mask: optional [B, Q] bool.
+      Models that do not use regions ignore these fields (None by default).
     """
 
     images: jax.Array
@@ -33,6 +39,9 @@ class ModelInputs:
     labels: jax.Array
     pairs: jax.Array
     pair_mask: jax.Array
+    region_boxes: jax.Array | None = None
+    region_tokens: jax.Array | None = None
+    region_mask: jax.Array | None = None
 
 
 @flax.struct.dataclass
