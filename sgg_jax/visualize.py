@@ -6,8 +6,9 @@ Layout of `draw_scene_graph`'s result:
     each drawn object has a box in its own colour and a tag "#i name" (i = its index in the
     scene graph's objects / the JSON's "objects");
   * each drawn relation is a line from the subject's box centre to the object's, in the
-    subject's colour, with an arrow head at the object and a label "r<rank> predicate" 40% of
-    the way from the subject (so a->b and b->a labels do not coincide);
+    subject's colour (a->b and b->a side by side), with an arrow head at the object and a
+    label "r<rank> predicate" on it, 40% of the way from the subject or, where that covers an
+    earlier tag, at another point along the line;
   * bottom: a white legend listing the drawn relations ("r1  #0 man  -riding->  #3 horse  0.412")
     and then the drawn objects with their scores.
 The result is max(k*W, legend width) wide and k*H + legend height tall; the image occupies the
@@ -91,18 +92,25 @@ def choose_objects(graph: Any, rel_rows: Sequence[int], max_objects: int) -> lis
     return chosen
 
 
-def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, f: Any,
-           fill: tuple[int, int, int], pad: int, bounds: tuple[int, int],
-           outline: tuple[int, int, int] | None = None) -> None:
-    """A filled text tag whose top-left is near `xy`, kept inside `bounds` (w, h)."""
+def _tag_rect(xy: tuple[float, float], text: str, f: Any, pad: int,
+              bounds: tuple[int, int]) -> tuple[int, int, int, int]:
+    """x1, y1, x2, y2 of a text tag whose top-left is near `xy`, kept inside `bounds`."""
     tw, th = _text_size(f, text)
     w, h = tw + 2 * pad, th + 2 * pad
     x = int(np.clip(xy[0], 0, max(bounds[0] - w, 0)))
     y = int(np.clip(xy[1], 0, max(bounds[1] - h, 0)))
-    draw.rectangle([x, y, x + w, y + h], fill=fill, outline=outline,
-                   width=1 if outline else 0)
-    text_fill = _text_color(fill)
-    draw.text((x + pad, y + pad), text, fill=text_fill, font=f)
+    return x, y, x + w, y + h
+
+
+def _draw_tag(draw: ImageDraw.ImageDraw, rect: tuple[int, int, int, int], text: str, f: Any,
+              fill: tuple[int, int, int], pad: int,
+              outline: tuple[int, int, int] | None = None) -> None:
+    draw.rectangle(rect, fill=fill, outline=outline, width=1 if outline else 0)
+    draw.text((rect[0] + pad, rect[1] + pad), text, fill=_text_color(fill), font=f)
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _arrow(draw: ImageDraw.ImageDraw, p0: np.ndarray, p1: np.ndarray,
@@ -157,17 +165,24 @@ def draw_scene_graph(image: Image.Image, graph: Any, max_relations: int | None =
         side = np.array([-d[1], d[0]]) / max(float(np.hypot(*d)), 1e-6) * 2 * st.line_width
         ends[r] = (centres[s] + side, centres[o] + side)
         _arrow(draw, *ends[r], col[s], st.line_width)
+    placed = []
     for i in objs:
-        _label(draw, (boxes[i, 0], boxes[i, 1]), f"#{i} {names[i]}", f_small, col[i], st.pad,
-               (W, H))
+        rect = _tag_rect((boxes[i, 0], boxes[i, 1]), f"#{i} {names[i]}", f_small, st.pad, (W, H))
+        _draw_tag(draw, rect, f"#{i} {names[i]}", f_small, col[i], st.pad)
+        placed.append(rect)
     for r in rel_rows:
-        s, o = (int(v) for v in graph.rel_pairs[r])
-        # 40% of the way from the subject: the labels of a->b and b->a do not coincide.
-        mid = 0.6 * ends[r][0] + 0.4 * ends[r][1]
+        s = int(graph.rel_pairs[r][0])
         text = f"r{r + 1} {graph.predicate_names[int(graph.rel_predicates[r])]}"
         tw, th = _text_size(f_small, text)
-        _label(draw, (mid[0] - tw / 2, mid[1] - th / 2), text, f_small, (255, 255, 255),
-               st.pad, (W, H), outline=col[s])
+        # Along the line, first 40% of the way from the subject (a->b and b->a differ), then
+        # other points until the tag overlaps no tag placed before it.
+        for t in (0.4, 0.3, 0.5, 0.2, 0.6, 0.15, 0.7, 0.4):
+            mid = (1 - t) * ends[r][0] + t * ends[r][1]
+            rect = _tag_rect((mid[0] - tw / 2, mid[1] - th / 2), text, f_small, st.pad, (W, H))
+            if not any(_overlaps(rect, q) for q in placed):
+                break
+        _draw_tag(draw, rect, text, f_small, (255, 255, 255), st.pad, outline=col[s])
+        placed.append(rect)
 
     # Legend under the image.
     lines: list[tuple[str, tuple[int, int, int]]] = []
