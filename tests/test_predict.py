@@ -1,0 +1,376 @@
+"""Scene graphs for one's own images (sgg_jax/predict.py, sgg_jax/visualize.py).
+
+Most tests run a fake SGDet function (known canvas boxes and scores) through the real loading,
+letterboxing, mapping back, ranking, JSON and PNG code; one end-to-end test restores a tiny
+trained run and runs `python -m sgg_jax.main --mode predict`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from data_pipelines.pipeline import decode_resize
+from sgg_jax import predict as P
+from sgg_jax import visualize
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+S = 128
+CLASSES = ["__background__", "person", "horse", "hat", "tree"]
+PREDICATES = ["__background__", "riding", "wearing", "near"]
+# Canvas boxes the fake detector always returns (x1, y1, x2, y2), and their scores.
+FAKE_BOXES = np.array([[16, 8, 64, 32], [0, 0, 128, 128], [40, 20, 100, 60]], np.float32)
+FAKE_SCORES = np.array([0.5, 0.9, 0.7], np.float32)
+
+
+class FakeSgdet:
+    """A deterministic SGDet function with the inference contract; records what it was fed."""
+
+    def __init__(self, rel_scores: np.ndarray | None = None):
+        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
+        d = len(FAKE_BOXES)
+        self.pairs = np.array([(i, j) for i in range(d) for j in range(d) if i != j], np.int32)
+        if rel_scores is None:
+            rel_scores = np.random.default_rng(0).random((len(self.pairs), len(PREDICATES)))
+            rel_scores /= rel_scores.sum(-1, keepdims=True)
+        self.rel_scores = np.asarray(rel_scores, np.float32)
+
+    def __call__(self, images: np.ndarray, image_sizes: np.ndarray) -> dict:
+        self.calls.append((images.copy(), image_sizes.copy()))
+        b, d = images.shape[0], len(FAKE_BOXES)
+        return dict(boxes=np.tile(FAKE_BOXES, (b, 1, 1)), box_mask=np.ones((b, d), bool),
+                    labels=np.tile(np.arange(1, d + 1, dtype=np.int32), (b, 1)),
+                    scores=np.tile(FAKE_SCORES, (b, 1)),
+                    rel_pairs=np.tile(self.pairs, (b, 1, 1)),
+                    pair_mask=np.ones((b, len(self.pairs)), bool),
+                    rel_scores=np.tile(self.rel_scores, (b, 1, 1)))
+
+
+def fake_predictor(batch_size: int = 2, top_relations: int = 4) -> P.Predictor:
+    return P.Predictor(FakeSgdet(), image_size=S, batch_size=batch_size, class_names=CLASSES,
+                       predicate_names=PREDICATES, top_relations=top_relations)
+
+
+def picture(w: int, h: int, mode: str = "RGB") -> Image.Image:
+    """A non-uniform test picture (gradient + a disc), so resizing and flips are visible."""
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None]
+    rgb = np.stack([x + 0 * y, y + 0 * x, (x + y) / 2], -1).astype(np.uint8)
+    im = Image.fromarray(rgb)
+    ImageDraw.Draw(im).ellipse([w // 4, h // 4, w // 2, h // 2], fill=(250, 30, 30))
+    return im.convert(mode)
+
+
+def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------
+# Letterboxing and mapping back
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("w,h", [(200, 100), (100, 300), (37, 37), (640, 481), (1, 50)])
+def test_letterbox_equals_the_pipeline_decode(w, h):
+    """Same canvas, scale and content size as data_pipelines.pipeline.decode_resize."""
+    im = picture(w, h)
+    want = decode_resize(encoded(im, "PNG"), S)
+    got = P.letterbox(im, S)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1:] == want[1:]
+
+
+def test_jpeg_files_take_the_pipeline_path_exactly(tmp_path):
+    """A JPEG without rotation goes through decode_resize itself (DCT draft included)."""
+    data = encoded(picture(600, 300), "JPEG", quality=90)
+    path = tmp_path / "a.jpg"
+    path.write_bytes(data)
+    li = P.load_image(str(path), S)
+    canvas, scale, th, tw = decode_resize(data, S)
+    np.testing.assert_array_equal(li.canvas, canvas)
+    assert (li.scale, li.content_hw, li.image.size) == (scale, (th, tw), (600, 300))
+
+
+# (width, height) -> the fake's two first canvas boxes in original pixels, by hand:
+# scale = 128 / long side; box / scale, clipped to the image.
+HAND = {
+    (200, 100): [[25, 12.5, 100, 50], [0, 0, 200, 100]],          # scale 0.64
+    (100, 300): [[37.5, 18.75, 100, 75], [0, 0, 100, 300]],       # 128/300; x2 150 -> 100
+    (640, 480): [[80, 40, 320, 160], [0, 0, 640, 480]],           # scale 0.2
+    (1000, 400): [[125, 62.5, 500, 250], [0, 0, 1000, 400]],      # scale 0.128
+}
+CONTENT_HW = {(200, 100): (64, 128), (100, 300): (128, 43), (640, 480): (96, 128),
+              (1000, 400): (51, 128)}
+
+
+@pytest.mark.parametrize("size", list(HAND))
+def test_boxes_map_back_to_original_pixels(size):
+    g = fake_predictor()
+    w, h = size
+    for image in (picture(w, h), np.asarray(picture(w, h))):
+        sg = g.predict(image)
+        assert (sg.width, sg.height) == size
+        images, sizes = g.sgdet_fn.calls[-1]
+        assert images.shape == (2, S, S, 3) and tuple(sizes[0]) == CONTENT_HW[size]
+        by_label = {int(l): b for l, b in zip(sg.labels, sg.boxes)}
+        np.testing.assert_allclose(by_label[1], HAND[size][0], atol=0.01)
+        np.testing.assert_allclose(by_label[2], HAND[size][1], atol=0.01)
+
+
+def test_batches_are_padded_to_the_batch_size():
+    g = fake_predictor(batch_size=3)
+    graphs = g.predict_batch([picture(50 + 10 * i, 40) for i in range(4)])
+    assert [sg.width for sg in graphs] == [50, 60, 70, 80]
+    assert [c[0].shape[0] for c in g.sgdet_fn.calls] == [3, 3]
+    # the padding rows repeat the last real image (never an empty, zero-size one)
+    np.testing.assert_array_equal(g.sgdet_fn.calls[1][1][1], g.sgdet_fn.calls[1][1][0])
+
+
+# ------------------------------------------------------------------------------------------
+# Ranking
+# ------------------------------------------------------------------------------------------
+
+def reference_triplets(obj_scores, pairs, rel_scores, valid, box_mask, k):
+    """Loop reference: best predicate per valid pair of two real, distinct detections, score =
+    s * o * predicate, highest first, ties in pair order."""
+    rows = []
+    for m in range(len(pairs)):
+        s, o = int(pairs[m, 0]), int(pairs[m, 1])
+        if not valid[m] or s == o or not box_mask[s] or not box_mask[o]:
+            continue
+        best, best_p = -1.0, -1
+        for p in range(1, rel_scores.shape[1]):
+            if rel_scores[m, p] > best:
+                best, best_p = float(rel_scores[m, p]), p
+        rows.append((m, s, o, best_p, float(obj_scores[s]) * float(obj_scores[o]) * best))
+    rows.sort(key=lambda r: (-r[4], r[0]))
+    return [(s, o, p, sc) for _, s, o, p, sc in rows[:k]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_triplet_ranking_matches_a_loop_reference(seed):
+    rng = np.random.default_rng(seed)
+    d, p1, b = 7, 5, 2
+    pairs = np.array([(i, j) for i in range(d) for j in range(d) if i != j] + [(2, 2)], np.int32)
+    m = len(pairs)
+    # Coarse values make exact ties in both predicate and triplet scores.
+    rel = rng.integers(1, 4, (b, m, p1)).astype(np.float32) / 4
+    scores = rng.integers(1, 5, (b, d)).astype(np.float32) / 4
+    box_mask = rng.random((b, d)) < 0.8
+    pair_mask = rng.random((b, m)) < 0.9
+    canvas_boxes = np.stack([np.arange(d) * 10.0, np.zeros(d), np.arange(d) * 10.0 + 5,
+                             np.full(d, 5.0)], 1).astype(np.float32)
+    out = dict(boxes=np.tile(canvas_boxes, (b, 1, 1)), box_mask=box_mask,
+               labels=np.tile(np.arange(1, d + 1, dtype=np.int32), (b, 1)), scores=scores,
+               rel_pairs=np.tile(pairs, (b, 1, 1)), pair_mask=pair_mask, rel_scores=rel)
+    li = P.load_image(picture(128, 128), S)
+    for i in range(b):
+        k = 15
+        sg = P.build_scene_graph(out, i, li, ["bg"] + [f"c{j}" for j in range(d)],
+                                 ["bg"] + [f"p{j}" for j in range(p1 - 1)], k)
+        # objects: the real detections, by score (stable)
+        real = np.flatnonzero(box_mask[i])
+        assert list(sg.labels - 1) == list(real[np.argsort(-scores[i, real], kind="stable")])
+        det = sg.labels - 1  # labels were detection index + 1
+        got = [(int(det[s]), int(det[o]), int(p), float(sc))
+               for (s, o), p, sc in zip(sg.rel_pairs, sg.rel_predicates, sg.rel_scores)]
+        want = reference_triplets(scores[i], pairs, rel[i], pair_mask[i], box_mask[i], k)
+        assert [g[:3] for g in got] == [w[:3] for w in want]
+        np.testing.assert_allclose([g[3] for g in got], [w[3] for w in want], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# JSON and PNG
+# ------------------------------------------------------------------------------------------
+
+def test_json_schema_and_round_trip():
+    sg = fake_predictor(top_relations=4).predict(picture(300, 200))
+    d = json.loads(sg.to_json())
+    assert set(d) == {"format", "image", "objects", "relations", "vocab"}
+    assert d["image"] == {"path": None, "width": 300, "height": 200}
+    assert d["vocab"] == {"classes": CLASSES, "predicates": PREDICATES}
+    assert len(d["objects"]) == 3 and len(d["relations"]) == 4
+    for o in d["objects"]:
+        assert set(o) == {"box", "label", "name", "score"}
+        assert o["name"] == CLASSES[o["label"]] and len(o["box"]) == 4
+        x1, y1, x2, y2 = o["box"]
+        assert 0 <= x1 <= x2 <= 300 and 0 <= y1 <= y2 <= 200
+    assert [o["score"] for o in d["objects"]] == sorted((o["score"] for o in d["objects"]),
+                                                        reverse=True)
+    objs = d["objects"]
+    for r in d["relations"]:
+        assert set(r) == {"subject", "object", "predicate", "name", "score", "predicate_score"}
+        assert r["name"] == PREDICATES[r["predicate"]] and r["predicate"] >= 1
+        assert r["subject"] != r["object"]
+        want = objs[r["subject"]]["score"] * objs[r["object"]]["score"] * r["predicate_score"]
+        assert r["score"] == pytest.approx(want, abs=1e-5)
+    assert [r["score"] for r in d["relations"]] == sorted((r["score"] for r in d["relations"]),
+                                                          reverse=True)
+    back = P.SceneGraph.from_json(sg.to_json())
+    assert back.to_dict() == sg.to_dict()
+    for f in ("boxes", "labels", "scores", "rel_pairs", "rel_predicates", "rel_scores"):
+        np.testing.assert_array_equal(getattr(back, f), getattr(sg, f), err_msg=f)
+    assert sg.triplets[0][3] == PREDICATES[sg.triplets[0][2]]
+    with pytest.raises(ValueError, match="bad.json"):
+        P.SceneGraph.from_json('{"objects": []}', source="bad.json")
+
+
+def test_png_is_the_image_with_drawings_and_a_legend(tmp_path):
+    w, h = 600, 400
+    im = picture(w, h)
+    im.save(tmp_path / "photo.png")
+    summary = fake_predictor().predict_many([str(tmp_path / "photo.png")], str(tmp_path / "out"),
+                                            progress=False)
+    assert summary.exit_code == 0 and len(summary.written) == 1
+    png = Image.open(tmp_path / "out" / "photo.png").convert("RGB")
+    assert png.width >= w and png.height > h  # legend under the image
+    top = np.asarray(png)[:h, :w].astype(int)
+    src = np.asarray(im).astype(int)
+    # label 1 (score 0.5) box, canvas [16, 8, 64, 32] / (128 / 600) = [75, 37.5, 300, 150]
+    assert np.abs(top[90:100, 74:77] - src[90:100, 74:77]).sum() > 0   # its left edge
+    np.testing.assert_array_equal(top[300:390, 320:340], src[300:390, 320:340])  # nothing there
+    assert visualize.draw_scale(w, h) == 1
+
+
+def test_small_images_are_drawn_enlarged():
+    sg = fake_predictor().predict(picture(64, 40))
+    out = sg.draw()
+    k = visualize.draw_scale(64, 40)
+    assert k == 8 and out.width >= 64 * k and out.height > 40 * k
+    assert (sg.width, sg.height) == (64, 40)  # the graph stays in original pixels
+
+
+@pytest.mark.parametrize("mode,fmt", [("RGBA", "PNG"), ("L", "PNG"), ("P", "PNG"),
+                                      ("L", "JPEG"), ("RGB", "GIF"), ("RGB", "BMP"),
+                                      ("RGB", "WEBP")])
+def test_any_mode_and_format_is_read_as_rgb(tmp_path, mode, fmt):
+    im = picture(90, 60, mode)
+    path = tmp_path / f"x.{fmt.lower()}"
+    im.save(path, format=fmt)
+    li = P.load_image(str(path), S)
+    assert li.image.mode == "RGB" and li.image.size == (90, 60)
+    assert li.canvas.shape == (S, S, 3) and li.content_hw == (85, 128)
+    assert li.canvas[:85].any() and not li.canvas[85:].any()  # content on top, zero padding
+    sg = fake_predictor().predict(str(path))
+    assert (sg.width, sg.height) == (90, 60) and sg.image_path == str(path)
+
+
+def test_exif_rotated_jpeg_is_upright(tmp_path):
+    """Orientation 6 (rotate 90 degrees clockwise to display): a stored 200x100 photo is
+    100 wide and 200 tall; boxes are in the upright image's pixels."""
+    stored = picture(200, 100)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    stored.save(path, format="JPEG", exif=exif.tobytes(), quality=95)
+    g = fake_predictor()
+    sg = g.predict(str(path))
+    assert (sg.width, sg.height) == (100, 200)
+    assert tuple(g.sgdet_fn.calls[-1][1][0]) == (128, 64)
+    by_label = {int(l): b for l, b in zip(sg.labels, sg.boxes)}
+    np.testing.assert_allclose(by_label[1], [25, 12.5, 100, 50], atol=0.01)  # scale 0.64
+    upright = stored.transpose(Image.Transpose.ROTATE_270)  # what a viewer shows
+    li = P.load_image(str(path), S)
+    diff = np.abs(li.canvas[:128, :64].astype(int)
+                  - np.asarray(upright.resize((64, 128), Image.BILINEAR)).astype(int))
+    assert diff.mean() < 6  # JPEG noise only; unrotated it would be far off
+
+
+# ------------------------------------------------------------------------------------------
+# Files: discovery, naming, errors
+# ------------------------------------------------------------------------------------------
+
+def test_find_images_scans_folders_sorted(tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    for name in ("b.JPG", "a.png", "notes.txt", ".hidden.png", "c.webp"):
+        (d / name).write_bytes(b"x")
+    (d / "sub").mkdir()
+    (d / "sub" / "z.png").write_bytes(b"x")
+    extra = tmp_path / "extra.dat"
+    got = P.find_images(f"{d},{extra}")
+    assert got == [str(d / "a.png"), str(d / "b.JPG"), str(d / "c.webp"), str(extra)]
+    assert P.find_images([str(d)]) == got[:3]
+
+
+def test_output_names_are_unique_and_never_overwrite_inputs(tmp_path):
+    assert P.output_stems(["x/a.jpg", "y/a.png", "b.png", "a.gif"]) == ["a", "a-2", "b", "a-3"]
+    picture(20, 20).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="overwrite an input"):
+        fake_predictor().predict_many([str(tmp_path / "a.png")], str(tmp_path), progress=False)
+
+
+def bad_inputs(tmp_path):
+    """Two good images and three bad ones: truncated JPEG, text named .jpg, missing file."""
+    d = tmp_path / "in"
+    d.mkdir()
+    picture(120, 80).save(d / "good1.png")
+    picture(90, 150).save(d / "good2.jpg")
+    (d / "corrupt.jpg").write_bytes(encoded(picture(300, 200), "JPEG")[:700])
+    (d / "text.jpg").write_text("this is not an image\n")
+    return d, str(d / "missing.png")
+
+
+def test_bad_files_are_reported_and_skipped(tmp_path):
+    d, missing = bad_inputs(tmp_path)
+    err = io.StringIO()
+    summary = fake_predictor().predict_many(f"{d},{missing}", str(tmp_path / "out"),
+                                            progress=False, stderr=err)
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 3, lines
+    for name in ("corrupt.jpg", "text.jpg", "missing.png"):
+        assert sum(name in ln and ln.startswith("error:") for ln in lines) == 1, (name, lines)
+    assert sorted(os.path.basename(p) for p, _ in summary.failed) == \
+        ["corrupt.jpg", "missing.png", "text.jpg"]
+    assert summary.exit_code == 2 and summary.line() == "predict: 2 ok, 3 failed"
+    assert sorted(os.listdir(tmp_path / "out")) == ["good1.json", "good1.png", "good2.json",
+                                                   "good2.png"]
+    assert json.loads((tmp_path / "out" / "good2.json").read_text())["image"]["width"] == 90
+    with pytest.raises(ValueError, match="text.jpg"):
+        P.load_image(str(d / "text.jpg"), S)
+    with pytest.raises(ValueError, match="HxWx3"):
+        P.load_image(np.zeros((4, 4, 3), np.float32), S)
+
+
+_CLI_WITH_FAKE_MODEL = """
+import sys
+sys.path.insert(0, {tests!r})
+import test_predict
+from sgg_jax import predict
+predict.load = lambda *a, **k: test_predict.fake_predictor()
+from sgg_jax.main import run
+sys.argv = ["sgg_jax.main"] + sys.argv[1:]
+run()
+"""
+
+
+def test_cli_exits_2_when_an_image_fails(tmp_path):
+    """`--mode predict` through sgg_jax.main (the model replaced by the fake)."""
+    d, missing = bad_inputs(tmp_path)
+    code = _CLI_WITH_FAKE_MODEL.format(tests=os.path.join(REPO, "tests"))
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--config", os.path.join(REPO, "configs/imp.py:tiny"),
+         "--mode", "predict", "--checkpoint", str(tmp_path / "run"),
+         "--images", f"{d},{missing}", "--output", str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "predict: 2 ok, 3 failed" in out.stderr
+    for name in ("corrupt.jpg", "text.jpg", "missing.png"):
+        assert f"error: {os.path.join(d, name) if name != 'missing.png' else missing}" \
+            in out.stderr, out.stderr[-2000:]
+    assert len(os.listdir(tmp_path / "out")) == 4
+
+
+def test_import_sgg_jax_stays_cheap():
+    out = subprocess.run([sys.executable, "-c", "import sys, sgg_jax; assert callable(sgg_jax.load); "
+                          "print(sorted(m for m in ('jax', 'flax', 'PIL') if m in sys.modules))"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
