@@ -319,8 +319,10 @@ class SceneGraph:
             image = self.image if self.image is not None else self.image_path
         if image is None:
             raise ValueError("SceneGraph.draw: no image kept with this graph; pass image=")
-        if not isinstance(image, Image.Image):
-            image = load_image(image, 1).image
+        if isinstance(image, (str, os.PathLike)):
+            image = ImageOps.exif_transpose(read_image_file(image)[0]).convert("RGB")
+        elif isinstance(image, np.ndarray):
+            image = _array_to_image(image)
         return visualize.draw_scene_graph(image, self, max_relations=max_relations,
                                           max_objects=max_objects)
 

@@ -374,3 +374,11 @@ def test_import_sgg_jax_stays_cheap():
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_graph_read_back_from_json_draws_from_its_image_path(tmp_path):
+    picture(300, 200).save(tmp_path / "p.png")
+    sg = fake_predictor().predict(str(tmp_path / "p.png"))
+    back = P.SceneGraph.from_json(sg.to_json())
+    assert back.image is None and back.image_path == str(tmp_path / "p.png")
+    np.testing.assert_array_equal(np.asarray(back.draw()), np.asarray(sg.draw()))
