@@ -53,3 +53,20 @@ def edge_loss(rel_logits: jnp.ndarray, pair_labels: jnp.ndarray, pair_mask: jnp.
     if kind == "dnorm":
         return ce.sum() / m_fg
     return jnp.where(fg, ce, 0.0).sum() / m_fg + jnp.where(bg, ce, 0.0).sum() / m_bg
+
+
+def caption_loss(caption_logits: jnp.ndarray, tokens: jnp.ndarray,
+                 region_mask: jnp.ndarray) -> jnp.ndarray:
+    """Mean word cross-entropy of a region captioner under teacher forcing (MSDN).
+
+    caption_logits: [B, Q, L, V], position t predicting tokens[..., t]; tokens: [B, Q, L]
+    (<start>=1 first, <end>=2, 0 = padding); region_mask: [B, Q]. Averaged over the real tokens
+    after <start> (words and <end>) of the real regions; 0 when there are none.
+    """
+    if caption_logits.shape[:3] != tokens.shape:
+        raise ValueError(f"caption_loss: logits {caption_logits.shape} do not match tokens "
+                         f"{tokens.shape} ([B, Q, L, V] vs [B, Q, L])")
+    mask = (tokens > 0) & region_mask[..., None]
+    mask = mask.at[..., 0].set(False)  # <start> is given, not predicted
+    ce = _masked_ce(caption_logits, tokens, mask)
+    return ce.sum() / jnp.maximum(mask.sum(), 1)
