@@ -40,7 +40,8 @@ def model_inputs(batch: Batch, pairs: jax.Array, pair_mask: jax.Array) -> ModelI
     """The model's view of a batch, with the given candidate pairs."""
     return ModelInputs(images=batch.images, image_sizes=batch.image_sizes, boxes=batch.boxes,
                        box_mask=batch.box_mask, labels=batch.labels, pairs=pairs,
-                       pair_mask=pair_mask)
+                       pair_mask=pair_mask, region_boxes=batch.region_boxes,
+                       region_tokens=batch.region_tokens, region_mask=batch.region_mask)
 
 
 def sample_training_pairs(rng: jax.Array, batch: Batch, *, num_rels: int, fg_fraction: float,
@@ -64,6 +65,12 @@ def compute_losses(outputs: ModelOutputs, batch: Batch, pair_labels: jax.Array,
     if "relation" in loss_names:
         parts["relation_loss"] = rel_weight * losses_lib.edge_loss(
             outputs.rel_logits, pair_labels, pair_mask, kind=edge_kind)
+    if "caption" in loss_names:  # region captioning (MSDN): outputs.aux["caption_logits"]
+        if "caption_logits" not in outputs.aux:
+            raise ValueError("loss 'caption': this model has no aux['caption_logits'] (only "
+                             "captioning models such as msdn can train it)")
+        parts["caption_loss"] = losses_lib.caption_loss(
+            outputs.aux["caption_logits"], batch.region_tokens, batch.region_mask)
     total = sum(parts.values()) if parts else jnp.zeros(())
     return total, parts
 
