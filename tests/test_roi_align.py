@@ -136,6 +136,22 @@ def test_gradient_many_images_chunking():
     assert float(jnp.abs(g[1]).max()) == 0.0 and float(jnp.abs(g[3]).max()) == 0.0
 
 
+def test_features_vjp_scan_steps_and_padding():
+    # 3 bins per scan step over 40*4 bins (not a multiple of 3: a padded last step), vs autodiff
+    feats, boxes, _ = _case(6, b=3, r=40)
+    idx = np.array([2] * 30 + [0] * 10, np.int32)
+    cot = jnp.asarray(np.random.default_rng(2).standard_normal((40, 2, 2, 3)), jnp.float32)
+    taps = ra._roi_taps(jnp.asarray(boxes), 1.0, True, (2, 2), 2, 7, 9)
+    t, c = 16, 3
+    got = jax.jit(lambda d: ra._features_vjp(feats.shape, jnp.float32, *taps, jnp.asarray(idx),
+                                             d, chunk_floats=3 * t * c))(cot)
+    auto = jax.jit(jax.grad(
+        lambda f: jnp.sum(_plain_xla(f, boxes, idx, (2, 2), 1.0, 2, True) * cot)))(
+        jnp.asarray(feats))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(auto), atol=1e-5)
+    assert float(jnp.abs(got[1]).max()) == 0.0
+
+
 def test_jit_and_errors():
     feats, boxes, idx = _case(2)
     f = jax.jit(lambda a, b, c: roi_align(a, b, c, 2, 0.5, 2))
