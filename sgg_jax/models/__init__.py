@@ -17,7 +17,7 @@ import flax.linen as nn
 from sgg_jax.models.backbone import BACKBONES
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 
-MODEL_NAMES = ("freq", "imp")
+MODEL_NAMES = ("freq", "imp", "msdn")
 MODES = ("predcls", "sgcls", "sgdet")
 # Top-level parameter groups shared by all models (not every model has every group).
 PARAM_GROUPS = ("backbone", "roi_features", "obj_classifier", "relation_head")
@@ -34,7 +34,8 @@ def _field(config: Any, key: str) -> Any:
 
 
 def build_model(model_config: Any, *, num_classes: int, num_predicates: int,
-                statistics: Any = None, mode: str = "predcls") -> nn.Module:
+                statistics: Any = None, mode: str = "predcls",
+                num_words: int | None = None) -> nn.Module:
     """Builds the relation model described by `model_config` (an ml_collections ConfigDict).
 
     Args:
@@ -45,6 +46,8 @@ def build_model(model_config: Any, *, num_classes: int, num_predicates: int,
       statistics: `data_pipelines.statistics.DatasetStatistics` (needs `fg_matrix` [C+1, C+1, P+1]
         and optionally `bg_matrix` [C+1, C+1]); required by "freq".
       mode: "predcls" | "sgcls" | "sgdet".
+      num_words: caption vocabulary size V incl. the special tokens (`len(idx_to_word)`);
+        required by "msdn" (its region captioner), ignored by the others.
     """
     name = _field(model_config, "name")
     if name not in MODEL_NAMES:
@@ -67,6 +70,18 @@ def build_model(model_config: Any, *, num_classes: int, num_predicates: int,
         return FreqModel(num_classes=num_classes,
                          table=_frequency_table(name, statistics, num_classes, num_predicates),
                          **common)
+    if name == "msdn":
+        from sgg_jax.models.msdn import MSDNModel
+
+        if not num_words or int(num_words) < 4:
+            raise ValueError("model 'msdn' needs num_words >= 4 (the caption vocabulary incl. "
+                             f"<pad>, <start>, <end>, <unk>), got {num_words!r}")
+        get = model_config.get if hasattr(model_config, "get") else (lambda k, d: d)
+        return MSDNModel(num_classes=num_classes, num_predicates=num_predicates,
+                         vocab_size=int(num_words),
+                         hidden_dim=int(_field(model_config, "hidden_dim")),
+                         num_iterations=int(_field(model_config, "num_iterations")),
+                         gate_width=int(get("gate_width", 128)), **common)
     from sgg_jax.models.imp import IMPModel
 
     use_bias = bool(model_config.get("freq_bias", False)) if hasattr(model_config, "get") else False
