@@ -49,7 +49,8 @@ class Experiment:
     def model(self, mode: str):
         return models_lib.build_model(
             self.config.model, num_classes=self.data.num_classes,
-            num_predicates=self.data.num_predicates, statistics=self.data.statistics, mode=mode)
+            num_predicates=self.data.num_predicates, statistics=self.data.statistics, mode=mode,
+            num_words=len(self.data.idx_to_word))
 
     def checkpoint_dir(self, stage: str) -> str:
         return os.path.join(self.workdir, "checkpoints", stage)
@@ -205,7 +206,52 @@ def evaluate(exp: Experiment, params: Any, split: str | None = None) -> dict[str
                 evaluator.add(gt, pred)
                 seen += 1
         results[mode] = evaluator.compute()
+    if cfg.model.name == "msdn":  # region captions: see evaluate_captions below
+        results["captions"] = evaluate_captions(exp, params, split)
     return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Region captions (MSDN): a separate pass over the split, only for captioning models.
+
+
+def evaluate_captions(exp: Experiment, params: Any, split: str | None = None) -> dict:
+    """Greedy captions of the split's ground-truth caption regions ("given regions" protocol,
+    all ordered object pairs as phrases) scored by corpus BLEU-4 against each region's phrase
+    (`sgg_jax.evaluation.captions.CaptionEvaluator`)."""
+    from sgg_jax import relation_sampling
+    from sgg_jax.evaluation.captions import CaptionEvaluator
+    from sgg_jax.training.steps import model_inputs
+
+    cfg = exp.config
+    model, state = exp.model("sgcls"), exp.model_state
+    params = {k: v for k, v in params.items() if k != "detector"}
+
+    def captions(p, batch):
+        o = batch.boxes.shape[1]
+        pairs, pair_mask = relation_sampling.all_pairs(batch.box_mask, o * (o - 1))
+        out = model.apply({"params": p, **state}, model_inputs(batch, pairs, pair_mask),
+                          train=False)
+        return out.aux["captions"]
+
+    step = jax.jit(captions)
+    evaluator = CaptionEvaluator(exp.data.idx_to_word)
+    seen, limit = 0, int(cfg.eval.max_images)
+    for host_batch in tqdm(data_lib.eval_loader(cfg, exp.data, exp.mesh, split or cfg.eval.split),
+                           desc="eval[captions]", unit="batch",
+                           disable=jax.process_index() != 0, dynamic_ncols=True):
+        batch = mesh_lib.to_global(host_batch, exp.mesh)
+        caps = eval_loop.gather_to_host(step(params, batch))
+        full = eval_loop.gather_to_host(batch)
+        for b in range(caps.shape[0]):
+            if full.image_ids[b] < 0 or 0 <= limit <= seen:
+                continue
+            evaluator.add(caps[b], full.region_tokens[b], full.region_mask[b])
+            seen += 1
+    result = evaluator.compute()
+    log.info("region captions (%s): BLEU-4 %.2f over %d regions", result["protocol"],
+             result["BLEU-4"], result["num_regions"])
+    return result
 
 
 def restore_final_params(exp: Experiment, rng: jax.Array, checkpoint: str = "") -> Any:
