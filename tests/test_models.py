@@ -89,20 +89,21 @@ def imp_setup():
 
 # ------------------------------------------------------------------------------------- backbone
 
-@pytest.mark.parametrize("name,kwargs", [
-    ("small_resnet", dict(widths=(8, 8, 16, 16))),
-    ("vgg16", dict(width_multiplier=1 / 32)),
-    ("resnet50", dict(width_multiplier=1 / 16)),
-    ("resnet50", dict(width_multiplier=1 / 16, norm="group")),
+@pytest.mark.parametrize("name,kwargs,stride", [
+    ("small_resnet", dict(widths=(8, 8, 16, 16)), 16),
+    ("small_resnet_s8", dict(widths=(8, 8, 16, 16)), 8),
+    ("vgg16", dict(width_multiplier=1 / 32), 16),
+    ("resnet50", dict(width_multiplier=1 / 16), 16),
+    ("resnet50", dict(width_multiplier=1 / 16, norm="group"), 16),
 ])
-def test_backbone_stride_16(name, kwargs):
+def test_backbone_output_stride(name, kwargs, stride):
     net = backbone_lib.build_backbone(name, jnp.float32, **kwargs)
     images = jnp.zeros((1, 64, 64, 3), jnp.uint8)
     # Shapes only (no compilation): eval_shape of init and apply.
     variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), images)
     feats = jax.eval_shape(lambda v, x: net.apply(v, x)[0], variables, images)
-    assert net.stride == 16
-    assert feats.shape[:3] == (1, 4, 4)
+    assert net.stride == stride
+    assert feats.shape[:3] == (1, 64 // stride, 64 // stride)
     if name == "resnet50" and kwargs.get("norm", "frozen_bn") == "frozen_bn":
         # Statistics are a separate, non-trainable collection.
         assert "batch_stats" in variables

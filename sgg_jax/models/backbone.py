@@ -1,17 +1,20 @@
-"""Convolutional backbones (Flax Linen) that turn a uint8 image canvas into a stride-16 feature map.
+"""Convolutional backbones (Flax Linen) that turn a uint8 image canvas into a stride-16 feature map
+(stride 8 for `small_resnet_s8`).
 
 Every backbone is called as `features, stride = backbone(images, train)` with `images`
 [B, S, S, 3] uint8 RGB; it normalises with the ImageNet mean/std itself (so checkpoints imported
 from torchvision see the inputs they were trained on) and returns features [B, S/16, S/16, C]
 in the compute dtype plus the integer stride, which the RoI-align needs as `1 / stride`.
 
-- `SmallResNet`: a tiny residual net with GroupNorm, the CPU default.
+- `SmallResNet`: a tiny residual net with GroupNorm, the CPU default (`small_resnet`; output
+  stride 8 as `small_resnet_s8`).
 - `VGG16`: conv1_1 .. conv5_3 without pool5 (the Faster R-CNN / Motifs / IMP trunk).
 - `ResNet50`: stem + layer1..layer3 (C4), frozen batch norm (statistics in the non-trainable
   `batch_stats` collection) or GroupNorm.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -103,13 +106,17 @@ class SmallResNet(nn.Module):
         del train  # GroupNorm behaves the same in training and evaluation.
         if len(self.widths) != 4:
             raise ValueError(f"SmallResNet.widths: expected 4 channel counts, got {self.widths}")
+        if self.stride not in (8, 16):
+            raise ValueError(f"SmallResNet.stride: expected 8 or 16, got {self.stride}")
         x = normalize_images(images, self.dtype)
         x = nn.Conv(self.widths[0], (3, 3), (2, 2), padding="SAME", use_bias=False,
                     dtype=self.dtype, name="stem_conv")(x)
         x = nn.relu(_group_norm(self.widths[0], self.dtype, "stem_norm")(x))
         for s, width in enumerate(self.widths[1:]):
             for b in range(self.blocks_per_stage):
-                x = BasicBlock(width, stride=2 if b == 0 else 1, dtype=self.dtype,
+                # Output stride 8 keeps the last stage at the resolution of the one before.
+                down = 2 if b == 0 and not (self.stride == 8 and s == 2) else 1
+                x = BasicBlock(width, stride=down, dtype=self.dtype,
                                name=f"stage{s + 1}_block{b}")(x)
         return x, self.stride
 
@@ -227,16 +234,19 @@ class ResNet50(nn.Module):
         return x, self.stride
 
 
-BACKBONES = ("small_resnet", "vgg16", "resnet50")
+BACKBONES = ("small_resnet", "small_resnet_s8", "vgg16", "resnet50")
 
 
 def build_backbone(name: str, dtype: Any = jnp.float32, /, **kwargs: Any) -> nn.Module:
-    """The backbone called `name` ("small_resnet" | "vgg16" | "resnet50") with compute `dtype`.
+    """The backbone called `name` (one of `BACKBONES`) with compute `dtype`.
 
     Extra keyword arguments go to the module (e.g. `widths` for small_resnet, `norm` for
     resnet50, `width_multiplier` for vgg16/resnet50).
     """
-    classes = {"small_resnet": SmallResNet, "vgg16": VGG16, "resnet50": ResNet50}
+    classes = {"small_resnet": SmallResNet, "vgg16": VGG16, "resnet50": ResNet50,
+               # Stride 8: twice the feature resolution for the small objects of low-resolution
+               # canvases (the synthetic data's cups and bottles are ~5 px wide at 128 px).
+               "small_resnet_s8": functools.partial(SmallResNet, stride=8)}
     if name not in classes:
         raise ValueError(f"model.backbone: expected one of {BACKBONES}, got {name!r}")
     return classes[name](dtype=dtype, **kwargs)
