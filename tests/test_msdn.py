@@ -1,0 +1,376 @@
+"""Tests of MSDN (sgg_jax/models/msdn.py), the caption loss and the caption evaluation."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from data_pipelines.batch import Batch
+from sgg_jax import losses
+from sgg_jax.evaluation import captions as captions_lib
+from sgg_jax.models import build_model
+from sgg_jax.models import msdn
+from sgg_jax.models.interface import ModelInputs
+from sgg_jax.training import steps
+
+C, P, V = 4, 3, 12  # object classes, predicates, caption words (incl. 4 specials)
+B, S, O, M, Q, L = 2, 64, 5, 8, 4, 6
+N_BOXES, N_PAIRS, N_REGIONS = (5, 3), (8, 4), (4, 2)
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(dict(
+        name="msdn", backbone="small_resnet", hidden_dim=16, num_iterations=2, roi_size=7,
+        sampling_ratio=2, fc_dim=16, dtype="float32", dropout=0.0, gate_width=8))
+    cfg.update(overrides)
+    return cfg
+
+
+def make_model(mode="sgcls"):
+    return build_model(model_config(), num_classes=C, num_predicates=P, mode=mode, num_words=V)
+
+
+def init(model, inputs, seed=0):
+    """Parameters with `model.init`'s shapes (eval_shape) filled on the host: compiling a jitted
+    init costs more CPU time than the tests themselves."""
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, False), inputs)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if leaf.ndim >= 2:
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape), leaf.dtype)
+        if name == "scale":
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.asarray(rng.normal(0, 0.1, leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def random_boxes(rng, shape, lo=8.0, hi=24.0):
+    xy = rng.uniform(0, 36, shape + (2,))
+    wh = rng.uniform(lo, hi, shape + (2,))
+    return np.concatenate([xy, xy + wh], -1).astype(np.float32)
+
+
+def make_inputs(seed: int = 0) -> ModelInputs:
+    rng = np.random.default_rng(seed)
+    boxes = random_boxes(rng, (B, O))
+    box_mask = np.arange(O)[None] < np.array(N_BOXES)[:, None]
+    labels = np.where(box_mask, rng.integers(1, C + 1, (B, O)), 0).astype(np.int32)
+    pairs = np.zeros((B, M, 2), np.int32)
+    pair_mask = np.arange(M)[None] < np.array(N_PAIRS)[:, None]
+    regions = np.zeros((B, Q, 4), np.float32)
+    tokens = np.zeros((B, Q, L), np.int32)
+    region_mask = np.arange(Q)[None] < np.array(N_REGIONS)[:, None]
+    for b in range(B):
+        cand = [(i, j) for i in range(N_BOXES[b]) for j in range(N_BOXES[b]) if i != j]
+        pairs[b, :N_PAIRS[b]] = np.array(cand)[rng.choice(len(cand), N_PAIRS[b], replace=False)]
+        for q in range(N_REGIONS[b]):
+            # Regions: union boxes of real pairs, enlarged (so that some phrases link to them).
+            s, o = pairs[b, q]
+            u = np.concatenate([np.minimum(boxes[b, s, :2], boxes[b, o, :2]),
+                                np.maximum(boxes[b, s, 2:], boxes[b, o, 2:])])
+            regions[b, q] = u + np.array([-2, -2, 2, 2], np.float32) * q
+            n = rng.integers(1, L - 1)
+            tokens[b, q, :n + 2] = [msdn.START] + list(rng.integers(4, V, n)) + [msdn.END]
+    return ModelInputs(
+        images=jnp.asarray(rng.integers(0, 256, (B, S, S, 3), dtype=np.uint8)),
+        image_sizes=jnp.full((B, 2), S, jnp.int32), boxes=jnp.asarray(boxes),
+        box_mask=jnp.asarray(box_mask), labels=jnp.asarray(labels), pairs=jnp.asarray(pairs),
+        pair_mask=jnp.asarray(pair_mask), region_boxes=jnp.asarray(regions),
+        region_tokens=jnp.asarray(tokens), region_mask=jnp.asarray(region_mask))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = make_model()
+    inputs = make_inputs()
+    params = init(model, inputs)
+    apply = jax.jit(lambda p, x: model.apply(p, x, train=False))
+    return model, inputs, params, apply
+
+
+# ------------------------------------------------------------------------------------------------
+# The dynamic graph
+
+
+def covered_fraction_numpy(region, phrase):
+    """Independent reference: loops, intersection area / phrase area."""
+    iw = max(0.0, min(region[2], phrase[2]) - max(region[0], phrase[0]))
+    ih = max(0.0, min(region[3], phrase[3]) - max(region[1], phrase[1]))
+    area = (phrase[2] - phrase[0]) * (phrase[3] - phrase[1])
+    return iw * ih / area if area > 0 else 0.0
+
+
+def test_phrase_region_links_hand_boxes_and_numpy_reference():
+    phrases = np.array([[[0, 0, 10, 10],     # inside region 0 entirely
+                         [0, 0, 10, 10],     # (padded phrase: never linked)
+                         [5, 0, 15, 10],     # region 0 covers 50%
+                         [1, 0, 11, 10],     # region 0 covers 90%; region 1 covers 80% exactly
+                         [20, 20, 30, 30]]], np.float32)
+    pair_mask = np.array([[True, False, True, True, True]])
+    regions = np.array([[[0, 0, 10, 10], [-5, 0, 9, 10], [0, 0, 40, 40]]], np.float32)
+    region_mask = np.array([[True, True, False]])
+    links = np.asarray(msdn.phrase_region_links(jnp.asarray(phrases), jnp.asarray(pair_mask),
+                                                jnp.asarray(regions), jnp.asarray(region_mask)))
+    expected = np.array([[[True, True, False],   # region 1 covers 90% of phrase 0
+                          [False, False, False],
+                          [False, False, False],
+                          [True, False, False],  # 0.8 is not > 0.8
+                          [False, False, False]]])
+    np.testing.assert_array_equal(links, expected)
+
+    rng = np.random.default_rng(3)
+    ph = random_boxes(rng, (2, 30), 2, 30)
+    rg = random_boxes(rng, (2, 7), 10, 60)
+    cover = np.asarray(msdn.covered_fraction(jnp.asarray(rg), jnp.asarray(ph)))
+    ref = np.array([[[covered_fraction_numpy(rg[b, q], ph[b, m]) for q in range(7)]
+                     for m in range(30)] for b in range(2)])
+    np.testing.assert_allclose(cover, ref, rtol=1e-5, atol=1e-6)
+    pm, rm = rng.random((2, 30)) < 0.8, rng.random((2, 7)) < 0.8
+    links = np.asarray(msdn.phrase_region_links(jnp.asarray(ph), jnp.asarray(pm),
+                                                jnp.asarray(rg), jnp.asarray(rm)))
+    np.testing.assert_array_equal(links, (ref > 0.8) & pm[:, :, None] & rm[:, None, :])
+    assert links.any() and not links.all()
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+
+
+def test_shapes_masks_and_parameter_groups(setup):
+    model, inputs, params, apply = setup
+    assert set(params["params"]) == {"backbone", "roi_features", "relation_head",
+                                     "obj_classifier", "captioner"}
+    out = apply(params, inputs)
+    assert out.obj_logits.shape == (B, O, C + 1)
+    assert out.rel_logits.shape == (B, M, P + 1)
+    assert out.aux["region_scores"].shape == (B, Q)
+    assert out.aux["caption_logits"].shape == (B, Q, L, V)
+    caps = np.asarray(out.aux["captions"])
+    assert caps.shape == (B, Q, L) and caps.dtype == np.int32
+    region_mask = np.asarray(inputs.region_mask)
+    assert (caps[~region_mask] == msdn.PAD).all()
+    assert (caps[region_mask][:, 0] == msdn.START).all()
+    for name in ("obj_logits", "rel_logits"):
+        assert np.isfinite(np.asarray(getattr(out, name))).all()
+    # Training mode has no greedy captions (only teacher-forced logits).
+    train_out = model.apply(params, inputs, train=True)
+    assert "captions" not in train_out.aux and "caption_logits" in train_out.aux
+    with pytest.raises(ValueError, match="region_boxes"):
+        model.apply(params, inputs.replace(region_boxes=None), train=False)
+
+
+def test_build_model_needs_the_vocabulary():
+    with pytest.raises(ValueError, match="num_words"):
+        build_model(model_config(), num_classes=C, num_predicates=P)
+
+
+def test_permutation_equivariance_over_objects(setup):
+    """Permuting the real boxes and remapping the pairs permutes obj_logits and leaves
+    rel_logits, region scores and captions unchanged."""
+    _, inputs, params, apply = setup
+    perms = [np.r_[np.random.default_rng(b).permutation(n), np.arange(n, O)]
+             for b, n in enumerate(N_BOXES)]
+    perm = np.stack(perms)  # new position k holds old box perm[k]
+    inv = np.argsort(perm, axis=1)
+    take = lambda x: jnp.asarray(np.take_along_axis(np.asarray(x), perm.reshape(
+        perm.shape + (1,) * (np.asarray(x).ndim - 2)), axis=1))
+    pairs = np.asarray(inputs.pairs)
+    new_pairs = np.stack([np.take_along_axis(inv, pairs[..., k], axis=1) for k in (0, 1)], -1)
+    permuted = inputs.replace(boxes=take(inputs.boxes), box_mask=take(inputs.box_mask),
+                              labels=take(inputs.labels), pairs=jnp.asarray(new_pairs))
+    a, b = apply(params, inputs), apply(params, permuted)
+    np.testing.assert_allclose(np.asarray(b.obj_logits), np.asarray(take(a.obj_logits)),
+                               rtol=1e-4, atol=1e-4)
+    pm = np.asarray(inputs.pair_mask)
+    np.testing.assert_allclose(np.asarray(b.rel_logits)[pm], np.asarray(a.rel_logits)[pm],
+                               rtol=1e-4, atol=1e-4)
+    rm = np.asarray(inputs.region_mask)
+    np.testing.assert_allclose(np.asarray(b.aux["region_scores"])[rm],
+                               np.asarray(a.aux["region_scores"])[rm], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(b.aux["captions"]), np.asarray(a.aux["captions"]))
+
+
+def test_padding_changes_nothing_real(setup):
+    """Garbage in the padded boxes, pairs, regions and tokens leaves every real output as is."""
+    _, inputs, params, apply = setup
+    rng = np.random.default_rng(7)
+    bm, pm, rm = (np.asarray(inputs.box_mask), np.asarray(inputs.pair_mask),
+                  np.asarray(inputs.region_mask))
+    boxes = np.where(bm[..., None], np.asarray(inputs.boxes), random_boxes(rng, (B, O)))
+    # Padded pairs point at real boxes (their messages must still be dropped).
+    pairs = np.where(pm[..., None], np.asarray(inputs.pairs), rng.integers(0, 3, (B, M, 2)))
+    regions = np.where(rm[..., None], np.asarray(inputs.region_boxes),
+                       np.array([0, 0, 64, 64], np.float32))  # would cover every phrase
+    tokens = np.where(rm[..., None], np.asarray(inputs.region_tokens),
+                      rng.integers(0, V, (B, Q, L)))
+    noisy = inputs.replace(boxes=jnp.asarray(boxes), pairs=jnp.asarray(pairs.astype(np.int32)),
+                           region_boxes=jnp.asarray(regions),
+                           region_tokens=jnp.asarray(tokens.astype(np.int32)))
+    a, b = apply(params, inputs), apply(params, noisy)
+    np.testing.assert_allclose(np.asarray(b.obj_logits)[bm], np.asarray(a.obj_logits)[bm],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(b.rel_logits)[pm], np.asarray(a.rel_logits)[pm],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(b.aux["caption_logits"])[rm],
+                               np.asarray(a.aux["caption_logits"])[rm], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(b.aux["captions"]), np.asarray(a.aux["captions"]))
+
+
+def test_regions_send_messages(setup):
+    """The region branch is wired in: moving a linked region changes the predicate logits."""
+    _, inputs, params, apply = setup
+    moved = inputs.replace(region_boxes=inputs.region_boxes + jnp.array([1.0, 0.0, 9.0, 3.0]))
+    a, b = apply(params, inputs), apply(params, moved)
+    pm = np.asarray(inputs.pair_mask)
+    assert not np.allclose(np.asarray(a.rel_logits)[pm], np.asarray(b.rel_logits)[pm])
+
+
+# ------------------------------------------------------------------------------------------------
+# Captioner
+
+
+@pytest.fixture(scope="module")
+def captioner():
+    cap = msdn.RegionCaptioner(vocab_size=V, hidden_dim=8)
+    feats = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 5)), jnp.float32)
+    shapes = jax.eval_shape(lambda f: cap.init(jax.random.PRNGKey(0), f,
+                                               jnp.zeros((2, 3, L), jnp.int32)), feats)
+    rng = np.random.default_rng(1)
+    variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.5, s.shape), s.dtype), shapes)
+    greedy = jax.jit(lambda v, f: cap.apply(v, f, L, method=cap.greedy))
+    teacher = jax.jit(lambda v, f, t: cap.apply(v, f, t, method=cap.teacher_logits))
+    return variables, feats, greedy, teacher
+
+
+def _set_end_bias(variables, value):
+    params = jax.tree.map(lambda x: x, variables)
+    bias = params["params"]["decoder"]["word_logits"]["bias"]
+    params["params"]["decoder"]["word_logits"]["bias"] = bias.at[msdn.END].set(value)
+    return params
+
+
+def test_greedy_decoding_stops_and_pads(captioner):
+    variables, feats, greedy, teacher = captioner
+    ended = np.asarray(greedy(_set_end_bias(variables, 1e4), feats))
+    np.testing.assert_array_equal(ended[..., :2], np.broadcast_to([msdn.START, msdn.END], (2, 3, 2)))
+    assert (ended[..., 2:] == msdn.PAD).all()
+
+    never = np.asarray(greedy(_set_end_bias(variables, -1e4), feats))
+    assert (never[..., 0] == msdn.START).all() and (never[..., 1:] >= 3).all()
+
+    # Middle ground: some captions end early. After <end> only padding; before it only words;
+    # and every word is the argmax (over non-special-start tokens) of the teacher-forced logits
+    # of the decoded prefix, i.e. the scan feeds back its own predictions.
+    for bias in (0.0, 2.0, 4.0):
+        v = _set_end_bias(variables, bias)
+        caps = np.asarray(greedy(v, feats))
+        logits = np.array(teacher(v, feats, jnp.asarray(caps)))
+        logits[..., [msdn.PAD, msdn.START]] = -np.inf
+        for row, lg in zip(caps.reshape(-1, L), logits.reshape(-1, L, V)):
+            end = np.flatnonzero(row == msdn.END)
+            stop = end[0] if end.size else L - 1
+            assert row[0] == msdn.START
+            assert (row[1:stop] >= 3).all()
+            assert (row[stop + 1:] == msdn.PAD).all()
+            np.testing.assert_array_equal(lg[1:stop + 1].argmax(-1), row[1:stop + 1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses and training
+
+
+def test_caption_loss_hand_case():
+    tokens = jnp.array([[[1, 5, 2, 0], [1, 6, 7, 2]]], jnp.int32)  # [1, 2, 4]
+    region_mask = jnp.array([[True, False]])
+    logits = np.zeros((1, 2, 4, 8), np.float32)
+    logits[0, 0, 1, 5] = math.log(3.0)  # p(5) = 3 / (3 + 7) at position 1
+    logits[0, 0, 0] = 100.0 * np.arange(8)  # position 0 (<start>) is not scored
+    logits[0, 1] = np.random.default_rng(0).normal(0, 50, (4, 8))  # padded region: ignored
+    loss = losses.caption_loss(jnp.asarray(logits), tokens, region_mask)
+    expected = (-math.log(3 / 10) + math.log(8)) / 2  # tokens 5 and <end>
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="do not match"):
+        losses.caption_loss(jnp.asarray(logits[:, :, :3]), tokens, region_mask)
+
+
+def make_batch(inputs: ModelInputs) -> Batch:
+    rels = np.zeros((B, 4, 3), np.int32)
+    rel_mask = np.zeros((B, 4), bool)
+    for b in range(B):
+        rels[b, :2] = np.c_[np.asarray(inputs.pairs)[b, :2], [1 + b, 3 - b]]
+        rel_mask[b, :2] = True
+    return Batch(images=inputs.images, image_sizes=inputs.image_sizes,
+                 scales=jnp.ones((B,)), image_ids=jnp.arange(B, dtype=jnp.int32),
+                 boxes=inputs.boxes, labels=inputs.labels, box_mask=inputs.box_mask,
+                 relations=jnp.asarray(rels), rel_mask=jnp.asarray(rel_mask),
+                 region_boxes=inputs.region_boxes, region_tokens=inputs.region_tokens,
+                 region_mask=inputs.region_mask)
+
+
+def test_train_steps_reduce_the_loss(setup):
+    model, inputs, params, _ = setup
+    batch = make_batch(inputs)
+    tx = optax.adam(3e-3)
+    step = jax.jit(steps.make_train_step(
+        model, tx, loss_names=("object", "relation", "caption"), edge_kind="dnorm",
+        obj_weight=1.0, rel_weight=1.0, num_rels=8, fg_fraction=0.5, must_overlap=False))
+    state = steps.TrainState.create(params["params"], tx)
+    rng = jax.random.key(0)
+    history = []
+    for _ in range(12):
+        state, metrics = step(state, batch, rng)
+        history.append({k: float(v) for k, v in metrics.items()})
+    assert int(state.nonfinite) == 0
+    assert history[0]["caption_loss"] > 0 and history[0]["relation_loss"] > 0
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"]
+    assert history[-1]["caption_loss"] < history[0]["caption_loss"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Caption evaluation
+
+
+def test_bleu4_hand_computed():
+    """Two sentences, hand-counted clipped n-gram matches (corpus-level sums):
+    hyp1 'the cat sat on the mat' vs 'the cat is on the mat': 5/6, 3/5, 1/4, 0/3;
+    hyp2 'small red ball inside white bowl' vs '... blue bowl': 5/6, 3/5, 2/4, 1/3;
+    equal lengths (BP = 1): BLEU = (10/12 * 6/10 * 3/8 * 1/6) ** (1/4) = 2 ** (-5/4)."""
+    hyps = [s.split() for s in ("the cat sat on the mat", "small red ball inside white bowl")]
+    refs = [s.split() for s in ("the cat is on the mat", "small red ball inside blue bowl")]
+    out = captions_lib.corpus_bleu(hyps, refs)
+    np.testing.assert_allclose(out["BLEU-4"], 100 * 2 ** -1.25, rtol=1e-6)
+    np.testing.assert_allclose(out["precisions"], [100 * 10 / 12, 60.0, 37.5, 100 / 6], rtol=1e-6)
+    # A shorter second hypothesis: 'small red ball inside' (4 words, all n-grams match):
+    # p = 9/10, 6/8, 3/6, 1/4; BP = exp(1 - 12/10).
+    hyps[1] = "small red ball inside".split()
+    out = captions_lib.corpus_bleu(hyps, refs)
+    expected = math.exp(1 - 12 / 10) * (0.9 * 0.75 * 0.5 * 0.25) ** 0.25
+    np.testing.assert_allclose(out["BLEU-4"], 100 * expected, rtol=1e-6)
+    assert captions_lib.corpus_bleu(refs, refs)["BLEU-4"] == pytest.approx(100.0)
+
+
+def test_caption_evaluator_decodes_tokens_and_masks_regions():
+    words = ["<pad>", "<start>", "<end>", "<unk>", "small", "red", "ball"]
+    ev = captions_lib.CaptionEvaluator(words)
+    pred = np.array([[1, 4, 5, 6, 2, 0], [1, 4, 2, 0, 0, 0], [1, 6, 6, 6, 6, 6]])
+    gt = np.array([[1, 4, 5, 6, 2, 0], [1, 5, 6, 2, 0, 0], [1, 6, 2, 0, 0, 0]])
+    ev.add(pred, gt, np.array([True, True, False]))
+    assert ev.hypotheses == [["small", "red", "ball"], ["small"]]
+    assert ev.references == [["small", "red", "ball"], ["red", "ball"]]
+    out = ev.compute()
+    assert out["num_regions"] == 2 and out["mean_length"] == 2.0
+    assert out["examples"][0] == ["small red ball", "small red ball"]
+    assert captions_lib.tokens_to_words([6, 6, 2, 5], words) == ["ball", "ball"]
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        captions_lib.tokens_to_words([1, 40, 2], words)
+    with pytest.raises(ValueError, match="region_mask"):
+        ev.add(pred, gt, np.array([True]))
