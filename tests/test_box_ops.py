@@ -149,6 +149,28 @@ def test_nms_matches_reference(num_classes):
     assert np.all(np.asarray(keep)[~np.asarray(ok)] == 0)
 
 
+def test_nms_beyond_first_block_and_vmap():
+    # Heavy overlap: the first block (top 64 boxes for max_output 50) keeps fewer than 50, so
+    # the tiled continuation over the rest runs (checked), vs the greedy reference. Under vmap
+    # the other item (spread-out boxes) is done after the first block.
+    rng = np.random.default_rng(7)
+    n = 250
+    boxes = _random_boxes(rng, n, span=50.0, max_size=40.0)
+    spread = _random_boxes(rng, n, span=2000.0, max_size=40.0)
+    scores = np.round(rng.random(n), 2).astype(np.float32)     # many ties
+    classes = rng.integers(0, 2, n).astype(np.int32)
+    valid = rng.random(n) > 0.1
+    ref = _nms_ref(boxes, scores, classes, 0.3, valid)[:50]
+    rank = {i: r for r, i in enumerate(sorted(np.flatnonzero(valid), key=lambda i: (-scores[i], i)))}
+    assert len(ref) == 50 and rank[ref[-1]] >= 64
+    ref2 = _nms_ref(spread, scores, classes, 0.3, valid)[:50]
+    fn = jax.jit(jax.vmap(lambda b, s, c, v: batched_nms(b, s, c, 0.3, 50, v)))
+    kb, okb = fn(np.stack([boxes, spread]), np.stack([scores, scores]),
+                 np.stack([classes, classes]), np.stack([valid, valid]))
+    assert np.asarray(kb[0])[np.asarray(okb[0])].tolist() == ref
+    assert np.asarray(kb[1])[np.asarray(okb[1])].tolist() == ref2
+
+
 def test_nms_hand_case_vmap_and_truncation():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9]],
                      np.float32)

@@ -9,17 +9,6 @@ import jax.numpy as jnp
 from sgg_jax.ops.boxes import box_area
 
 
-def _iou_block(a: jax.Array, b: jax.Array, plus_one: bool) -> jax.Array:
-    """IoU [Ta, Tb] of two box blocks (0 where the union is empty)."""
-    one = 1.0 if plus_one else 0.0
-    lt = jnp.maximum(a[:, None, :2], b[None, :, :2])
-    rb = jnp.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = jnp.maximum(rb - lt + one, 0.0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a, plus_one)[:, None] + box_area(b, plus_one)[None, :] - inter
-    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
-
-
 def batched_nms(boxes: jax.Array, scores: jax.Array, classes: jax.Array | None,
                 iou_threshold: float, max_output: int, valid: jax.Array | None = None,
                 plus_one: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -31,11 +20,13 @@ def batched_nms(boxes: jax.Array, scores: jax.Array, classes: jax.Array | None,
     slots hold index 0 and keep_valid False. A box is suppressed when IoU > iou_threshold
     (torchvision's rule). For batches use jax.vmap.
 
-    Greedy NMS in score order is: repeatedly keep the first alive box (boxes sorted by score)
-    and kill the alive boxes of its class overlapping it by IoU > threshold. Only max_output
-    boxes are needed, so the loop runs at most max_output times with O(N) work each (no N x N
-    matrix) and stops early when nothing is alive. (A tiled fixed-point variant with [tile, N]
-    IoU blocks was measured 2-4x slower on CPU.)"""
+    Greedy NMS in score order keeps a box unless a kept box of its class overlaps it by
+    IoU > threshold. Computed blockwise (exact, same kept set and order): the top
+    ceil(max_output / 64) * 64 boxes (partial top-k, no full sort) are solved as one block by a
+    fixed-point iteration over their [P, P] suppression matrix (`_greedy_block`); only when
+    fewer than max_output survive and more valid boxes remain, the rest is fully sorted and
+    processed in tiles of 64, each suppressed by the kept boxes so far ([64, max_output]) and
+    then solved inside. ~3x faster on CPU than a one-box-per-iteration loop."""
     boxes = jnp.asarray(boxes, jnp.float32)
     scores = jnp.asarray(scores, jnp.float32)
     n = boxes.shape[0]
@@ -53,34 +44,121 @@ def batched_nms(boxes: jax.Array, scores: jax.Array, classes: jax.Array | None,
                             int(max_output), bool(plus_one))
 
 
+_TILE = 64
+
+
+def _sort_key(scores: jax.Array, valid: jax.Array) -> jax.Array:
+    """int32 key whose descending order is score-descending, invalid boxes last.
+
+    Float bits are mapped monotonically to int32 (so top_k orders ties by lower index first, as
+    the greedy reference does); invalid boxes get INT32_MIN, below every valid score (even -inf).
+    """
+    bits = jax.lax.bitcast_convert_type(scores, jnp.int32)
+    key = bits ^ ((bits >> 31) & jnp.int32(0x7FFFFFFF))
+    return jnp.where(valid, key, jnp.iinfo(jnp.int32).min)
+
+
+def _coords(boxes: jax.Array, plus_one: bool) -> tuple[jax.Array, ...]:
+    """Boxes as separate coordinate vectors plus area (struct of arrays: the pairwise IoU then
+    broadcasts contiguous vectors, which XLA CPU vectorises; [N,4] rows it does not)."""
+    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
+    return x1, y1, x2, y2, box_area(boxes, plus_one)
+
+
+def _suppress(a, b, ca, cb, iou_threshold, plus_one: bool) -> jax.Array:
+    """[Ta, Tb] bool: IoU(a_i, b_j) > threshold and same class (a, b from `_coords`)."""
+    one = 1.0 if plus_one else 0.0
+    iw = jnp.maximum(jnp.minimum(a[2][:, None], b[2][None]) - jnp.maximum(a[0][:, None], b[0][None])
+                     + one, 0.0)
+    ih = jnp.maximum(jnp.minimum(a[3][:, None], b[3][None]) - jnp.maximum(a[1][:, None], b[1][None])
+                     + one, 0.0)
+    inter = iw * ih
+    union = a[4][:, None] + b[4][None] - inter
+    iou = jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+    return (iou > iou_threshold) & (ca[:, None] == cb[None])
+
+
+def _greedy_block(coords, cls, alive, iou_threshold, plus_one: bool) -> jax.Array:
+    """Greedy NMS inside one block of score-sorted boxes: the fixed point of
+    kept_i = alive_i & not any(kept_j & suppresses(j, i) for j < i).
+
+    Position i of the iterate is final once positions < i are, so the iteration reaches the
+    (unique) fixed point, which is the greedy result, after at most block-size steps; in
+    practice 1-4 (each a [T] x [T, T] product)."""
+    t = cls.shape[0]
+    ti = jnp.arange(t, dtype=jnp.int32)
+    m = (_suppress(coords, coords, cls, cls, iou_threshold, plus_one)
+         & (ti[:, None] < ti[None, :])).astype(jnp.float32)
+
+    def step(kept):
+        return alive & ~(jnp.dot(kept.astype(jnp.float32), m) > 0)
+
+    _, kept = jax.lax.while_loop(lambda s: jnp.any(s[0] != s[1]), lambda s: (s[1], step(s[1])),
+                                 (alive, step(alive)))
+    return kept
+
+
 @functools.partial(jax.jit, static_argnums=(5, 6))
 def _batched_nms_jit(boxes, scores, classes, valid, iou_threshold, max_output, plus_one):
     n = boxes.shape[0]
     valid = valid & ~jnp.isnan(scores)
-    iota = jnp.arange(n, dtype=jnp.int32)
-    _, _, order = jax.lax.sort((~valid, -jnp.where(valid, scores, 0.0), iota), num_keys=2,
-                               is_stable=True)
-    sb, sc, alive0 = boxes[order], classes[order], valid[order]
-    areas = box_area(sb, plus_one)
+    key = _sort_key(scores, valid)
+    t = min(_TILE, n)
+    n_tiles = -(-n // t)
+    first = min(n_tiles, -(-max_output // t))        # tiles in the first block
+    slots = jnp.arange(max_output, dtype=jnp.int32)
 
-    # state: (number kept, alive mask, kept positions, first alive position); carrying the next
-    # candidate saves a separate any(alive) reduction per iteration.
-    def cond(state):
-        i, alive, _, best = state
-        return (i < max_output) & alive[best]
+    def append(state, idx, kept):
+        """Appends the kept boxes of a block (score order) to the output buffers."""
+        count, keep, kb, kc = state
+        pos = count + jnp.cumsum(kept.astype(jnp.int32)) - 1
+        dst = jnp.where(kept, pos, max_output)
+        keep = keep.at[dst].set(idx, mode="drop")
+        kb = kb.at[dst].set(boxes[idx], mode="drop")
+        kc = kc.at[dst].set(classes[idx], mode="drop")
+        return count + jnp.sum(kept, dtype=jnp.int32), keep, kb, kc
 
-    def body(state):
-        i, alive, keep, best = state
-        iou = _iou_block(sb[best][None], sb, plus_one)[0]
-        kill = ((iou > iou_threshold) & (sc == sc[best])) | (iota == best)
-        alive = alive & ~kill
-        return i + 1, alive, keep.at[i].set(best), jnp.argmax(alive).astype(jnp.int32)
+    # First block: the top `first * t` boxes (a partial top-k, no full sort). Typically it
+    # already yields max_output boxes or holds all valid ones.
+    p = min(first * t, n)
+    _, top = jax.lax.top_k(key, p)
+    top = top.astype(jnp.int32)
+    alive = valid[top]
+    kept = _greedy_block(_coords(boxes[top], plus_one), classes[top], alive, iou_threshold,
+                         plus_one)
+    state = append((jnp.int32(0), jnp.zeros((max_output,), jnp.int32),
+                    jnp.zeros((max_output, 4), jnp.float32), jnp.zeros((max_output,), jnp.int32)),
+                   top, kept)
 
-    count, _, keep, _ = jax.lax.while_loop(
-        cond, body, (jnp.int32(0), alive0, jnp.zeros((max_output,), jnp.int32),
-                     jnp.argmax(alive0).astype(jnp.int32)))
-    keep_valid = jnp.arange(max_output) < count
-    return jnp.where(keep_valid, order[keep], 0).astype(jnp.int32), keep_valid
+    def rest(state):
+        """Remaining tiles in score order: each is first suppressed by the boxes kept so far
+        (a [T, max_output] block), then solved greedily inside; stops at max_output kept."""
+        _, order = jax.lax.top_k(key, n)
+        order = jnp.pad(order.astype(jnp.int32), (0, n_tiles * t - n))
+        in_range = jnp.arange(n_tiles * t) < n
+
+        def cond(st):
+            k, count = st[0], st[1]
+            nxt = jnp.minimum(k * t, n - 1)
+            return (k < n_tiles) & (count < max_output) & valid[order[nxt]]
+
+        def body(st):
+            k, count, keep, kb, kc = st
+            idx = jax.lax.dynamic_slice_in_dim(order, k * t, t)
+            ok = valid[idx] & jax.lax.dynamic_slice_in_dim(in_range, k * t, t)
+            coords, cls = _coords(boxes[idx], plus_one), classes[idx]
+            prev = (_suppress(coords, _coords(kb, plus_one), cls, kc, iou_threshold, plus_one)
+                    & (slots < count)[None, :])
+            kept = _greedy_block(coords, cls, ok & ~jnp.any(prev, axis=1), iou_threshold,
+                                 plus_one)
+            return (k + 1, *append((count, keep, kb, kc), idx, kept))
+
+        return jax.lax.while_loop(cond, body, (jnp.int32(first), *state))[1:]
+
+    more = (state[0] < max_output) & (jnp.sum(valid) > p)
+    count, keep, _, _ = jax.lax.cond(more, rest, lambda st: st, state)
+    keep_valid = slots < count
+    return jnp.where(keep_valid, keep, 0).astype(jnp.int32), keep_valid
 
 
 def nms(boxes: jax.Array, scores: jax.Array, iou_threshold: float, max_output: int,
