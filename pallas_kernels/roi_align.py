@@ -158,25 +158,24 @@ def _xla_forward(features, yi, yw, xi, xw, box_indices):
 _SCATTER_CHUNK_FLOATS = 1 << 19
 
 
-def _features_vjp(shape, dtype, yi, yw, xi, xw, box_indices, dout,
-                  chunk_floats: int = _SCATTER_CHUNK_FLOATS):
-    """Gradient w.r.t. features: every bin's cotangent row, times each tap's weight, added into
-    the tap's feature row (the transpose of the forward gather), as a scan of scatter-adds.
+def _scatter_taps(num_rows: int, idx, wt, dout, chunk_floats: int = _SCATTER_CHUNK_FLOATS):
+    """Transpose of `_gather_sum`: [num_rows, C] float32 with row idx[n, k] receiving
+    wt[n, k] * dout[n] for every bin n and tap k.
 
-    Each scan step scatters a fixed number of bins (all (2g)^2 taps of each, chunk_floats
-    floats of weighted rows in all), so the materialised updates stay in cache; one scatter
-    over all taps at once, or autodiff's per-tap scatters of whole [R*oh*ow, C] arrays, run
-    5-20x slower on XLA CPU, and dense per-image matmuls waste ~16x the FLOPs on zero weights."""
-    b, h, w, c = shape
-    idx, wt = _flat_taps(box_indices.astype(jnp.int32) * h, yi, yw, xi, xw, w)  # [N, T]
+    A `lax.scan` over fixed-size groups of bins (all taps of each, chunk_floats floats of
+    weighted rows in all) keeps each step's materialised updates in cache; one scatter over all
+    taps at once, or autodiff's per-tap scatters of whole [N, C] arrays, run 5-20x slower on
+    XLA CPU, and dense per-image matmuls with the interpolation matrices waste ~16x the FLOPs
+    on zero weights."""
     n, t = idx.shape
+    c = dout.shape[-1]
     per = max(1, min(n, chunk_floats // (t * c)))
     steps = -(-n // per)
     pad = steps * per - n
     # padding bins add 0 to row 0; the clip keeps indices in range even for NaN boxes, which
     # makes the in-bounds promise (no per-row bounds check) safe
-    idx = jnp.clip(jnp.pad(idx, ((0, pad), (0, 0))), 0, b * h * w - 1).reshape(steps, per * t)
-    wt = jnp.pad(wt, ((0, pad), (0, 0))).reshape(steps, per, t)
+    idx = jnp.clip(jnp.pad(idx, ((0, pad), (0, 0))), 0, num_rows - 1).reshape(steps, per * t)
+    wt = jnp.pad(wt.astype(jnp.float32), ((0, pad), (0, 0))).reshape(steps, per, t)
     d = jnp.pad(dout.reshape(n, c).astype(jnp.float32), ((0, pad), (0, 0)))
     d = d.reshape(steps, per, c)
 
@@ -185,8 +184,38 @@ def _features_vjp(shape, dtype, yi, yw, xi, xw, box_indices, dout,
         upd = (dk[:, None, :] * wk[:, :, None]).reshape(per * t, c)
         return acc.at[i].add(upd, mode="promise_in_bounds"), None
 
-    grad, _ = jax.lax.scan(step, jnp.zeros((b * h * w, c), jnp.float32), (idx, wt, d))
+    grad, _ = jax.lax.scan(step, jnp.zeros((num_rows, c), jnp.float32), (idx, wt, d))
+    return grad
+
+
+def _features_vjp(shape, dtype, yi, yw, xi, xw, box_indices, dout,
+                  chunk_floats: int = _SCATTER_CHUNK_FLOATS):
+    """Gradient w.r.t. features [B,H,W,C]: the transposed tap gather (`_scatter_taps`)."""
+    b, h, w, c = shape
+    idx, wt = _flat_taps(box_indices.astype(jnp.int32) * h, yi, yw, xi, xw, w)  # [N, T]
+    grad = _scatter_taps(b * h * w, idx, wt, dout.reshape(-1, c), chunk_floats)
     return grad.reshape(shape).astype(dtype)
+
+
+@jax.custom_vjp
+def _gather_taps(table, idx, wt):
+    """`_gather_sum` with the fast `_scatter_taps` backward (w.r.t. the table only; the taps
+    are geometry, which gets no gradient, as in torchvision)."""
+    return _gather_sum(table, idx, wt.astype(table.dtype))
+
+
+def _gather_taps_fwd(table, idx, wt):
+    proto = jnp.zeros((table.shape[0], 0), table.dtype)     # carries rows and dtype statically
+    return _gather_taps(table, idx, wt), (proto, idx, wt)
+
+
+def _gather_taps_bwd(res, dout):
+    proto, idx, wt = res
+    d_table = _scatter_taps(proto.shape[0], idx, wt, dout).astype(proto.dtype)
+    return d_table, None, None
+
+
+_gather_taps.defvjp(_gather_taps_fwd, _gather_taps_bwd)
 
 
 # --------------------------------------------------------------------------- Pallas kernel
@@ -351,7 +380,8 @@ def multilevel_roi_align(features_per_level: Sequence[jax.Array], boxes: jax.Arr
     """FPN RoI-align (torchvision MultiScaleRoIAlign rule) in one gather over all levels.
 
     The levels are stacked into one [sum_l B*H_l*W_l, C] row table; each RoI samples only its own
-    level (per-RoI height, width, scale and row offset), so the cost is that of one level."""
+    level (per-RoI height, width, scale and row offset), so the cost is that of one level. The
+    gradient w.r.t. the features is the same scan of scatter-adds as `roi_align`'s."""
     if len(features_per_level) != len(spatial_scales) or not features_per_level:
         raise ValueError("pallas_kernels/roi_align.py: multilevel_roi_align needs one spatial "
                          "scale per feature level")
@@ -389,7 +419,7 @@ def _multilevel_jit(feats, boxes, box_indices, out_hw, spatial_scales, sampling_
     idx = idx + base.repeat(out_hw[0] * out_hw[1])[:, None]
     c = feats[0].shape[3]
     table = jnp.concatenate([f.reshape(-1, c) for f in feats])
-    out = _gather_sum(table, idx, jax.lax.stop_gradient(wt).astype(table.dtype))
+    out = _gather_taps(table, idx, jax.lax.stop_gradient(wt))
     return out.reshape(boxes.shape[0], out_hw[0], out_hw[1], c)
 
 
