@@ -153,7 +153,7 @@ def draw_scene_graph(image: Image.Image, graph: Any, max_relations: int | None =
     col = {i: color(i) for i in objs}
 
     draw = ImageDraw.Draw(image)
-    for i in objs:
+    for i in reversed(objs):  # the first (in the top relations, best) on top
         draw.rectangle([float(v) for v in boxes[i]], outline=col[i], width=st.line_width)
     centres = {i: np.array([(boxes[i, 0] + boxes[i, 2]) / 2, (boxes[i, 1] + boxes[i, 3]) / 2])
                for i in objs}
@@ -165,24 +165,37 @@ def draw_scene_graph(image: Image.Image, graph: Any, max_relations: int | None =
         side = np.array([-d[1], d[0]]) / max(float(np.hypot(*d)), 1e-6) * 2 * st.line_width
         ends[r] = (centres[s] + side, centres[o] + side)
         _arrow(draw, *ends[r], col[s], st.line_width)
-    placed = []
-    for i in objs:
-        rect = _tag_rect((boxes[i, 0], boxes[i, 1]), f"#{i} {names[i]}", f_small, st.pad, (W, H))
-        _draw_tag(draw, rect, f"#{i} {names[i]}", f_small, col[i], st.pad)
+    placed: list[tuple[int, int, int, int]] = []
+
+    def place(text: str, corners: list[tuple[float, float]]) -> tuple[int, int, int, int]:
+        """The first candidate top-left whose tag overlaps no earlier tag (else the first)."""
+        rects = [_tag_rect(c, text, f_small, st.pad, (W, H)) for c in corners]
+        rect = next((q for q in rects if not any(_overlaps(q, p) for p in placed)), rects[0])
         placed.append(rect)
+        return rect
+
+    for i in objs:
+        text = f"#{i} {names[i]}"
+        tw, th = _text_size(f_small, text)
+        x1, y1, x2, y2 = boxes[i]
+        step = th + 2 * st.pad
+        rect = place(text, [(x1, y1), (x1, y1 - step), (x1, y1 + step), (x2 - tw - 2 * st.pad, y1),
+                            (x1, y2 - step), (x1, y1 + 2 * step)])
+        _draw_tag(draw, rect, text, f_small, col[i], st.pad)
     for r in rel_rows:
         s = int(graph.rel_pairs[r][0])
         text = f"r{r + 1} {graph.predicate_names[int(graph.rel_predicates[r])]}"
         tw, th = _text_size(f_small, text)
+        step = th + 2 * st.pad
         # Along the line, first 40% of the way from the subject (a->b and b->a differ), then
-        # other points until the tag overlaps no tag placed before it.
-        for t in (0.4, 0.3, 0.5, 0.2, 0.6, 0.15, 0.7, 0.4):
-            mid = (1 - t) * ends[r][0] + t * ends[r][1]
-            rect = _tag_rect((mid[0] - tw / 2, mid[1] - th / 2), text, f_small, st.pad, (W, H))
-            if not any(_overlaps(rect, q) for q in placed):
-                break
+        # other points and small sideways shifts, until the tag covers no earlier tag.
+        corners = []
+        for dy in (0, step, -step, 2 * step, -2 * step):
+            for t in (0.4, 0.3, 0.5, 0.2, 0.6):
+                mid = (1 - t) * ends[r][0] + t * ends[r][1]
+                corners.append((mid[0] - tw / 2, mid[1] - th / 2 + dy))
+        rect = place(text, corners)
         _draw_tag(draw, rect, text, f_small, (255, 255, 255), st.pad, outline=col[s])
-        placed.append(rect)
 
     # Legend under the image.
     lines: list[tuple[str, tuple[int, int, int]]] = []
@@ -192,11 +205,11 @@ def draw_scene_graph(image: Image.Image, graph: Any, max_relations: int | None =
         s, o = (int(v) for v in graph.rel_pairs[r])
         pred = graph.predicate_names[int(graph.rel_predicates[r])]
         lines.append((f"r{r + 1}  #{s} {names[s]}  -{pred}->  #{o} {names[o]}   "
-                      f"{float(graph.rel_scores[r]):.3f}", col[s]))
+                      f"{float(graph.rel_scores[r]):.3g}", col[s]))
     lines.append((f"Objects ({len(objs)} of {len(names)} drawn)", (0, 0, 0)))
     for i in sorted(objs):
         x1, y1, x2, y2 = (float(v) for v in graph.boxes[i])
-        lines.append((f"#{i} {names[i]}  {float(graph.scores[i]):.3f}  "
+        lines.append((f"#{i} {names[i]}  {float(graph.scores[i]):.3g}  "
                       f"[{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]", col[i]))
     line_h = _text_size(f, "Ag#[]")[1] + st.pad
     swatch = line_h - st.pad
