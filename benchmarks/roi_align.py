@@ -1,5 +1,6 @@
-"""RoI-align timing: the XLA path (jitted) forward and forward+backward (grad of sum w.r.t.
-features), with torchvision.ops.roi_align side by side in the same run when torch is importable.
+"""RoI-align timing: the XLA path (jitted) forward and forward+backward (value and grad of the
+sum w.r.t. features), with torchvision.ops.roi_align side by side in the same run when torch
+is importable.
 
 Shapes (B, C, H, W, R), 7x7 output, sampling_ratio 2, aligned=True. Prints a table and JSON
 (medians in ms; ratio = torchvision time / ours, > 1 means we are faster).
@@ -39,8 +40,10 @@ def bench_jax(feats, boxes, idx, repeats):
     f, bx, bi = jnp.asarray(feats), jnp.asarray(boxes), jnp.asarray(idx)
     # Boxes are arguments, not closed-over constants, so XLA cannot constant-fold the geometry.
     fwd = jax.jit(lambda f, bx, bi: roi_align(f, bx, bi, OUT, SCALE, RATIO, True, impl="xla"))
-    fb = jax.jit(jax.grad(lambda f, bx, bi: roi_align(f, bx, bi, OUT, SCALE, RATIO, True,
-                                                      impl="xla").sum()))
+    # value_and_grad: the loss needs the forward output, so XLA cannot drop the forward (with
+    # plain grad of a linear op it would, and only the backward would be timed)
+    fb = jax.jit(jax.value_and_grad(lambda f, bx, bi: roi_align(f, bx, bi, OUT, SCALE, RATIO,
+                                                                True, impl="xla").sum()))
     return (median_seconds(lambda: fwd(f, bx, bi), repeats=repeats) * 1e3,
             median_seconds(lambda: fb(f, bx, bi), repeats=repeats) * 1e3, fwd(f, bx, bi))
 
@@ -74,7 +77,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
     rows, meta = [], {"jax": jax.__version__, "backend": jax.default_backend(),
-                      "cpu_count": os.cpu_count()}
+                      "cpu_count": os.cpu_count(), "loadavg_1min_at_start": os.getloadavg()[0]}
     for shape in SHAPES:
         feats, boxes, idx = make_inputs(*shape)
         jf, jfb, jout = bench_jax(feats, boxes, idx, args.repeats)
