@@ -369,9 +369,10 @@ def test_cli_exits_2_when_an_image_fails(tmp_path):
 
 
 def test_import_sgg_jax_stays_cheap():
-    out = subprocess.run([sys.executable, "-c", "import sys, sgg_jax; assert callable(sgg_jax.load); "
-                          "print(sorted(m for m in ('jax', 'flax', 'PIL') if m in sys.modules))"],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    code = ("import sys, sgg_jax; assert callable(sgg_jax.load); "
+            "print(sorted(m for m in ('jax', 'flax', 'PIL') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -429,7 +430,8 @@ def test_end_to_end_predict_on_generated_images(tiny_sgdet_run, tmp_path):
     ims[2].resize((ims[2].width // 2, ims[2].height)).save(inputs / "tall.bmp")
     out_dir = tmp_path / "out"
     out = subprocess.run(
-        [sys.executable, "-m", "sgg_jax.main", "--config", os.path.join(REPO, "configs/imp.py:tiny"),
+        [sys.executable, "-m", "sgg_jax.main", "--config",
+         os.path.join(REPO, "configs/imp.py:tiny"),
          "--mode", "predict", "--checkpoint", workdir, "--images", str(inputs),
          "--output", str(out_dir), "--config.predict.top_relations=5"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
