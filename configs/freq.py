@@ -9,5 +9,5 @@ from sgg_jax.config import apply_preset, get_base_config
 def get_config(arg: str | None = None):
     c = get_base_config()
     c.model.name = "freq"
-    c.train.stage_order = "objects"
+    c.train.stage_order = "detector,objects"
     return apply_preset(c, arg)

@@ -49,6 +49,27 @@ def get_base_config() -> ml_collections.ConfigDict:
         # (Scene-Graph-Benchmark's PREDICT_USE_BIAS, on by default there for IMP and Motifs).
         freq_bias=False,
     ))
+    # The Faster R-CNN of SGDet (sgg_jax/models/detection, docs/detector.md), trained by the
+    # `detector` stage; mapped onto DetectorConfig by sgg_jax.models.detector_config.
+    c.model.detector = ml_collections.ConfigDict(dict(
+        backbone="small_resnet",  # small_resnet | vgg16 | resnet50 | resnet50_fpn
+        # small_resnet channels (4 ints; () = the backbone's default 32,64,128,256): a quarter
+        # of the FLOPs of the relation model's trunk keeps the CPU demo's detector stage ~2 min.
+        backbone_widths=(16, 32, 64, 128),
+        # One size per anchor (sqrt of its area, canvas pixels) at stride 16; for resnet50_fpn
+        # one size per level P2..P6. Sized for the synthetic objects on 128 px canvases
+        # (median sqrt(area) ~14 px, 5-95%: 5-34 px).
+        anchor_sizes=(12.0, 24.0, 48.0, 96.0), aspect_ratios=(0.5, 1.0, 2.0),
+        rpn_channels=64, rpn_pre_nms_top_n_train=600, rpn_pre_nms_top_n_test=600,
+        rpn_post_nms_top_n_train=150, rpn_post_nms_top_n_test=100,
+        rpn_batch_size_per_image=256, roi_batch_size_per_image=64, fc_dim=128,
+        score_thresh=0.05, nms=0.5, box_nms_candidates=400,
+        # D: detections per image, the relation model's boxes in SGDet (all D*(D-1) ordered
+        # pairs are scored). 20 covers the synthetic images (<= 18 objects, median 7); the
+        # vg preset uses 64 as neural-motifs (SGB: 80).
+        detections_per_image=20,
+        dropout=0.0,
+    ))
     c.loss = ml_collections.ConfigDict(dict(
         edge="baseline",  # baseline | dnorm | dnorm-fgbg
         obj_weight=1.0, rel_weight=1.0,
@@ -63,8 +84,12 @@ def get_base_config() -> ml_collections.ConfigDict:
         checkpoint_every=100, keep_checkpoints=2, log_every=20, eval_every=0,
         # Stages run in this order; each has its own checkpoint directory and restores the
         # parameters the previous one trained. Trainable groups and losses are comma lists.
-        stage_order="objects,relations",
+        # The `detector` stage runs only when eval.modes contains sgdet (its parameters are the
+        # top-level group "detector"; later stages keep it frozen).
+        stage_order="detector,objects,relations",
         stages=ml_collections.ConfigDict(dict(
+            detector=stage(num_steps=300, trainable=("detector",), losses=("detection",),
+                           learning_rate=2e-3, warmup_steps=50),
             objects=stage(num_steps=300, trainable=("backbone", "roi_features", "obj_classifier"),
                   losses=("object",), learning_rate=2e-3, warmup_steps=50),
             relations=stage(num_steps=400, trainable=("roi_features", "obj_classifier", "relation_head"),
@@ -72,7 +97,11 @@ def get_base_config() -> ml_collections.ConfigDict:
         )),
     ))
     c.eval = ml_collections.ConfigDict(dict(
-        modes="predcls,sgcls", split="test", ks=(20, 50, 100), max_images=-1,
+        modes="predcls,sgcls,sgdet", split="test", ks=(20, 50, 100), max_images=-1,
+        # SGDet: keep only pairs of intersecting detections (neural-motifs' must_overlap);
+        # object labels/scores from the "detector" (default; FREQ always) or the relation
+        # "model"'s object classifier on the detected boxes.
+        sgdet_must_overlap=False, sgdet_object_source="detector",
         checkpoint="",  # for --config.mode=eval: a workdir or a checkpoint directory
     ))
     c.predict = ml_collections.ConfigDict(dict(images="", output="", top_relations=20))
@@ -99,6 +128,17 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
         c.model.hidden_dim = 32
         c.model.fc_dim = 32
         c.model.num_iterations = 2
+        c.model.detector.backbone_widths = (8, 16, 16, 32)
+        c.model.detector.anchor_sizes = (16.0, 32.0)
+        c.model.detector.rpn_channels = 16
+        c.model.detector.rpn_pre_nms_top_n_train = c.model.detector.rpn_pre_nms_top_n_test = 96
+        c.model.detector.rpn_post_nms_top_n_train = c.model.detector.rpn_post_nms_top_n_test = 48
+        c.model.detector.rpn_batch_size_per_image = 64
+        c.model.detector.roi_batch_size_per_image = 32
+        c.model.detector.fc_dim = 32
+        c.model.detector.box_nms_candidates = 96
+        c.model.detector.detections_per_image = 10
+        c.eval.modes = "predcls,sgcls"  # tests opt in to sgdet (which adds the detector stage)
         c.sampling.num_rels = 16
         c.train.checkpoint_every = 4
         c.train.log_every = 2
@@ -120,6 +160,23 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
         c.model.hidden_dim = 512
         c.model.fc_dim = 4096
         c.model.dropout = 0.5
+        c.model.detector.backbone = "vgg16"
+        c.model.detector.backbone_widths = ()
+        c.model.detector.detections_per_image = 64
+        c.model.detector.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
+        c.model.detector.rpn_channels = 512
+        c.model.detector.fc_dim = 4096
+        c.model.detector.rpn_pre_nms_top_n_train = 12000
+        c.model.detector.rpn_pre_nms_top_n_test = 6000
+        c.model.detector.rpn_post_nms_top_n_train = 2000
+        c.model.detector.rpn_post_nms_top_n_test = 1000
+        c.model.detector.roi_batch_size_per_image = 256
+        c.model.detector.box_nms_candidates = 1000
+        c.model.detector.dropout = 0.5
+        c.train.stages.detector.num_steps = 100_000
+        c.train.stages.detector.learning_rate = 1e-2
+        c.train.stages.detector.optimizer = "sgd"
+        c.train.stages.detector.warmup_steps = 1000
         c.sampling.num_rels = 256
         c.train.checkpoint_every = 2000
         c.train.log_every = 100

@@ -6,8 +6,9 @@ background column 0 is replaced by the count of overlapping pairs without a rela
 (`bg_matrix + 1`; when no bg_matrix is given, by 1, i.e. add-one smoothing of background only),
 each row is normalised to a distribution and `log(p + eps)` with eps = 1e-3 is taken.
 
-The class labels come from the ground truth in PredCls, and from the argmax over classes 1..C
-of an object classifier (backbone + RoI features + linear, the only trained part) in SGCls.
+The class labels come from the ground truth in PredCls, from the detector in SGDet (passed as
+`ModelInputs.labels`), and from the argmax over classes 1..C of an object classifier
+(backbone + RoI features + linear, the only trained part) in SGCls.
 """
 from __future__ import annotations
 
@@ -108,6 +109,8 @@ class FreqModel(nn.Module):
             features, stride, inputs.boxes, inputs.box_mask, train=train)
         obj_logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="obj_classifier")(
             obj_feats).astype(jnp.float32)
-        labels = inputs.labels if self.mode == "predcls" else predicted_labels(obj_logits)
+        # PredCls: ground-truth labels; SGDet: the detector's labels (ModelInputs.labels carries
+        # them there, as neural-motifs' FREQ uses its detector's classes); SGCls: predicted.
+        labels = inputs.labels if self.mode in ("predcls", "sgdet") else predicted_labels(obj_logits)
         rel_logits = FrequencyBias(self.table, name="relation_head")(labels, inputs.pairs)
         return ModelOutputs(obj_logits=obj_logits, rel_logits=rel_logits)

@@ -12,13 +12,17 @@ from typing import Any, Callable, Iterable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
 from data_pipelines.batch import Batch
 from sgg_jax import relation_sampling
-from sgg_jax.models import postprocess
+from sgg_jax.models import DETECTOR_GROUP, postprocess, relation_params
+from sgg_jax.models.interface import ModelInputs
 from sgg_jax.training.steps import model_inputs
+
+OBJECT_SOURCES = ("detector", "model")
 
 
 def make_score_step(model: nn.Module, mode: str, model_state: dict | None = None) -> Callable:
@@ -30,8 +34,8 @@ def make_score_step(model: nn.Module, mode: str, model_state: dict | None = None
     def score(params: Any, batch: Batch) -> dict[str, jax.Array]:
         num_obj = batch.boxes.shape[1]
         pairs, pair_mask = relation_sampling.all_pairs(batch.box_mask, num_obj * (num_obj - 1))
-        outputs = model.apply({"params": params, **model_state}, model_inputs(batch, pairs, pair_mask),
-                              train=False)
+        outputs = model.apply({"params": relation_params(params), **model_state},
+                              model_inputs(batch, pairs, pair_mask), train=False)
         scored = postprocess.predict_scores(outputs, mode, labels=batch.labels)
         return dict(labels=scored["obj_labels"], scores=scored["obj_scores"], pairs=pairs,
                     pair_mask=pair_mask, rel_scores=scored["rel_scores"])
@@ -39,8 +43,90 @@ def make_score_step(model: nn.Module, mode: str, model_state: dict | None = None
     return score
 
 
+def detection_pairs(boxes: jax.Array, valid: jax.Array, must_overlap: bool = False
+                    ) -> tuple[jax.Array, jax.Array]:
+    """SGDet candidate pairs: every ordered pair (i, j), i != j, of valid detections.
+
+    boxes [B, D, 4], valid [B, D] -> pairs [B, D*(D-1), 2], pair_mask [B, D*(D-1)], real pairs
+    first (padding is (0, 0), masked). `must_overlap` keeps only pairs whose boxes intersect
+    with positive area (neural-motifs' SGDet `must_overlap`); the shape stays fixed.
+    """
+    d = boxes.shape[1]
+    pairs, mask = relation_sampling.all_pairs(valid, d * (d - 1))
+    if must_overlap:
+        subj = jnp.take_along_axis(boxes, pairs[..., 0:1], axis=1)
+        obj = jnp.take_along_axis(boxes, pairs[..., 1:2], axis=1)
+        iw = jnp.minimum(subj[..., 2], obj[..., 2]) - jnp.maximum(subj[..., 0], obj[..., 0])
+        ih = jnp.minimum(subj[..., 3], obj[..., 3]) - jnp.maximum(subj[..., 1], obj[..., 1])
+        mask = mask & (iw > 0) & (ih > 0)
+        order = jnp.argsort(~mask, axis=-1, stable=True)
+        pairs = jnp.take_along_axis(pairs, order[..., None], axis=1)
+        mask = jnp.take_along_axis(mask, order, axis=1)
+        pairs = jnp.where(mask[..., None], pairs, 0)
+    return pairs, mask
+
+
+def _real_first(valid: jax.Array) -> jax.Array:
+    """Permutation [B, D] that moves valid entries first, keeping their order."""
+    return jnp.argsort(~valid, axis=-1, stable=True)
+
+
+def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: dict | None = None,
+                    model_state: dict | None = None, must_overlap: bool = False,
+                    object_source: str = "detector") -> Callable:
+    """(params, images [B,S,S,3] uint8, image_sizes [B,2]) -> SGDet predictions (jittable).
+
+    The detector (params["detector"]) gives D boxes per image; they become the relation
+    model's boxes (box_mask = valid detections, real ones first) and every ordered pair of them
+    a candidate (`detection_pairs`). The relation model sees the detector's labels as
+    `ModelInputs.labels` (FREQ indexes its table with them). Object labels and scores come
+    from the detector (`object_source="detector"`) or from the relation model's object
+    classifier on the detected boxes (`"model"`, argmax over 1..C and its probability).
+
+    Returns boxes [B,D,4] (canvas pixels), box_mask, labels, scores [B,D], pairs [B,M,2],
+    pair_mask [B,M], rel_scores [B,M,P+1] (softmax, 0 = no relation), and the detector's own
+    det_labels / det_scores [B,D] (for box mAP).
+    """
+    if object_source not in OBJECT_SOURCES:
+        raise ValueError(f"config.eval.sgdet_object_source={object_source!r}: expected one of "
+                         f"{OBJECT_SOURCES}")
+    detector_state = dict(detector_state or {})
+    model_state = dict(model_state or {})
+
+    def step(params: Any, images: jax.Array, image_sizes: jax.Array) -> dict[str, jax.Array]:
+        dets = detector.apply({"params": params[DETECTOR_GROUP], **detector_state}, images,
+                              image_sizes)
+        order = _real_first(dets.valid)
+        take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
+                                             axis=1)
+        boxes, valid = take(dets.boxes), take(dets.valid)
+        det_labels = jnp.where(valid, take(dets.labels), 0).astype(jnp.int32)
+        det_scores = jnp.where(valid, take(dets.scores), 0.0)
+        pairs, pair_mask = detection_pairs(boxes, valid, must_overlap)
+        inputs = ModelInputs(images=images, image_sizes=image_sizes, boxes=boxes, box_mask=valid,
+                             labels=det_labels, pairs=pairs, pair_mask=pair_mask)
+        outputs = model.apply({"params": relation_params(params), **model_state}, inputs,
+                              train=False)
+        scored = postprocess.predict_scores(outputs, "sgdet")
+        if object_source == "detector":
+            labels, scores = det_labels, det_scores
+        else:
+            labels = jnp.where(valid, scored["obj_labels"], 0)
+            scores = jnp.where(valid, scored["obj_scores"], 0.0)
+        return dict(boxes=boxes, box_mask=valid, labels=labels, scores=scores, pairs=pairs,
+                    pair_mask=pair_mask, rel_scores=scored["rel_scores"],
+                    det_labels=det_labels, det_scores=det_scores)
+
+    return step
+
+
 def batch_to_examples(batch: Batch, scored: dict[str, np.ndarray]) -> Iterable[tuple[dict, dict]]:
-    """Yields (groundtruth, prediction) dicts for the real images of a host-side batch."""
+    """Yields (groundtruth, prediction) dicts for the real images of a host-side batch.
+
+    Boxes go back to original pixels (canvas / scale) for ground truth and predictions alike.
+    PredCls / SGCls predict on the ground-truth boxes; SGDet (`scored` has "boxes" and
+    "box_mask") on the detections, whose real entries come first so that pair indices hold.
+    """
     for b in range(batch.images.shape[0]):
         if batch.image_ids[b] < 0:
             continue
@@ -50,10 +136,18 @@ def batch_to_examples(batch: Batch, scored: dict[str, np.ndarray]) -> Iterable[t
         rel = np.asarray(batch.relations[b][np.asarray(batch.rel_mask[b], bool)], np.int64)
         gt = dict(boxes=boxes, labels=np.asarray(batch.labels[b][obj], np.int64), relations=rel)
         pm = np.asarray(scored["pair_mask"][b], bool)
-        pred = dict(boxes=boxes, labels=np.asarray(scored["labels"][b][obj], np.int64),
+        if "boxes" in scored:
+            obj = np.asarray(scored["box_mask"][b], bool)
+            pred_boxes = np.asarray(scored["boxes"][b][obj], np.float64) / scale
+        else:
+            pred_boxes = boxes
+        pred = dict(boxes=pred_boxes, labels=np.asarray(scored["labels"][b][obj], np.int64),
                     scores=np.asarray(scored["scores"][b][obj], np.float64),
                     rel_pairs=np.asarray(scored["pairs"][b][pm], np.int64),
                     rel_scores=np.asarray(scored["rel_scores"][b][pm], np.float64))
+        if "det_labels" in scored:
+            pred["det_labels"] = np.asarray(scored["det_labels"][b][obj], np.int64)
+            pred["det_scores"] = np.asarray(scored["det_scores"][b][obj], np.float64)
         yield gt, pred
 
 

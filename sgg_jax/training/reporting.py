@@ -58,6 +58,17 @@ def format_few_shot_table(results: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def format_detection_table(metrics: Mapping[str, float], title: str = "") -> str:
+    """The detector's COCO box mAP (AP@[.5:.95], AP50, AP75) as a one-row table."""
+    names = [k for k in ("AP", "AP50", "AP75") if k in metrics]
+    lines = [title] if title else []
+    header = "".join(f"{k:>10}" for k in names) + f"{'images':>10}"
+    lines += [header, "-" * len(header)]
+    lines.append("".join(f"{float(metrics[k]):>10.2f}" for k in names)
+                 + f"{int(metrics.get('num_images', 0)):>10d}")
+    return "\n".join(lines)
+
+
 class MetricWriter:
     """TensorBoard scalars from process 0 only (tensorboardX writes event files without TF)."""
 

@@ -1,9 +1,10 @@
 """The jitted training and evaluation steps.
 
-`train_step(state, batch, rng)` is pure: it samples relations per image on device, runs the model,
-computes the stage's losses and applies one optimizer update. A non-finite loss leaves the state
+`train_step(state, batch, rng)` (relation stages) is pure: it samples relations per image on
+device, runs the model, computes the stage's losses and applies one optimizer update. A non-finite loss leaves the state
 unchanged and raises a flag the host checks at log and checkpoint time, so the last good state
-is what gets saved.
+is what gets saved. `make_detector_train_step` is the `detector` stage's step (Faster R-CNN
+losses on the ground-truth boxes); both share `apply_update`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import optax
 from data_pipelines.batch import Batch
 from sgg_jax import losses as losses_lib
 from sgg_jax import relation_sampling
+from sgg_jax.models import DETECTOR_GROUP, relation_params
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 
 
@@ -98,6 +100,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
         inputs = model_inputs(batch, pairs, pair_mask)
 
         def loss_fn(params):
+            params = relation_params(params)  # the frozen detector plays no part here
             if trainable is not None:
                 params = {k: (v if k in trainable else jax.lax.stop_gradient(v))
                           for k, v in params.items()}
@@ -108,19 +111,58 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                                   obj_weight=obj_weight, rel_weight=rel_weight)
 
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        new_state = TrainState(
-            step=state.step + 1,
-            params=keep(new_params, state.params),
-            opt_state=keep(new_opt_state, state.opt_state),
-            nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
+        new_state = apply_update(state, tx, loss, grads)
         metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
                        fg_pairs=jnp.sum(pair_mask & (pair_labels > 0)) / batch.boxes.shape[0],
                        **parts)
+        return new_state, metrics
+
+    return train_step
+
+
+def apply_update(state: TrainState, tx: optax.GradientTransformation, loss: jax.Array,
+                 grads: Any) -> TrainState:
+    """One optimizer update, skipped (state kept, `nonfinite` counted) when the loss or any
+    gradient is NaN/Inf. Shared by every kind of stage."""
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    return TrainState(step=state.step + 1, params=keep(new_params, state.params),
+                      opt_state=keep(new_opt_state, state.opt_state),
+                      nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
+
+
+def make_detector_train_step(detector: nn.Module, tx: optax.GradientTransformation, *,
+                             detector_state: dict | None = None) -> Callable:
+    """The (un-jitted) pure train step of the `detector` stage.
+
+    Trains the Faster R-CNN under the run's top-level params group "detector" on the batch's
+    ground-truth boxes and labels with `DetectorLosses.total` (RPN objectness + RPN box +
+    RoI classifier + RoI box). Other groups are not used (zero gradients, frozen by the
+    optimizer). `detector_state`: the detector's non-trainable collections (frozen BN).
+    """
+    detector_state = dict(detector_state or {})
+
+    def train_step(state: TrainState, batch: Batch, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        sample_rng, dropout_rng = jax.random.split(rng)
+        gt_mask = batch.box_mask & (batch.labels > 0)
+
+        def loss_fn(params):
+            losses = detector.apply({"params": params[DETECTOR_GROUP], **detector_state},
+                                    batch.images, batch.image_sizes, batch.boxes, batch.labels,
+                                    gt_mask, train=True,
+                                    rngs={"sampling": sample_rng, "dropout": dropout_rng})
+            return losses.total, losses
+
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        new_state = apply_update(state, tx, loss, grads)
+        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads[DETECTOR_GROUP]),
+                       rpn_objectness=parts.rpn_objectness, rpn_box=parts.rpn_box,
+                       classifier=parts.classifier, box=parts.box,
+                       roi_accuracy=parts.roi_accuracy)
         return new_state, metrics
 
     return train_step

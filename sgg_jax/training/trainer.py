@@ -7,6 +7,7 @@ checkpoints with the grain iterator state -> evaluation of every mode -> results
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -19,12 +20,12 @@ import ml_collections
 from tqdm.auto import tqdm
 
 from sgg_jax import models as models_lib
-from sgg_jax.evaluation import SGGEvaluator
+from sgg_jax.evaluation import DetectionEvaluator, SGGEvaluator
 from sgg_jax.io_utils import write_json_atomic
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import eval_loop, mesh as mesh_lib, optim, reporting
 from sgg_jax.training.checkpointing import StageCheckpointer, abstract_like
-from sgg_jax.training.steps import TrainState, make_train_step
+from sgg_jax.training.steps import TrainState, make_detector_train_step, make_train_step
 
 log = logging.getLogger("sgg_jax")
 
@@ -45,6 +46,8 @@ class Experiment:
     # Non-trainable model collections (e.g. frozen batch-norm statistics of ResNet-50), fixed at
     # initialisation (or by weight import) and passed to every apply.
     model_state: dict = dataclasses.field(default_factory=dict)
+    # The same for the detector (params group "detector"), when the run has one.
+    detector_state: dict = dataclasses.field(default_factory=dict)
 
     def model(self, mode: str):
         return models_lib.build_model(
@@ -52,8 +55,50 @@ class Experiment:
             num_predicates=self.data.num_predicates, statistics=self.data.statistics, mode=mode,
             num_words=len(self.data.idx_to_word))
 
+    @property
+    def uses_detector(self) -> bool:
+        """A run has a detector (trained by the `detector` stage) iff it evaluates SGDet."""
+        return uses_detector(self.config)
+
+    def detector(self):
+        return models_lib.build_detector(self.config.model, num_classes=self.data.num_classes)
+
     def checkpoint_dir(self, stage: str) -> str:
         return os.path.join(self.workdir, "checkpoints", stage)
+
+
+def uses_detector(config: ml_collections.ConfigDict) -> bool:
+    return "sgdet" in optim.split_list(config.eval.modes)
+
+
+def stage_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The stages this run trains, in order: `train.stage_order`, where the `detector` stage
+    runs first when eval.modes contains sgdet (added if the order omits it) and is dropped
+    otherwise (no detector is needed for PredCls / SGCls)."""
+    names = optim.split_list(config.train.stage_order)
+    for name in names:
+        if name not in config.train.stages:
+            raise ValueError(f"config.train.stage_order names '{name}', which is not in "
+                             f"config.train.stages ({sorted(config.train.stages)})")
+    rest = [n for n in names if n != DETECTOR_STAGE]
+    if not uses_detector(config):
+        return rest
+    if DETECTOR_STAGE not in config.train.stages:
+        raise ValueError("config.eval.modes contains sgdet, which needs a trained detector: "
+                         f"config.train.stages has no '{DETECTOR_STAGE}' stage")
+    return [DETECTOR_STAGE] + rest
+
+
+DETECTOR_STAGE = "detector"
+
+
+def is_detector_stage(stage: ml_collections.ConfigDict) -> bool:
+    """A stage trains the detector when its losses are `detection` (alone)."""
+    losses = optim.split_list(stage.losses)
+    if "detection" in losses and len(losses) > 1:
+        raise ValueError(f"config.train.stages.*.losses={stage.losses!r}: 'detection' trains the "
+                         "detector and cannot be combined with relation-model losses")
+    return losses == ["detection"]
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -98,7 +143,17 @@ def init_params(exp: Experiment, rng: jax.Array) -> Any:
     variables = jax.jit(lambda r: model.init({"params": r, "dropout": r}, inputs, train=False),
                         out_shardings=mesh_lib.replicated(exp.mesh))(rng)
     exp.model_state = {k: v for k, v in variables.items() if k != "params"}
-    return variables["params"]
+    params = dict(variables["params"])
+    if exp.uses_detector:
+        detector = exp.detector()
+        det_rng = jax.random.fold_in(rng, 1)
+        det_vars = jax.jit(
+            lambda r: detector.init({"params": r, "sampling": r, "dropout": r},
+                                    jnp.asarray(dummy.images), jnp.asarray(dummy.image_sizes)),
+            out_shardings=mesh_lib.replicated(exp.mesh))(det_rng)
+        exp.detector_state = {k: v for k, v in det_vars.items() if k != "params"}
+        params[models_lib.DETECTOR_GROUP] = det_vars["params"]
+    return params
 
 
 def _check_finite(state: TrainState, stage: str, ckpt: StageCheckpointer) -> None:
@@ -136,13 +191,17 @@ def train_stage(exp: Experiment, stage_name: str, params: Any, rng: jax.Array,
         if start >= num_steps:
             ckpt.close()
             return state.params
-    model = exp.model(exp.train_mode)
-    step_fn = make_train_step(
-        model, tx, loss_names=tuple(optim.split_list(stage.losses)), edge_kind=cfg.loss.edge,
-        obj_weight=float(cfg.loss.obj_weight), rel_weight=float(cfg.loss.rel_weight),
-        num_rels=int(cfg.sampling.num_rels), fg_fraction=float(cfg.sampling.fg_fraction),
-        must_overlap=bool(cfg.sampling.must_overlap), trainable=tuple(groups),
-        model_state=exp.model_state)
+    if is_detector_stage(stage):
+        step_fn = make_detector_train_step(exp.detector(), tx,
+                                           detector_state=exp.detector_state)
+    else:
+        step_fn = make_train_step(
+            exp.model(exp.train_mode), tx, loss_names=tuple(optim.split_list(stage.losses)),
+            edge_kind=cfg.loss.edge, obj_weight=float(cfg.loss.obj_weight),
+            rel_weight=float(cfg.loss.rel_weight), num_rels=int(cfg.sampling.num_rels),
+            fg_fraction=float(cfg.sampling.fg_fraction),
+            must_overlap=bool(cfg.sampling.must_overlap), trainable=tuple(groups),
+            model_state=exp.model_state)
     batch_sharding = mesh_lib.data_sharding(exp.mesh)
     train_step = jax.jit(step_fn, in_shardings=(replicated, batch_sharding, replicated),
                          out_shardings=(replicated, replicated), donate_argnums=(0,))
@@ -171,8 +230,8 @@ def train_stage(exp: Experiment, stage_name: str, params: Any, rng: jax.Array,
             if eval_every and step % eval_every == 0 and step < num_steps:
                 results = evaluate(exp, state.params)
                 for mode, vals in results.items():
-                    writer.scalars(step, {k: v for k, v in vals.items() if "@" in k},
-                                   prefix=f"eval_{mode}/")
+                    keep = {k: v for k, v in vals.items() if "@" in k or mode == "detection"}
+                    writer.scalars(step, keep, prefix=f"eval_{mode}/")
     finally:
         # An interrupted run still finishes writing the checkpoint it had started (an in-flight
         # save is atomic: a killed process leaves only a *.orbax-checkpoint-tmp directory,
@@ -182,8 +241,27 @@ def train_stage(exp: Experiment, stage_name: str, params: Any, rng: jax.Array,
     return state.params
 
 
+def make_sgdet_step(exp: Experiment):
+    """The un-jitted SGDet step (params, images, image_sizes) -> predictions of this run
+    (`eval_loop.make_sgdet_step` with the run's detector, relation model and eval options)."""
+    cfg = exp.config
+    source = str(cfg.eval.sgdet_object_source)
+    if cfg.model.name == "freq" and source != "detector":
+        raise ValueError("config.eval.sgdet_object_source: FREQ looks its predicates up by the "
+                         "detector's labels, so its objects must come from the 'detector' "
+                         f"too (got {source!r})")
+    return eval_loop.make_sgdet_step(
+        exp.detector(), exp.model("sgdet"), detector_state=exp.detector_state,
+        model_state=exp.model_state, must_overlap=bool(cfg.eval.sgdet_must_overlap),
+        object_source=source)
+
+
 def evaluate(exp: Experiment, params: Any, split: str | None = None) -> dict[str, dict]:
-    """Evaluates every configured mode on a split; returns {mode: {metric: value}}."""
+    """Evaluates every configured mode on a split; returns {mode: {metric: value}}.
+
+    With SGDet, the same pass scores the detector's boxes with COCO mAP (pycocotools):
+    results["detection"] = {"AP", "AP50", "AP75", "num_images"} (percent).
+    """
     cfg = exp.config
     split = split or cfg.eval.split
     results = {}
@@ -192,7 +270,13 @@ def evaluate(exp: Experiment, params: Any, split: str | None = None) -> dict[str
             mode, exp.data.num_predicates, ks=tuple(cfg.eval.ks),
             zero_shot_triplets=exp.data.zero_shot_triplets,
             triplet_counts=data_lib.triplet_counts(exp.data))
-        score = jax.jit(eval_loop.make_score_step(exp.model(mode), mode, exp.model_state))
+        det_evaluator = None
+        if mode == "sgdet":
+            sgdet = make_sgdet_step(exp)
+            score = jax.jit(lambda p, batch: sgdet(p, batch.images, batch.image_sizes))
+            det_evaluator = DetectionEvaluator(exp.data.num_classes)
+        else:
+            score = jax.jit(eval_loop.make_score_step(exp.model(mode), mode, exp.model_state))
         loader = data_lib.eval_loader(cfg, exp.data, exp.mesh, split)
         seen = 0
         limit = int(cfg.eval.max_images)
@@ -203,9 +287,14 @@ def evaluate(exp: Experiment, params: Any, split: str | None = None) -> dict[str
             for gt, pred in eval_loop.batch_to_examples(full_batch, scored):
                 if 0 <= limit <= seen:
                     break
+                if det_evaluator is not None:
+                    det_evaluator.add(gt, dict(boxes=pred["boxes"], labels=pred.pop("det_labels"),
+                                               scores=pred.pop("det_scores")))
                 evaluator.add(gt, pred)
                 seen += 1
         results[mode] = evaluator.compute()
+        if det_evaluator is not None:
+            results["detection"] = det_evaluator.compute()
     if cfg.model.name == "msdn":  # region captions: see evaluate_captions below
         results["captions"] = evaluate_captions(exp, params, split)
     return results
@@ -258,7 +347,7 @@ def restore_final_params(exp: Experiment, rng: jax.Array, checkpoint: str = "") 
     """Parameters of the last finished stage (from `checkpoint` or the workdir)."""
     params = init_params(exp, rng)
     root = checkpoint or exp.workdir
-    stages = optim.split_list(exp.config.train.stage_order)
+    stages = stage_names(exp.config)
     candidates = [(s, os.path.join(root, "checkpoints", s)) for s in reversed(stages)]
     candidates.append((os.path.basename(root.rstrip("/")), root))
     for stage_name, directory in candidates:
@@ -287,34 +376,48 @@ def report(exp: Experiment, results: dict[str, dict], name: str = "results.json"
     """Prints the table and writes results.json (process 0)."""
     path = os.path.join(exp.workdir, name)
     if jax.process_index() == 0:
-        proto = {m: r.get("protocol", "motifs") for m, r in results.items()}
+        sgg = {m: r for m, r in results.items() if m != "detection"}
+        proto = {m: r.get("protocol", "motifs") for m, r in sgg.items()}
         title = (f"{exp.config.model.name} on {exp.config.data.name}/{exp.config.eval.split} "
                  f"(protocol: {', '.join(sorted(set(map(str, proto.values()))))}; recalls in %)")
-        print(reporting.format_results_table(results, title))
-        few_shot = reporting.format_few_shot_table(results)
+        print(reporting.format_results_table(sgg, title))
+        few_shot = reporting.format_few_shot_table(sgg)
         if few_shot:
             print(few_shot)
+        if "detection" in results:
+            print(reporting.format_detection_table(
+                results["detection"], f"detector ({exp.config.model.detector.backbone}) box mAP "
+                f"on {exp.config.data.name}/{exp.config.eval.split} (COCO, %)"))
         write_json_atomic(path, results)
+    return path
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Writes the run's full config as `<workdir>/config.json` (process 0, atomic), so that
+    `sgg_jax.inference.restore_for_inference` and `--mode eval` users can rebuild the run."""
+    path = os.path.join(workdir, "config.json")
+    if jax.process_index() == 0:
+        write_json_atomic(path, json.loads(config.to_json()))
     return path
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     """Runs every stage (resuming where a previous run stopped), then evaluates."""
+    stages = stage_names(config)
     exp = setup(config, workdir)
+    save_config(config, workdir)
     rng = jax.random.key(config.seed)
     init_rng, train_rng = jax.random.split(rng)
     params = init_params(exp, init_rng)
     writer = reporting.MetricWriter(os.path.join(workdir, "tensorboard"))
     try:
-        for i, stage_name in enumerate(optim.split_list(config.train.stage_order)):
-            if stage_name not in config.train.stages:
-                raise ValueError(f"config.train.stage_order names '{stage_name}', which is not in "
-                                 f"config.train.stages ({sorted(config.train.stages)})")
+        for i, stage_name in enumerate(stages):
             params = train_stage(exp, stage_name, params, jax.random.fold_in(train_rng, i),
                                  writer, i)
         results = evaluate(exp, params)
         for mode, vals in results.items():
-            writer.scalars(0, {k: v for k, v in vals.items() if "@" in k}, prefix=f"final_{mode}/")
+            keep = {k: v for k, v in vals.items() if "@" in k or mode == "detection"}
+            writer.scalars(0, keep, prefix=f"final_{mode}/")
     finally:
         writer.close()
     report(exp, results)

@@ -1,0 +1,272 @@
+"""The detector stage and SGDet on the tiny preset: the detector trains, checkpoints and resumes
+exactly like the relation stages; SGDet evaluation (IMP and FREQ) runs end to end with COCO mAP;
+the SGDet pair construction matches a NumPy reference; `sgg_jax.inference` restores a run and
+predicts fixed-shape scene graphs.
+
+One detector run is trained per module and reused (the persistent XLA cache of
+tests/conftest.py serves the same compiled step to the resumed and fixed-batch runs).
+"""
+from __future__ import annotations
+
+import os
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sgg_jax import inference
+from sgg_jax.models import DETECTOR_GROUP, detector_config
+from sgg_jax.training import data as data_lib
+from sgg_jax.training import eval_loop, mesh as mesh_lib, trainer
+from training_utils import flat_params, load_config
+
+DET_STEPS = 8
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.rows = []
+
+    def scalars(self, step, values, prefix=""):
+        self.rows.append((step, prefix, dict(values)))
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("sgdet_cache"))
+
+
+def det_config(cache_dir, name="imp", **overrides):
+    """Tiny preset, SGDet evaluation, the detector stage only (8 steps, checkpoint every 4)."""
+    return load_config(name, "tiny", **{
+        "data.cache_dir": cache_dir, "train.data_parallel": 1, "eval.modes": "sgdet",
+        "train.stage_order": "detector", "train.stages.detector.num_steps": DET_STEPS,
+        "train.stages.detector.learning_rate": 3e-3, "train.log_every": 1, **overrides})
+
+
+def run_stages(config, workdir, writer=None):
+    exp = trainer.setup(config, workdir)
+    trainer.save_config(config, workdir)
+    params = trainer.init_params(exp, jax.random.key(config.seed))
+    writer = writer or RecordingWriter()
+    for i, name in enumerate(trainer.stage_names(config)):
+        params = trainer.train_stage(exp, name, params, jax.random.fold_in(jax.random.key(1), i),
+                                     writer, i)
+    return exp, params
+
+
+@pytest.fixture(scope="module")
+def trained(cache_dir, tmp_path_factory):
+    """(exp, params, writer, workdir) of an uninterrupted detector run."""
+    workdir = str(tmp_path_factory.mktemp("det_ref"))
+    writer = RecordingWriter()
+    exp, params = run_stages(det_config(cache_dir), workdir, writer)
+    return exp, params, writer, workdir
+
+
+def test_stage_names_put_the_detector_first_only_for_sgdet():
+    base = load_config("imp", "default")
+    assert trainer.stage_names(base) == ["detector", "objects", "relations"]
+    no_det = load_config("imp", "default", **{"eval.modes": "predcls,sgcls"})
+    assert trainer.stage_names(no_det) == ["objects", "relations"]
+    prepended = load_config("freq", "default", **{"train.stage_order": "objects"})
+    assert trainer.stage_names(prepended) == ["detector", "objects"]
+    bad = load_config("imp", "default", **{"train.stage_order": "objects,detection"})
+    with pytest.raises(ValueError, match="detection"):
+        trainer.stage_names(bad)
+
+
+def test_detector_config_mapping():
+    c = load_config("imp", "default")
+    d = detector_config(c.model.detector, 7)
+    assert d.num_classes == 7 and d.detections_per_image == c.model.detector.detections_per_image
+    assert d.anchor_sizes == (tuple(c.model.detector.anchor_sizes),)  # one stride-16 level
+    assert d.box_nms_thresh == c.model.detector.nms
+    fpn = dict(c.model.detector, backbone="resnet50_fpn", backbone_widths=(),
+               anchor_sizes=(32, 64, 128, 256, 512))
+    assert detector_config(fpn, 7).anchor_sizes == ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))
+    with pytest.raises(ValueError, match="nms_iou"):
+        detector_config(dict(c.model.detector, nms_iou=0.3), 7)
+
+
+def test_detector_stage_checkpoints_and_leaves_relation_groups(trained):
+    exp, params, writer, workdir = trained
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "detector"))) == ["4", "8"]
+    init = trainer.init_params(exp, jax.random.key(exp.config.seed))
+    a, b = flat_params(init), flat_params(params)
+    moved = {k for k in a if not np.array_equal(a[k], b[k])}
+    assert moved and all(k.startswith(f"['{DETECTOR_GROUP}']") for k in moved), sorted(moved)[:5]
+    rows = [v for _, prefix, v in writer.rows if prefix == "detector/"]
+    assert len(rows) == DET_STEPS
+    assert all(np.isfinite(r["loss"]) and "rpn_objectness" in r for r in rows)
+
+
+def test_detector_loss_decreases_on_a_fixed_batch(cache_dir, tmp_path, monkeypatch):
+    real_loader = data_lib.train_loader
+
+    def one_batch_forever(cfg, data, mesh, seed):
+        batch = next(iter(real_loader(cfg, data, mesh, seed)))
+        return grain.MapDataset.source([batch]).repeat().to_iter_dataset()
+
+    monkeypatch.setattr(data_lib, "train_loader", one_batch_forever)
+    writer = RecordingWriter()
+    run_stages(det_config(cache_dir), str(tmp_path / "fixed"), writer)
+    losses = [v["loss"] for _, prefix, v in writer.rows if prefix == "detector/"]
+    assert len(losses) == DET_STEPS and np.all(np.isfinite(losses))
+    assert np.mean(losses[-2:]) < 0.85 * np.mean(losses[:2]), losses
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_detector_interrupt_and_resume_is_exact(cache_dir, trained, tmp_path, monkeypatch):
+    _, reference, _, _ = trained
+    real_to_global = mesh_lib.to_global
+    calls = {"n": 0}
+
+    def flaky(tree, mesh):
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise _Interrupt()
+        return real_to_global(tree, mesh)
+
+    workdir = str(tmp_path / "resumed")
+    monkeypatch.setattr(mesh_lib, "to_global", flaky)
+    with pytest.raises(_Interrupt):
+        run_stages(det_config(cache_dir), workdir)
+    monkeypatch.setattr(mesh_lib, "to_global", real_to_global)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "detector"))) == ["4"]
+    _, resumed = run_stages(det_config(cache_dir), workdir)
+    ref, res = flat_params(reference), flat_params(resumed)
+    assert ref.keys() == res.keys()
+    for k in ref:
+        np.testing.assert_array_equal(ref[k], res[k], err_msg=k)
+
+
+def test_detector_nan_stops_with_clear_message(cache_dir, tmp_path, monkeypatch):
+    """A batch with NaN boxes makes the detection loss NaN: the update is skipped, the run stops
+    with the trainer's message and nothing is saved (the same compiled step as the other runs)."""
+    real_loader = data_lib.train_loader
+
+    def nan_batches(cfg, data, mesh, seed):
+        batch = next(iter(real_loader(cfg, data, mesh, seed)))
+        batch = batch.replace(boxes=np.full_like(np.asarray(batch.boxes), np.nan))
+        return grain.MapDataset.source([batch]).repeat().to_iter_dataset()
+
+    monkeypatch.setattr(data_lib, "train_loader", nan_batches)
+    with pytest.raises(trainer.NonFiniteLossError, match="NaN/Inf"):
+        run_stages(det_config(cache_dir), str(tmp_path / "nan"))
+    saved = os.listdir(tmp_path / "nan" / "checkpoints" / "detector")
+    assert not [f for f in saved if f.isdigit()], saved
+
+
+def _pairs_reference(boxes, valid, must_overlap):
+    out = set()
+    for i in range(len(valid)):
+        for j in range(len(valid)):
+            if i == j or not (valid[i] and valid[j]):
+                continue
+            if must_overlap:
+                iw = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0])
+                ih = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1])
+                if not (iw > 0 and ih > 0):
+                    continue
+            out.add((i, j))
+    return out
+
+
+@pytest.mark.parametrize("must_overlap", [False, True])
+def test_detection_pairs_match_numpy_reference(must_overlap):
+    rng = np.random.default_rng(3)
+    b, d = 5, 7
+    xy = rng.uniform(0, 60, (b, d, 2))
+    wh = rng.uniform(2, 30, (b, d, 2))
+    boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+    valid = rng.random((b, d)) < 0.7
+    valid[0] = False  # an image without detections
+    valid[1] = True
+    pairs, mask = jax.jit(eval_loop.detection_pairs, static_argnums=2)(
+        jnp.asarray(boxes), jnp.asarray(valid), must_overlap)
+    pairs, mask = np.asarray(pairs), np.asarray(mask)
+    assert pairs.shape == (b, d * (d - 1), 2) and mask.shape == (b, d * (d - 1))
+    for i in range(b):
+        n = int(mask[i].sum())
+        assert mask[i, :n].all() and not mask[i, n:].any()  # real pairs first
+        real = [tuple(p) for p in pairs[i, :n]]
+        assert len(set(real)) == n  # no duplicates
+        assert set(real) == _pairs_reference(boxes[i], valid[i], must_overlap)
+        assert (pairs[i, n:] == 0).all()  # masked padding
+
+
+def test_detection_pairs_by_hand():
+    boxes = jnp.asarray([[[0, 0, 10, 10], [5, 5, 15, 15], [20, 20, 30, 30], [0, 0, 1, 1]]],
+                        jnp.float32)
+    valid = jnp.asarray([[True, True, True, False]])
+    pairs, mask = eval_loop.detection_pairs(boxes, valid, must_overlap=True)
+    assert np.asarray(mask).sum() == 2
+    assert {tuple(p) for p in np.asarray(pairs)[0, :2]} == {(0, 1), (1, 0)}
+    pairs, mask = eval_loop.detection_pairs(boxes, valid)
+    assert np.asarray(mask).sum() == 6
+
+
+def _check_sgdet_arrays(out, b, d, num_classes, num_predicates):
+    m = d * (d - 1)
+    assert out["boxes"].shape == (b, d, 4) and out["boxes"].dtype == np.float32
+    assert out["box_mask"].shape == (b, d) and out["box_mask"].dtype == bool
+    assert out["labels"].shape == (b, d) and out["scores"].shape == (b, d)
+    assert out["rel_pairs"].shape == (b, m, 2) and out["pair_mask"].shape == (b, m)
+    assert out["rel_scores"].shape == (b, m, num_predicates + 1)
+    for i in range(b):
+        bm = out["box_mask"][i]
+        n = int(bm.sum())
+        assert bm[:n].all() and not bm[n:].any()  # real detections first
+        assert ((out["labels"][i][bm] >= 1) & (out["labels"][i][bm] <= num_classes)).all()
+        assert (out["labels"][i][~bm] == 0).all()
+        pm = out["pair_mask"][i]
+        assert int(pm.sum()) == n * (n - 1)  # all ordered pairs of real detections
+        p = out["rel_pairs"][i][pm]
+        assert (p[:, 0] != p[:, 1]).all() and (p < n).all()
+        np.testing.assert_allclose(out["rel_scores"][i][pm].sum(-1), 1.0, rtol=1e-5)
+
+
+def test_make_sgdet_fn_restores_the_run_and_predicts(trained):
+    exp, params, _, workdir = trained
+    exp2, restored = inference.restore_for_inference(os.path.join(workdir, "checkpoints",
+                                                                  "detector"))
+    a, b = flat_params(params), flat_params(restored)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # A low score threshold so that the barely trained detector yields detections.
+    with exp2.config.unlocked():
+        exp2.config.model.detector.score_thresh = 0.0
+    predict = inference.make_sgdet_fn(exp2, restored)
+    batch = next(iter(data_lib.eval_loader(exp2.config, exp2.data, exp2.mesh, "test")))
+    out = predict(np.asarray(batch.images)[:2], np.asarray(batch.image_sizes)[:2])
+    d = int(exp2.config.model.detector.detections_per_image)
+    _check_sgdet_arrays(out, 2, d, exp2.data.num_classes, exp2.data.num_predicates)
+    assert out["box_mask"].any()
+    with pytest.raises(ValueError, match="uint8"):
+        predict(np.asarray(batch.images)[:2].astype(np.float32), np.asarray(batch.image_sizes)[:2])
+
+
+@pytest.mark.parametrize("name", ["imp", "freq"])
+def test_sgdet_evaluation_end_to_end(name, cache_dir, trained, tmp_path):
+    _, det_params, _, _ = trained
+    config = det_config(cache_dir, name=name, **{"model.detector.score_thresh": 0.0})
+    exp = trainer.setup(config, str(tmp_path / name))
+    params = trainer.init_params(exp, jax.random.key(0))
+    params[DETECTOR_GROUP] = det_params[DETECTOR_GROUP]  # the detector trained above
+    results = trainer.evaluate(exp, params)
+    assert set(results) == {"sgdet", "detection"}
+    r = results["sgdet"]
+    for k in (20, 50, 100):
+        assert 0.0 <= r[f"R@{k}"] <= 100.0
+    assert r["R@20"] <= r["R@50"] <= r["R@100"]
+    det = results["detection"]
+    assert det["num_images"] == len(exp.data.sources["test"])
+    assert 0.0 <= det["AP"] <= det["AP50"] <= 100.0
