@@ -1,5 +1,6 @@
 """The detector stage and SGDet on the tiny preset: the detector trains, checkpoints and resumes
-exactly like the relation stages; SGDet evaluation (IMP and FREQ) runs end to end with COCO mAP;
+exactly like the relation stages; SGDet evaluation runs end to end with COCO mAP (IMP), FREQ
+reads the detector's labels;
 the SGDet pair construction matches a NumPy reference; `sgg_jax.inference` restores a run and
 predicts fixed-shape scene graphs.
 
@@ -76,6 +77,11 @@ def test_stage_names_put_the_detector_first_only_for_sgdet():
     assert trainer.stage_names(no_det) == ["objects", "relations"]
     prepended = load_config("freq", "default", **{"train.stage_order": "objects"})
     assert trainer.stage_names(prepended) == ["detector", "objects"]
+    # Relation stages keep their seeds whether or not the detector stage runs.
+    with_det, without = trainer.stage_names(base), trainer.stage_names(no_det)
+    for name in without:
+        assert trainer.stage_seed_index(with_det, name) == trainer.stage_seed_index(without, name)
+    assert trainer.stage_seed_index(with_det, "detector") not in (0, 1)
     bad = load_config("imp", "default", **{"train.stage_order": "objects,detection"})
     with pytest.raises(ValueError, match="detection"):
         trainer.stage_names(bad)
@@ -254,13 +260,13 @@ def test_make_sgdet_fn_restores_the_run_and_predicts(trained):
         predict(np.asarray(batch.images)[:2].astype(np.float32), np.asarray(batch.image_sizes)[:2])
 
 
-@pytest.mark.parametrize("name", ["imp", "freq"])
-def test_sgdet_evaluation_end_to_end(name, cache_dir, trained, tmp_path):
+def test_sgdet_evaluation_end_to_end(cache_dir, trained, tmp_path):
+    """IMP SGDet on the tiny test split with the detector trained above: R@K and box mAP."""
     _, det_params, _, _ = trained
-    config = det_config(cache_dir, name=name, **{"model.detector.score_thresh": 0.0})
-    exp = trainer.setup(config, str(tmp_path / name))
+    config = det_config(cache_dir, **{"model.detector.score_thresh": 0.0})
+    exp = trainer.setup(config, str(tmp_path / "imp"))
     params = trainer.init_params(exp, jax.random.key(0))
-    params[DETECTOR_GROUP] = det_params[DETECTOR_GROUP]  # the detector trained above
+    params[DETECTOR_GROUP] = det_params[DETECTOR_GROUP]
     results = trainer.evaluate(exp, params)
     assert set(results) == {"sgdet", "detection"}
     r = results["sgdet"]
@@ -270,3 +276,40 @@ def test_sgdet_evaluation_end_to_end(name, cache_dir, trained, tmp_path):
     det = results["detection"]
     assert det["num_images"] == len(exp.data.sources["test"])
     assert 0.0 <= det["AP"] <= det["AP50"] <= 100.0
+
+
+def test_freq_sgdet_reads_the_detector_labels():
+    """FREQ in SGDet indexes its table with ModelInputs.labels (the detector's), not with its
+    own object classifier (which decides SGCls)."""
+    import ml_collections
+
+    from sgg_jax.models import ModelInputs, build_model
+    from sgg_jax.models.freq import frequency_log_table
+
+    c, p, o = 4, 3, 3
+    fg = np.random.default_rng(0).integers(0, 6, (c + 1, c + 1, p + 1)).astype(np.float64)
+    stats = type("Stats", (), {"fg_matrix": fg, "bg_matrix": None})()
+    cfg = ml_collections.ConfigDict(dict(name="freq", backbone="small_resnet", hidden_dim=8,
+                                         num_iterations=1, roi_size=2, sampling_ratio=1,
+                                         fc_dim=8, dtype="float32", dropout=0.0))
+    labels = np.array([[2, 4, 1]], np.int32)
+    pairs = np.array([[[0, 1], [1, 2], [2, 0], [0, 2]]], np.int32)
+    inputs = ModelInputs(images=jnp.zeros((1, 32, 32, 3), jnp.uint8),
+                         image_sizes=jnp.full((1, 2), 32, jnp.int32),
+                         boxes=jnp.asarray([[[0, 0, 8, 8], [4, 4, 20, 20], [10, 2, 30, 9]]],
+                                           jnp.float32),
+                         box_mask=jnp.ones((1, o), bool), labels=jnp.asarray(labels),
+                         pairs=jnp.asarray(pairs), pair_mask=jnp.ones((1, 4), bool))
+    table = frequency_log_table(fg)
+    outs = {}
+    for mode in ("sgdet", "sgcls"):
+        model = build_model(cfg, num_classes=c, num_predicates=p, statistics=stats, mode=mode)
+        shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, False), inputs)
+        variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        # The object classifier says class 3 everywhere (bias only).
+        variables["params"]["obj_classifier"]["bias"] = jnp.asarray([0.0, 0, 0, 5, 0])
+        outs[mode] = np.asarray(model.apply(variables, inputs, False).rel_logits)
+    np.testing.assert_allclose(outs["sgdet"][0], table[labels[0, pairs[0, :, 0]],
+                                                       labels[0, pairs[0, :, 1]]], rtol=1e-6)
+    np.testing.assert_allclose(outs["sgcls"][0], np.broadcast_to(table[3, 3], (4, p + 1)),
+                               rtol=1e-6)

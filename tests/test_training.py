@@ -51,7 +51,7 @@ def _train(config, workdir, writer=None):
     exp = trainer.setup(config, workdir)
     params = trainer.init_params(exp, jax.random.key(config.seed))
     writer = writer or RecordingWriter()
-    for i, name in enumerate(optim.split_list(config.train.stage_order)):
+    for i, name in enumerate(trainer.stage_names(config)):
         params = trainer.train_stage(exp, name, params, jax.random.fold_in(jax.random.key(1), i),
                                      writer, i)
     return flat_params(params)

@@ -92,6 +92,15 @@ def stage_names(config: ml_collections.ConfigDict) -> list[str]:
 DETECTOR_STAGE = "detector"
 
 
+def stage_seed_index(stages: list[str], name: str) -> int:
+    """The index that seeds a stage's rng and data order: its position among the relation
+    stages (so adding the detector stage leaves PredCls / SGCls training unchanged); the
+    detector stage gets its own (100)."""
+    if name == DETECTOR_STAGE:
+        return 100
+    return [n for n in stages if n != DETECTOR_STAGE].index(name)
+
+
 def is_detector_stage(stage: ml_collections.ConfigDict) -> bool:
     """A stage trains the detector when its losses are `detection` (alone)."""
     losses = optim.split_list(stage.losses)
@@ -173,12 +182,12 @@ def train_stage(exp: Experiment, stage_name: str, params: Any, rng: jax.Array,
     cfg = exp.config
     stage = cfg.train.stages[stage_name]
     num_steps = int(stage.num_steps)
-    ckpt = StageCheckpointer(exp.checkpoint_dir(stage_name), keep=cfg.train.keep_checkpoints)
     groups = optim.trainable_groups(stage, params)
     if not groups or num_steps <= 0:
         log.info("stage '%s': nothing to train for this model (%s); skipped", stage_name,
                  stage.trainable)
         return params
+    ckpt = StageCheckpointer(exp.checkpoint_dir(stage_name), keep=cfg.train.keep_checkpoints)
     tx = optim.make_optimizer(stage, cfg.train, params)
     replicated = mesh_lib.replicated(exp.mesh)
     state = jax.jit(lambda p: TrainState.create(p, tx), out_shardings=replicated)(params)
@@ -411,7 +420,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     params = init_params(exp, init_rng)
     writer = reporting.MetricWriter(os.path.join(workdir, "tensorboard"))
     try:
-        for i, stage_name in enumerate(stages):
+        for stage_name in stages:
+            i = stage_seed_index(stages, stage_name)
             params = train_stage(exp, stage_name, params, jax.random.fold_in(train_rng, i),
                                  writer, i)
         results = evaluate(exp, params)
