@@ -29,6 +29,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    load = os.getloadavg()[0]
     rows = []
     for n, k, ncls in CASES:
         boxes, scores, classes = make_boxes(n, ncls)
@@ -51,7 +52,8 @@ def main(argv=None):
         rows.append(row)
     print_table(rows, ["N", "top_k", "classes", "jax_ms", "tv_ms", "kept", "same_as_tv"],
                 title="batched_nms (jitted, CPU)")
-    emit_json({"benchmark": "nms", "backend": jax.default_backend(), "rows": rows}, args.json)
+    emit_json({"benchmark": "nms", "backend": jax.default_backend(), "rows": rows,
+               "loadavg_1min_at_start": load}, args.json)
 
 
 if __name__ == "__main__":
