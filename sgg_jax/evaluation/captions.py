@@ -63,7 +63,7 @@ class CaptionEvaluator:
     """Accumulates (generated, ground-truth) captions of real regions, then corpus BLEU-4.
 
     `add(pred_tokens [Q, L], gt_tokens [Q, L], region_mask [Q])` per image; `compute()` ->
-    {"BLEU-4", "precisions", "brevity_penalty", "num_regions", "mean_length", "protocol",
+    {"BLEU-4", "precisions", "brevity_penalty", "num_regions", "mean_length", "setting",
     "examples"} (the first `num_examples` (generated, reference) pairs as strings).
     """
 
@@ -89,7 +89,7 @@ class CaptionEvaluator:
         n = len(self.hypotheses)
         out["num_regions"] = n
         out["mean_length"] = (sum(len(h) for h in self.hypotheses) / n) if n else math.nan
-        out["protocol"] = PROTOCOL
+        out["setting"] = PROTOCOL
         out["examples"] = [[" ".join(h), " ".join(r)] for h, r in
                            zip(self.hypotheses[:self.num_examples],
                                self.references[:self.num_examples])]

@@ -347,7 +347,7 @@ def evaluate_captions(exp: Experiment, params: Any, split: str | None = None) ->
             evaluator.add(caps[b], full.region_tokens[b], full.region_mask[b])
             seen += 1
     result = evaluator.compute()
-    log.info("region captions (%s): BLEU-4 %.2f over %d regions", result["protocol"],
+    log.info("region captions (%s): BLEU-4 %.2f over %d regions", result["setting"],
              result["BLEU-4"], result["num_regions"])
     return result
 
