@@ -9,10 +9,14 @@ per-axis "taps": for each output row p the 2g feature rows it reads (y_low / y_h
 samples) with their weights, already divided by g and zeroed for samples outside [-1, extent].
 
 XLA path (default off-accelerator): the 4 g^2 taps of every bin are gathered as whole C-vectors
-(one 1-D row gather per tap, which XLA CPU runs at memory speed) and summed. Its gradient is
-the transposed scatter-add, but not autodiff's (per-tap scatters of whole [R*oh*ow, C] arrays,
-slow on CPU): a `lax.scan` over fixed-size groups of bins whose weighted cotangent rows (~2 MB)
-are built and scattered while cache-resident (see `_features_vjp`); 10-20x faster on CPU.
+(one 1-D row gather per tap, which XLA CPU runs at memory speed) and summed, in a loop over
+windows of ~512 bins (`_gather_sum_chunked`; the loop is a fusion boundary that stops XLA from
+fusing the index arithmetic into the gathers or the gathers into a consumer such as a sum,
+10-40x slower). Its gradient is the transposed scatter-add, but not autodiff's (per-tap
+scatters of whole [R*oh*ow, C] arrays, slow on CPU): a loop over windows of bins whose weighted
+cotangent rows (~2 MB) are built and scattered while cache-resident (`_scatter_taps`); 10-20x
+faster on CPU than autodiff or per-image dense matmuls. `multilevel_roi_align` uses the same
+gather and backward.
 
 Pallas path: one grid step per RoI; the image (or a K x K window of it, placed by
 scalar-prefetched offsets) is the input block, and the bin values are two small matmuls with the
@@ -130,9 +134,7 @@ def _flat_taps(row_base, yi, yw, xi, xw, width):
     wt = yw[:, :, None, :, None] * xw[:, None, :, None, :]
     idx = idx.reshape(r * oh * ow, k * k)
     wt = wt.reshape(r * oh * ow, k * k)
-    # Materialise indices/weights once: otherwise XLA fuses their arithmetic into the gather
-    # and recomputes it for every channel, which is ~20x slower on CPU.
-    return jax.lax.optimization_barrier((idx, wt))
+    return idx, wt
 
 
 def _gather_sum(table, idx, wt) -> jax.Array:
@@ -144,12 +146,45 @@ def _gather_sum(table, idx, wt) -> jax.Array:
     return acc
 
 
+# Output floats per gather step (~512 KB).
+_GATHER_CHUNK_FLOATS = 1 << 17
+
+
+def _steps(n: int, per: int):
+    """Covers rows [0, n) with ceil(n / per) windows of `per` rows (per <= n) without padding:
+    window k starts at min(k * per, n - per), so the last one may overlap the one before."""
+    steps = -(-n // per)
+    return steps, lambda k: jnp.minimum(k * per, n - per)
+
+
+def _gather_sum_chunked(table, idx, wt, chunk_floats: int = _GATHER_CHUNK_FLOATS):
+    """`_gather_sum` as a loop over fixed-size windows of bins, written into the output.
+
+    The loop is a fusion boundary: the tap indices/weights enter it materialised and its
+    output leaves materialised. Without it XLA CPU fuses the index arithmetic into the gathers
+    (recomputed for every channel) or the gathers into the consumer (e.g. a sum), 10-40x
+    slower; an optimization_barrier does not stop that (CPU expands barriers before fusion).
+    An overlapping last window rewrites identical values."""
+    n, t = idx.shape
+    c = table.shape[-1]
+    per = max(1, min(n, chunk_floats // c))
+    steps, start = _steps(n, per)
+
+    def body(k, out):
+        s = start(k)
+        rows = _gather_sum(table, jax.lax.dynamic_slice_in_dim(idx, s, per),
+                           jax.lax.dynamic_slice_in_dim(wt, s, per))
+        return jax.lax.dynamic_update_slice_in_dim(out, rows, s, 0)
+
+    return jax.lax.fori_loop(0, steps, body, jnp.zeros((n, c), table.dtype))
+
+
 # --------------------------------------------------------------------------- XLA forward
 def _xla_forward(features, yi, yw, xi, xw, box_indices):
     b, h, w, c = features.shape
     r, oh, ow = yi.shape[0], yi.shape[1], xi.shape[1]
     idx, wt = _flat_taps(box_indices.astype(jnp.int32) * h, yi, yw, xi, xw, w)
-    out = _gather_sum(features.reshape(b * h * w, c), idx, wt.astype(features.dtype))
+    out = _gather_sum_chunked(features.reshape(b * h * w, c), idx, wt.astype(features.dtype))
     return out.reshape(r, oh, ow, c)
 
 
@@ -162,30 +197,32 @@ def _scatter_taps(num_rows: int, idx, wt, dout, chunk_floats: int = _SCATTER_CHU
     """Transpose of `_gather_sum`: [num_rows, C] float32 with row idx[n, k] receiving
     wt[n, k] * dout[n] for every bin n and tap k.
 
-    A `lax.scan` over fixed-size groups of bins (all taps of each, chunk_floats floats of
-    weighted rows in all) keeps each step's materialised updates in cache; one scatter over all
-    taps at once, or autodiff's per-tap scatters of whole [N, C] arrays, run 5-20x slower on
-    XLA CPU, and dense per-image matmuls with the interpolation matrices waste ~16x the FLOPs
-    on zero weights."""
+    A loop over fixed-size windows of bins (all taps of each, chunk_floats floats of weighted
+    rows in all) keeps each step's materialised updates in cache; one scatter over all taps at
+    once, or autodiff's per-tap scatters of whole [N, C] arrays, run 5-20x slower on XLA CPU,
+    and dense per-image matmuls with the interpolation matrices waste ~16x the FLOPs on zero
+    weights. Windows are sliced from the unpadded cotangent (no copy of it); rows of an
+    overlapping last window that the previous window covered get weight 0."""
     n, t = idx.shape
     c = dout.shape[-1]
     per = max(1, min(n, chunk_floats // (t * c)))
-    steps = -(-n // per)
-    pad = steps * per - n
-    # padding bins add 0 to row 0; the clip keeps indices in range even for NaN boxes, which
-    # makes the in-bounds promise (no per-row bounds check) safe
-    idx = jnp.clip(jnp.pad(idx, ((0, pad), (0, 0))), 0, num_rows - 1).reshape(steps, per * t)
-    wt = jnp.pad(wt.astype(jnp.float32), ((0, pad), (0, 0))).reshape(steps, per, t)
-    d = jnp.pad(dout.reshape(n, c).astype(jnp.float32), ((0, pad), (0, 0)))
-    d = d.reshape(steps, per, c)
+    steps, start = _steps(n, per)
+    # the clip keeps indices in range even for NaN boxes, which makes the in-bounds promise
+    # (no per-row bounds check) safe
+    idx = jnp.clip(idx, 0, num_rows - 1)
+    wt = wt.astype(jnp.float32)
+    dout = dout.reshape(n, c)
 
-    def step(acc, xs):
-        i, wk, dk = xs
+    def body(k, acc):
+        s = start(k)
+        fresh = (s + jnp.arange(per)) >= k * per
+        wk = jnp.where(fresh[:, None], jax.lax.dynamic_slice_in_dim(wt, s, per), 0.0)
+        dk = jax.lax.dynamic_slice_in_dim(dout, s, per).astype(jnp.float32)
         upd = (dk[:, None, :] * wk[:, :, None]).reshape(per * t, c)
-        return acc.at[i].add(upd, mode="promise_in_bounds"), None
+        i = jax.lax.dynamic_slice_in_dim(idx, s, per).reshape(per * t)
+        return acc.at[i].add(upd, mode="promise_in_bounds")
 
-    grad, _ = jax.lax.scan(step, jnp.zeros((num_rows, c), jnp.float32), (idx, wt, d))
-    return grad
+    return jax.lax.fori_loop(0, steps, body, jnp.zeros((num_rows, c), jnp.float32))
 
 
 def _features_vjp(shape, dtype, yi, yw, xi, xw, box_indices, dout,
@@ -201,7 +238,7 @@ def _features_vjp(shape, dtype, yi, yw, xi, xw, box_indices, dout,
 def _gather_taps(table, idx, wt):
     """`_gather_sum` with the fast `_scatter_taps` backward (w.r.t. the table only; the taps
     are geometry, which gets no gradient, as in torchvision)."""
-    return _gather_sum(table, idx, wt.astype(table.dtype))
+    return _gather_sum_chunked(table, idx, wt.astype(table.dtype))
 
 
 def _gather_taps_fwd(table, idx, wt):

@@ -134,11 +134,16 @@ def test_gradient_many_images_chunking():
         jnp.asarray(feats))
     np.testing.assert_allclose(np.asarray(g), np.asarray(a), atol=1e-5)
     assert float(jnp.abs(g[1]).max()) == 0.0 and float(jnp.abs(g[3]).max()) == 0.0
-    # the backward's scan with 3 bins per step: 160 bins, a padded last step
+    # the backward's loop with 3 bins per step: 160 bins, the last window overlapping
     taps = ra._roi_taps(jnp.asarray(boxes), 1.0, True, (2, 2), 2, 7, 9)
     small = jax.jit(lambda d: ra._features_vjp(feats.shape, jnp.float32, *taps, jnp.asarray(idx),
                                                d, chunk_floats=3 * 16 * 3))(cot)
     np.testing.assert_allclose(np.asarray(small), np.asarray(a), atol=1e-5)
+    # the forward's loop in windows of 7 bins (the last one overlapping) == one plain gather
+    fi, fw = ra._flat_taps(jnp.asarray(idx) * 7, *taps, 9)
+    table = jnp.asarray(feats).reshape(-1, 3)
+    np.testing.assert_allclose(np.asarray(ra._gather_sum_chunked(table, fi, fw, 7 * 3)),
+                               np.asarray(ra._gather_sum(table, fi, fw)), atol=1e-6)
 
 
 def test_jit_and_errors():
