@@ -161,7 +161,8 @@ def test_nms_beyond_first_block_and_vmap():
     classes = rng.integers(0, 2, n).astype(np.int32)
     valid = rng.random(n) > 0.1
     ref = _nms_ref(boxes, scores, classes, 0.3, valid)[:50]
-    rank = {i: r for r, i in enumerate(sorted(np.flatnonzero(valid), key=lambda i: (-scores[i], i)))}
+    order = sorted(np.flatnonzero(valid), key=lambda i: (-scores[i], i))
+    rank = {i: r for r, i in enumerate(order)}
     assert len(ref) == 50 and rank[ref[-1]] >= 64
     ref2 = _nms_ref(spread, scores, classes, 0.3, valid)[:50]
     fn = jax.jit(jax.vmap(lambda b, s, c, v: batched_nms(b, s, c, 0.3, 50, v)))
