@@ -375,8 +375,8 @@ def restore_final_params(exp: Experiment, rng: jax.Array, checkpoint: str = "") 
         ckpt.close()
         log.info("restored parameters of stage '%s' step %d from %s", stage_name, step, directory)
         return state.params
-    if exp.config.model.name == "freq" and not checkpoint:
-        return params
+    if exp.config.model.name == "freq" and not checkpoint and not exp.uses_detector:
+        return params  # PredCls FREQ is the training table alone; SGDet needs a trained detector
     raise FileNotFoundError(f"no checkpoint found under {root!r} (expected "
                             f"{root}/checkpoints/<stage>/<step>)")
 
