@@ -20,8 +20,9 @@ class ModelInputs:
       boxes: [B, O, 4] float32 x1y1x2y2 in canvas pixels (ground-truth boxes in PredCls/SGCls,
         detections in SGDet).
       box_mask: [B, O] bool.
-      labels: [B, O] int32 object classes 1..C (ground truth). Used as input only in PredCls
-        (and as targets by the loss); a model in SGCls must not read them for prediction.
+      labels: [B, O] int32 object classes 1..C: the ground truth in training, PredCls and
+        SGCls (targets for the loss; a model in SGCls must not read them for prediction), the
+        detector's labels in SGDet.
       pairs: [B, M, 2] int32 (subject, object) indices into the O boxes.
       pair_mask: [B, M] bool.
       region_boxes: optional [B, Q, 4] float32 caption-region boxes in canvas pixels (MSDN; the
