@@ -116,17 +116,28 @@ def decode_resize(data: bytes, size: int) -> tuple[np.ndarray, float, int, int]:
     Returns (canvas [S, S, 3] uint8, scale, content height, content width).
     """
     with Image.open(io.BytesIO(data)) as im:
-        w0, h0 = im.size
-        scale = size / max(w0, h0)
-        tw, th = max(1, round(w0 * scale)), max(1, round(h0 * scale))
+        scale, tw, th = canvas_geometry(im.size, size)
         if im.format == "JPEG":
             im.draft("RGB", (tw, th))  # DCT-domain downscale; never below (tw, th)
-        im = im.convert("RGB")
-        if im.size != (tw, th):
-            im = im.resize((tw, th), Image.BILINEAR)
-        canvas = np.zeros((size, size, 3), np.uint8)
-        canvas[:th, :tw] = np.asarray(im)
+        canvas = paste_on_canvas(im, size, tw, th)
     return canvas, scale, th, tw
+
+
+def canvas_geometry(image_wh: tuple[int, int], size: int) -> tuple[float, int, int]:
+    """(scale, content width, content height) of an image of `image_wh` on a size x size canvas."""
+    w0, h0 = image_wh
+    scale = size / max(w0, h0)
+    return scale, max(1, round(w0 * scale)), max(1, round(h0 * scale))
+
+
+def paste_on_canvas(im: Image.Image, size: int, tw: int, th: int) -> np.ndarray:
+    """RGB-converts `im`, resizes it to (tw, th) (bilinear) and pads it to [size, size, 3] uint8."""
+    im = im.convert("RGB")
+    if im.size != (tw, th):
+        im = im.resize((tw, th), Image.BILINEAR)
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[:th, :tw] = np.asarray(im)
+    return canvas
 
 
 def truncate_graph(labels: np.ndarray, relations: np.ndarray, max_objects: int,

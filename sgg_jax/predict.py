@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from data_pipelines.errors import DataFormatError, atomic_write_bytes
+from data_pipelines import pipeline
 from data_pipelines.pipeline import decode_resize
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -59,17 +60,10 @@ class LoadedImage:
 
 
 def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float, int, int]:
-    """RGB image -> (canvas [S,S,3] uint8, scale, content h, content w), as the pipeline's
-    `decode_resize` does for a decoded image (same scale, rounding, filter and padding)."""
-    w0, h0 = image.size
-    scale = size / max(w0, h0)
-    tw, th = max(1, round(w0 * scale)), max(1, round(h0 * scale))
-    im = image.convert("RGB")
-    if im.size != (tw, th):
-        im = im.resize((tw, th), Image.BILINEAR)
-    canvas = np.zeros((size, size, 3), np.uint8)
-    canvas[:th, :tw] = np.asarray(im)
-    return canvas, scale, th, tw
+    """RGB image -> (canvas [S,S,3] uint8, scale, content h, content w): the pipeline's own
+    geometry and resize-and-pad, as `decode_resize` applies them to a decoded image."""
+    scale, tw, th = pipeline.canvas_geometry(image.size, size)
+    return pipeline.paste_on_canvas(image, size, tw, th), scale, th, tw
 
 
 def _image_error(name: str, reason: str) -> DataFormatError:

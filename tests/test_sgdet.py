@@ -21,20 +21,9 @@ from sgg_jax import inference
 from sgg_jax.models import DETECTOR_GROUP, detector_config
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import eval_loop, mesh as mesh_lib, trainer
-from training_utils import flat_params, load_config
+from training_utils import RecordingWriter, flat_params, load_config
 
 DET_STEPS = 8
-
-
-class RecordingWriter:
-    def __init__(self):
-        self.rows = []
-
-    def scalars(self, step, values, prefix=""):
-        self.rows.append((step, prefix, dict(values)))
-
-    def close(self):
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import mesh as mesh_lib
 from sgg_jax.training import optim, trainer
-from training_utils import REPO, flat_params, load_config
+from training_utils import REPO, RecordingWriter, flat_params, load_config
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +31,6 @@ def cache_dir(tmp_path_factory):
 
 def tiny(cache_dir, name="imp", **overrides):
     return load_config(name, "tiny", **{"data.cache_dir": cache_dir, **overrides})
-
-
-class RecordingWriter:
-    """Stands in for the TensorBoard writer; keeps every logged scalar."""
-
-    def __init__(self):
-        self.rows = []
-
-    def scalars(self, step, values, prefix=""):
-        self.rows.append((step, prefix, dict(values)))
-
-    def close(self):
-        pass
 
 
 def _train(config, workdir, writer=None):
