@@ -20,7 +20,7 @@ import pytest
 
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import mesh as mesh_lib
-from sgg_jax.training import optim, trainer
+from sgg_jax.training import trainer
 from training_utils import REPO, RecordingWriter, flat_params, load_config
 
 
