@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sgg_jax.evaluation.boxes import box_iou, union_boxes
+from sgg_jax.evaluation.boxes import box_iou, paired_iou, union_boxes
 
 NO_HIT = np.iinfo(np.int64).max  # first-hit rank of a ground truth that no candidate hits
 
@@ -141,6 +141,24 @@ def first_hit_ranks(cand_sub: np.ndarray, cand_obj: np.ndarray, cand_pred: np.nd
     return np.where(any_hit, hit.argmax(axis=0), NO_HIT).astype(np.int64)
 
 
+def same_key_pairs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All index pairs (i, j), i < j, with key[i] == key[j] (by one stable sort, not an n x n
+    comparison): each position is paired with the earlier positions of its key."""
+    order = np.argsort(key, kind="stable")
+    sk = key[order]
+    n = sk.shape[0]
+    new_group = np.r_[True, sk[1:] != sk[:-1]] if n else np.zeros((0,), bool)
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
+    rank = np.arange(n) - group_start  # earlier members of the same key
+    total = int(rank.sum())
+    if total == 0:
+        return np.zeros((0,), np.int64), np.zeros((0,), np.int64)
+    later = np.repeat(np.arange(n), rank)
+    first = np.repeat(np.cumsum(rank) - rank, rank)
+    earlier = group_start[later] + (np.arange(total) - first)
+    return order[earlier], order[later]
+
+
 def triplet_nms_keep(order_sub: np.ndarray, order_obj: np.ndarray, order_pred: np.ndarray,
                      boxes: np.ndarray, labels: np.ndarray, threshold: float, limit: int,
                      convention: str = "plus_one") -> np.ndarray:
@@ -153,19 +171,27 @@ def triplet_nms_keep(order_sub: np.ndarray, order_obj: np.ndarray, order_pred: n
     n = order_sub.shape[0]
     if n == 0:
         return np.zeros((0,), np.int64)
-    same = ((labels[order_sub][:, None] == labels[order_sub][None, :])
-            & (labels[order_obj][:, None] == labels[order_obj][None, :])
-            & (order_pred[:, None] == order_pred[None, :]))
-    over = box_iou(boxes, boxes, convention) > threshold  # [N, N], gathered per candidate pair
-    suppress = same & over[order_sub[:, None], order_sub[None, :]]
-    suppress &= over[order_obj[:, None], order_obj[None, :]]
+    # Only candidates with the same (subject label, object label, predicate) interact, so the
+    # IoU tests run over those pairs alone (few), and the greedy pass visits only candidates
+    # that some earlier one could suppress. Greedy NMS within each key is independent of the
+    # other keys, so the kept set truncated to `limit` equals the sequential algorithm's.
+    sl, ol, pr = (np.asarray(x, np.int64) for x in (labels[order_sub], labels[order_obj],
+                                                      order_pred))
+    sl, ol, pr = sl - sl.min(), ol - ol.min(), pr - pr.min()
+    key = (sl * (int(ol.max()) + 1) + ol) * (int(pr.max()) + 1) + pr
+    earlier, later = same_key_pairs(key)
     removed = np.zeros((n,), bool)
-    keep: list[int] = []
-    for i in range(n):
-        if removed[i]:
-            continue
-        keep.append(i)
-        if len(keep) >= limit:
-            break
-        removed |= suppress[i]
-    return np.asarray(keep, np.int64)
+    if earlier.size:
+        subj, obj = order_sub, order_obj
+        sup = ((paired_iou(boxes[subj[earlier]], boxes[subj[later]], convention) > threshold)
+               & (paired_iou(boxes[obj[earlier]], boxes[obj[later]], convention) > threshold))
+        earlier, later = earlier[sup], later[sup]
+        by_later = np.argsort(later, kind="stable")
+        # In order of the suppressed candidate: its suppressors come before it, so their own
+        # fate is already final when it is decided.
+        gone = removed.tolist()
+        for e, j in zip(earlier[by_later].tolist(), later[by_later].tolist()):
+            if not gone[e]:
+                gone[j] = True
+        removed = np.asarray(gone, bool)
+    return np.flatnonzero(~removed)[:limit].astype(np.int64)
