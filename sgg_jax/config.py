@@ -105,6 +105,13 @@ def get_base_config() -> ml_collections.ConfigDict:
         # object labels/scores from the "detector" (default; FREQ always) or the relation
         # "model"'s object classifier on the detected boxes.
         sgdet_must_overlap=False, sgdet_object_source="detector",
+        # Recall protocols reported (comma list): "motifs" (neural-motifs / SGB, results[mode])
+        # and "msdn" (MSDN / F-Net micro-averaged, results["msdn"][mode]); phrase detection
+        # (phrdet) is scored from the SGDet pass whenever sgdet is evaluated.
+        protocols="motifs,msdn",
+        # Prediction pictures of the first N images of the split (0 = none), drawn for the most
+        # complete mode evaluated into <workdir>/pictures/ at the end of training and in eval.
+        num_pictures=4,
         checkpoint="",  # for --config.mode=eval: a workdir or a checkpoint directory
     ))
     c.predict = ml_collections.ConfigDict(dict(images="", output="", top_relations=20))

@@ -257,11 +257,12 @@ def test_sgdet_evaluation_end_to_end(cache_dir, trained, tmp_path):
     params = trainer.init_params(exp, jax.random.key(0))
     params[DETECTOR_GROUP] = det_params[DETECTOR_GROUP]
     results = trainer.evaluate(exp, params)
-    assert set(results) == {"sgdet", "detection"}
-    r = results["sgdet"]
-    for k in (20, 50, 100):
-        assert 0.0 <= r[f"R@{k}"] <= 100.0
-    assert r["R@20"] <= r["R@50"] <= r["R@100"]
+    assert set(results) == {"sgdet", "phrdet", "detection", "msdn"}
+    assert set(results["msdn"]) == {"sgdet", "phrdet"}
+    for r in (results["sgdet"], results["phrdet"], *results["msdn"].values()):
+        for k in (20, 50, 100):
+            assert 0.0 <= r[f"R@{k}"] <= 100.0
+        assert r["R@20"] <= r["R@50"] <= r["R@100"]
     det = results["detection"]
     assert det["num_images"] == len(exp.data.sources["test"])
     assert 0.0 <= det["AP"] <= det["AP50"] <= 100.0

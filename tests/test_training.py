@@ -150,19 +150,27 @@ def test_end_to_end_main_writes_results(cache_dir, tmp_path):
     out = _main(args)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
-    assert set(results) == {"predcls", "sgcls"}
-    for mode in results:
+    assert set(results) == {"predcls", "sgcls", "msdn"}
+    for mode in ("predcls", "sgcls"):
         for k in (20, 50, 100):
             assert 0.0 <= results[mode][f"R@{k}"] <= 100.0
             assert "zR@%d" % k in results[mode]
         assert results[mode]["R@20"] <= results[mode]["R@50"] <= results[mode]["R@100"]
         assert results[mode]["protocol"] == "motifs"
+        assert results["msdn"][mode]["protocol"] == "msdn"
     assert "R@50" in out.stdout and "few-shot" in out.stdout
+    assert "protocol: msdn" in out.stdout
     assert any(f.startswith("events") for f in os.listdir(workdir / "tensorboard"))
-    # --mode eval on the finished run reproduces the same numbers
+    # eval.num_pictures (4) SGCls pictures of the first test images, after training ...
+    pictures = sorted(f for f in os.listdir(workdir / "pictures") if f.endswith(".png"))
+    assert len(pictures) == 4 and all(f.startswith("sgcls_") for f in pictures)
+    for f in pictures:
+        os.remove(workdir / "pictures" / f)
+    # --mode eval on the finished run reproduces the same numbers (and draws them again)
     out2 = _main(args + ["--mode", "eval"])
     assert out2.returncode == 0, out2.stderr[-3000:]
     assert json.loads((workdir / "results.json").read_text()) == results
+    assert sorted(f for f in os.listdir(workdir / "pictures") if f.endswith(".png")) == pictures
 
 
 def test_unknown_config_key_is_rejected(tmp_path):

@@ -8,7 +8,7 @@ counted in its statistics.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import flax.linen as nn
 import jax
@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from data_pipelines.batch import Batch
 from sgg_jax import relation_sampling
+from sgg_jax.evaluation import SGGEvaluator
 from sgg_jax.models import DETECTOR_GROUP, postprocess, relation_params
 from sgg_jax.models.interface import ModelInputs
 from sgg_jax.training.steps import model_inputs
@@ -120,10 +121,33 @@ def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: di
     return step
 
 
+def make_evaluators(mode: str, protocols: Sequence[str], num_predicates: int, *,
+                    ks: tuple[int, ...], zero_shot_triplets: np.ndarray | None = None,
+                    triplet_counts: np.ndarray | None = None
+                    ) -> dict[tuple[str, str], SGGEvaluator]:
+    """{(protocol, mode): SGGEvaluator} for one evaluated mode, all fed the same predictions.
+
+    SGDet adds phrase detection ("phrdet": a triplet matches when its subject-object union box
+    has IoU >= 0.5 with the ground truth's), scored from the same SGDet predictions. Zero- and
+    few-shot recall exist only in the motifs protocol, so only its evaluators get the tables.
+    """
+    scored_modes = (mode, "phrdet") if mode == "sgdet" else (mode,)
+    out = {}
+    for m in scored_modes:
+        for protocol in protocols:
+            motifs = protocol == "motifs"
+            out[(protocol, m)] = SGGEvaluator(
+                m, num_predicates, ks=ks, protocol=protocol,
+                zero_shot_triplets=zero_shot_triplets if motifs else None,
+                triplet_counts=triplet_counts if motifs else None)
+    return out
+
+
 def batch_to_examples(batch: Batch, scored: dict[str, np.ndarray]) -> Iterable[tuple[dict, dict]]:
     """Yields (groundtruth, prediction) dicts for the real images of a host-side batch.
 
-    Boxes go back to original pixels (canvas / scale) for ground truth and predictions alike.
+    Boxes go back to original pixels (canvas / scale) for ground truth and predictions alike;
+    the ground truth also carries its `image_id`.
     PredCls / SGCls predict on the ground-truth boxes; SGDet (`scored` has "boxes" and
     "box_mask") on the detections, whose real entries come first so that pair indices hold.
     """
@@ -134,7 +158,8 @@ def batch_to_examples(batch: Batch, scored: dict[str, np.ndarray]) -> Iterable[t
         obj = np.asarray(batch.box_mask[b], bool)
         boxes = np.asarray(batch.boxes[b][obj], np.float64) / scale
         rel = np.asarray(batch.relations[b][np.asarray(batch.rel_mask[b], bool)], np.int64)
-        gt = dict(boxes=boxes, labels=np.asarray(batch.labels[b][obj], np.int64), relations=rel)
+        gt = dict(boxes=boxes, labels=np.asarray(batch.labels[b][obj], np.int64), relations=rel,
+                  image_id=int(batch.image_ids[b]))
         pm = np.asarray(scored["pair_mask"][b], bool)
         if "boxes" in scored:
             obj = np.asarray(scored["box_mask"][b], bool)

@@ -1,10 +1,70 @@
-"""Results tables, results.json and TensorBoard event files (tensorboardX, no TensorFlow)."""
+"""Results tables, results.json and TensorBoard event files (tensorboardX, no TensorFlow).
+
+results.json layout (docs/architecture.md): `results[mode]` holds the neural-motifs protocol's
+metrics of each evaluated mode (phrdet included when sgdet is evaluated), `results["msdn"][mode]`
+the MSDN / F-Net protocol's, `results["detection"]` the detector's COCO mAP and
+`results["captions"]` MSDN's region-caption BLEU-4.
+"""
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
+
+from sgg_jax.evaluation.sgg import PROTOCOLS
+
+# Top-level results.json keys that are not a mode of the motifs protocol.
+MSDN_KEY = "msdn"
+NON_MODE_KEYS = ("detection", "captions", MSDN_KEY)
+# The recall families shown per protocol.
+PROTOCOL_FAMILIES = {"motifs": ("R", "ngR", "mR", "ngmR", "zR", "ngzR"), "msdn": ("R", "predR")}
+PROTOCOL_NOTES = {"motifs": "per-image mean", "msdn": "micro-averaged over the split"}
+
+
+def parse_protocols(value: str) -> tuple[str, ...]:
+    """`config.eval.protocols` ("motifs,msdn") -> validated tuple, in the given order."""
+    names = tuple(dict.fromkeys(p.strip() for p in str(value).split(",") if p.strip()))
+    bad = [p for p in names if p not in PROTOCOLS]
+    if not names or bad:
+        raise ValueError(f"config.eval.protocols={value!r}: expected a comma list of "
+                         f"{', '.join(PROTOCOLS)} (at least one)")
+    return names
+
+
+def store_metrics(results: dict, protocol: str, mode: str, metrics: dict) -> None:
+    """Puts one evaluator's `compute()` into the results.json layout (module docstring)."""
+    if protocol == "motifs":
+        results[mode] = metrics
+    else:
+        results.setdefault(protocol, {})[mode] = metrics
+
+
+def recall_results(results: Mapping[str, Any]) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """{protocol: {mode: metrics}} of a results dict (only protocols that are present)."""
+    out: dict[str, dict[str, Mapping[str, Any]]] = {}
+    motifs = {m: r for m, r in results.items() if m not in NON_MODE_KEYS}
+    if motifs:
+        out["motifs"] = motifs
+    for protocol in PROTOCOLS:
+        if protocol != "motifs" and results.get(protocol):
+            out[protocol] = dict(results[protocol])
+    return out
+
+
+def scalar_groups(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """TensorBoard groups of a results dict: "<mode>" (motifs recalls), "<protocol>_<mode>"
+    (other protocols' recalls), "detection" (mAP) and "captions" (BLEU-4); numbers only."""
+    groups: dict[str, dict[str, float]] = {}
+    for protocol, modes in recall_results(results).items():
+        for mode, vals in modes.items():
+            name = mode if protocol == "motifs" else f"{protocol}_{mode}"
+            groups[name] = {k: v for k, v in vals.items() if "@" in k}
+    for key in ("detection", "captions"):
+        if key in results:
+            groups[key] = {k: v for k, v in results[key].items()
+                           if isinstance(v, (int, float)) and not k.startswith("num_")}
+    return groups
 
 
 
@@ -33,6 +93,20 @@ def format_results_table(results: Mapping[str, Mapping[str, float]], title: str 
             row += f"{v:>10.2f}" if isinstance(v, (int, float)) else f"{'-':>10}"
         lines.append(row)
     return "\n".join(lines)
+
+
+def format_report(results: Mapping[str, Any], name: str) -> str:
+    """The recall tables of a results dict, one per protocol (motifs first, with its few-shot
+    table), titled "<name> (protocol: <p>, <how averaged>; recalls in %)"."""
+    parts = []
+    for protocol, modes in recall_results(results).items():
+        title = f"{name} (protocol: {protocol}, {PROTOCOL_NOTES[protocol]}; recalls in %)"
+        parts.append(format_results_table(modes, title, PROTOCOL_FAMILIES[protocol]))
+        if protocol == "motifs":
+            few_shot = format_few_shot_table(modes)
+            if few_shot:
+                parts.append(few_shot)
+    return "\n\n".join(parts)
 
 
 def format_few_shot_table(results: Mapping[str, Mapping[str, float]]) -> str:

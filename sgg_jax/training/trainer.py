@@ -16,14 +16,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from tqdm.auto import tqdm
 
 from sgg_jax import models as models_lib
-from sgg_jax.evaluation import DetectionEvaluator, SGGEvaluator
+from sgg_jax.evaluation import DetectionEvaluator
 from sgg_jax.io_utils import write_json_atomic
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import eval_loop, mesh as mesh_lib, optim, reporting
+from sgg_jax.training import pictures as pictures_lib
 from sgg_jax.training.checkpointing import StageCheckpointer, abstract_like
 from sgg_jax.training.steps import TrainState, make_detector_train_step, make_train_step
 
@@ -121,8 +123,14 @@ def enable_compilation_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def eval_protocols(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """`config.eval.protocols`, validated (runs saved before the field existed: both)."""
+    return reporting.parse_protocols(config.eval.get("protocols", "motifs,msdn"))
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     """Distributed init, compilation cache, mesh and dataset preparation."""
+    eval_protocols(config)  # a bad value fails now, not after training
     enable_compilation_cache(str(config.train.compilation_cache_dir))
     d = config.distributed
     mesh_lib.maybe_initialize_distributed(d.coordinator_address, d.num_processes, d.process_id,
@@ -238,9 +246,8 @@ def train_stage(exp: Experiment, stage_name: str, params: Any, rng: jax.Array,
                 ckpt.save(step, state, iterator, dict(stage=stage_name, step=step))
             if eval_every and step % eval_every == 0 and step < num_steps:
                 results = evaluate(exp, state.params)
-                for mode, vals in results.items():
-                    keep = {k: v for k, v in vals.items() if "@" in k or mode == "detection"}
-                    writer.scalars(step, keep, prefix=f"eval_{mode}/")
+                for group, vals in reporting.scalar_groups(results).items():
+                    writer.scalars(step, vals, prefix=f"eval_{group}/")
     finally:
         # An interrupted run still finishes writing the checkpoint it had started (an in-flight
         # save is atomic: a killed process leaves only a *.orbax-checkpoint-tmp directory,
@@ -265,18 +272,30 @@ def make_sgdet_step(exp: Experiment):
         object_source=source)
 
 
-def evaluate(exp: Experiment, params: Any, split: str | None = None) -> dict[str, dict]:
-    """Evaluates every configured mode on a split; returns {mode: {metric: value}}.
+def evaluate(exp: Experiment, params: Any, split: str | None = None,
+             num_pictures: int = 0) -> dict[str, dict]:
+    """Evaluates every configured mode on a split; returns the results.json dict.
 
-    With SGDet, the same pass scores the detector's boxes with COCO mAP (pycocotools):
+    Layout (docs/architecture.md): results[mode] = the neural-motifs protocol's metrics,
+    results["msdn"][mode] = the MSDN / F-Net protocol's (per `config.eval.protocols`). With
+    SGDet, the same pass (no second model run) also feeds phrase detection (results["phrdet"],
+    results["msdn"]["phrdet"]) and the detector's COCO mAP (pycocotools):
     results["detection"] = {"AP", "AP50", "AP75", "num_images"} (percent).
+    `num_pictures` > 0 draws the first N images of the most complete mode into
+    <workdir>/pictures (`sgg_jax.training.pictures`; process 0).
     """
     cfg = exp.config
     split = split or cfg.eval.split
-    results = {}
-    for mode in optim.split_list(cfg.eval.modes):
-        evaluator = SGGEvaluator(
-            mode, exp.data.num_predicates, ks=tuple(cfg.eval.ks),
+    protocols = eval_protocols(cfg)
+    modes = optim.split_list(cfg.eval.modes)
+    picture_mode = pictures_lib.picture_mode(modes) if num_pictures > 0 else None
+    if jax.process_index() != 0:
+        picture_mode = None
+    shown: list[pictures_lib.Example] = []
+    results: dict[str, Any] = {}
+    for mode in modes:
+        evaluators = eval_loop.make_evaluators(
+            mode, protocols, exp.data.num_predicates, ks=tuple(cfg.eval.ks),
             zero_shot_triplets=exp.data.zero_shot_triplets,
             triplet_counts=data_lib.triplet_counts(exp.data))
         det_evaluator = None
@@ -299,14 +318,37 @@ def evaluate(exp: Experiment, params: Any, split: str | None = None) -> dict[str
                 if det_evaluator is not None:
                     det_evaluator.add(gt, dict(boxes=pred["boxes"], labels=pred.pop("det_labels"),
                                                scores=pred.pop("det_scores")))
-                evaluator.add(gt, pred)
+                for evaluator in evaluators.values():
+                    evaluator.add(gt, pred)
+                if mode == picture_mode and len(shown) < num_pictures:
+                    shown.append(_picture_example(exp, split, len(shown), full_batch, gt, pred))
                 seen += 1
-        results[mode] = evaluator.compute()
+        for (protocol, m), evaluator in evaluators.items():
+            reporting.store_metrics(results, protocol, m, evaluator.compute())
         if det_evaluator is not None:
             results["detection"] = det_evaluator.compute()
+    if shown:
+        paths = pictures_lib.write_pictures(
+            os.path.join(exp.workdir, "pictures"), picture_mode, shown, exp.data.idx_to_label,
+            exp.data.idx_to_predicate, int(cfg.predict.top_relations))
+        log.info("%d %s prediction pictures in %s", len(paths), picture_mode,
+                 os.path.dirname(paths[0]))
     if cfg.model.name == "msdn":  # region captions: see evaluate_captions below
         results["captions"] = evaluate_captions(exp, params, split)
     return results
+
+
+def _picture_example(exp: Experiment, split: str, index: int, batch: Any, gt: dict,
+                     pred: dict) -> pictures_lib.Example:
+    """A picture's inputs: the evaluator's dicts and the original image (the split's record
+    `index`, which the eval loader reads in order, or the canvas content scaled back)."""
+    image_id = int(gt["image_id"])
+    row = int(np.flatnonzero(np.asarray(batch.image_ids) == image_id)[0])
+    source = exp.data.sources[split]
+    record = source[index] if index < len(source) else None
+    image = pictures_lib.original_image(record, image_id, batch.images[row],
+                                        batch.image_sizes[row], float(batch.scales[row]))
+    return pictures_lib.Example(image_id, gt, pred, image)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,17 +424,13 @@ def restore_final_params(exp: Experiment, rng: jax.Array, checkpoint: str = "") 
 
 
 def report(exp: Experiment, results: dict[str, dict], name: str = "results.json") -> str:
-    """Prints the table and writes results.json (process 0)."""
+    """Prints the tables (one per protocol, few-shot, detection) and writes results.json
+    (process 0)."""
     path = os.path.join(exp.workdir, name)
     if jax.process_index() == 0:
-        sgg = {m: r for m, r in results.items() if m != "detection"}
-        proto = {m: r.get("protocol", "motifs") for m, r in sgg.items()}
-        title = (f"{exp.config.model.name} on {exp.config.data.name}/{exp.config.eval.split} "
-                 f"(protocol: {', '.join(sorted(set(map(str, proto.values()))))}; recalls in %)")
-        print(reporting.format_results_table(sgg, title))
-        few_shot = reporting.format_few_shot_table(sgg)
-        if few_shot:
-            print(few_shot)
+        print(reporting.format_report(
+            results, f"{exp.config.model.name} on {exp.config.data.name}/"
+            f"{exp.config.eval.split}"))
         if "detection" in results:
             print(reporting.format_detection_table(
                 results["detection"], f"detector ({exp.config.model.detector.backbone}) box mAP "
@@ -424,10 +462,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             i = stage_seed_index(stages, stage_name)
             params = train_stage(exp, stage_name, params, jax.random.fold_in(train_rng, i),
                                  writer, i)
-        results = evaluate(exp, params)
-        for mode, vals in results.items():
-            keep = {k: v for k, v in vals.items() if "@" in k or mode == "detection"}
-            writer.scalars(0, keep, prefix=f"final_{mode}/")
+        results = evaluate(exp, params, num_pictures=int(config.eval.get("num_pictures", 0)))
+        for group, vals in reporting.scalar_groups(results).items():
+            writer.scalars(0, vals, prefix=f"final_{group}/")
     finally:
         writer.close()
     report(exp, results)
@@ -438,6 +475,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     """`--config.mode=eval`: evaluate the parameters of a finished run."""
     exp = setup(config, workdir)
     params = restore_final_params(exp, jax.random.key(config.seed), config.eval.checkpoint)
-    results = evaluate(exp, params)
+    results = evaluate(exp, params, num_pictures=int(config.eval.get("num_pictures", 0)))
     report(exp, results)
     return results

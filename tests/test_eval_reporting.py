@@ -1,0 +1,226 @@
+"""What `trainer.evaluate` / `trainer.report` make of an evaluation: both protocols and phrase
+detection in results.json, the printed tables, TensorBoard groups and the prediction pictures.
+
+No model runs: the score steps are replaced by shape-only stand-ins and each image's prediction
+is made on the host from its ground truth (a seeded perturbation), so the test checks the
+wiring (which evaluator gets which predictions, where each number lands, what is drawn) against
+`SGGEvaluator` run independently on the very predictions the trainer saw.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from sgg_jax.evaluation import SGGEvaluator
+from sgg_jax.predict import SceneGraph
+from sgg_jax.training import data as data_lib, eval_loop, pictures, reporting, trainer
+from training_utils import load_config
+
+MODES = ("predcls", "sgcls", "sgdet")
+NUM_PICTURES = 3
+
+
+def _stand_in_outputs(b: int, n: int, p: int, code: int) -> dict:
+    """Shape-correct outputs of a score / SGDet step (ignored: predictions are made on host)."""
+    m = n * (n - 1)
+    return dict(labels=jnp.zeros((b, n), jnp.int32), scores=jnp.zeros((b, n)),
+                pairs=jnp.zeros((b, m, 2), jnp.int32), pair_mask=jnp.zeros((b, m), bool),
+                rel_scores=jnp.zeros((b, m, p + 1)), mode_code=jnp.full((b,), code))
+
+
+def synthetic_prediction(gt: dict, mode: str, num_classes: int, num_predicates: int) -> dict:
+    """A deterministic, imperfect prediction of one image: the ground-truth predicate boosted
+    on most true pairs; SGCls flips some labels; SGDet shifts the boxes (by up to 40% of their
+    size, so some miss IoU 0.5 alone while the pair's union box still matches) and adds a
+    spurious detection."""
+    rng = np.random.default_rng((int(gt["image_id"]), MODES.index(mode)))
+    boxes, labels = gt["boxes"].copy(), gt["labels"].copy()
+    g = labels.shape[0]
+    scores = np.ones(g)
+    if mode != "predcls":
+        flip = rng.random(g) < 0.25
+        labels = np.where(flip, rng.integers(1, num_classes + 1, g), labels)
+        scores = rng.uniform(0.2, 1.0, g)
+    if mode == "sgdet":
+        wh = boxes[:, 2:] - boxes[:, :2]
+        shift = rng.uniform(-0.4, 0.4, (g, 2)) * wh
+        boxes = boxes + np.concatenate([shift, shift], 1)
+        boxes = np.concatenate([boxes, [[1.0, 1.0, 9.0, 9.0]]])
+        labels, scores = np.r_[labels, 1], np.r_[scores, 0.9]
+    n = labels.shape[0]
+    pairs = np.array([(i, j) for i in range(n) for j in range(n) if i != j],
+                     np.int64).reshape(-1, 2)
+    rel = rng.uniform(0.0, 1.0, (pairs.shape[0], num_predicates + 1))
+    for s, o, p in gt["relations"]:
+        if rng.random() < 0.7:
+            rel[(pairs[:, 0] == s) & (pairs[:, 1] == o), p] += rng.uniform(0.5, 3.0)
+    rel /= rel.sum(1, keepdims=True)
+    pred = dict(boxes=boxes, labels=labels, scores=scores, rel_pairs=pairs, rel_scores=rel)
+    if mode == "sgdet":
+        pred.update(det_labels=labels.copy(), det_scores=scores.copy())
+    return pred
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """(exp, results, {mode: [(gt, pred)]} as the evaluators received them)."""
+    cache = str(tmp_path_factory.mktemp("reporting_cache"))
+    workdir = str(tmp_path_factory.mktemp("reporting_run"))
+    config = load_config("imp", "tiny", **{"data.cache_dir": cache, "train.data_parallel": 1,
+                                           "eval.modes": ",".join(MODES)})
+    exp = trainer.setup(config, workdir)
+    num_p, num_c = exp.data.num_predicates, exp.data.num_classes
+    seen: dict[str, list] = {m: [] for m in MODES}
+    real = eval_loop.batch_to_examples
+
+    def score_step(model, mode, model_state=None):
+        return lambda params, batch: _stand_in_outputs(
+            batch.boxes.shape[0], batch.boxes.shape[1], num_p, MODES.index(mode))
+
+    def sgdet_step(exp_):
+        def step(params, images, image_sizes):
+            out = _stand_in_outputs(images.shape[0], 2, num_p, MODES.index("sgdet"))
+            return dict(out, boxes=jnp.zeros((images.shape[0], 2, 4)),
+                        box_mask=jnp.zeros((images.shape[0], 2), bool),
+                        det_labels=out["labels"], det_scores=out["scores"])
+        return step
+
+    def examples(batch, scored):
+        mode = MODES[int(scored["mode_code"][0])]
+        for gt, _ in real(batch, scored):
+            pred = synthetic_prediction(gt, mode, num_c, num_p)
+            seen[mode].append((gt, dict(pred)))
+            yield gt, pred
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(eval_loop, "make_score_step", score_step)
+        mp.setattr(trainer, "make_sgdet_step", sgdet_step)
+        mp.setattr(eval_loop, "batch_to_examples", examples)
+        results = trainer.evaluate(exp, {}, num_pictures=NUM_PICTURES)
+    return exp, results, seen
+
+
+def _independent(exp, mode, protocol, examples):
+    motifs = protocol == "motifs"
+    ev = SGGEvaluator(mode, exp.data.num_predicates, ks=tuple(exp.config.eval.ks),
+                      protocol=protocol,
+                      zero_shot_triplets=exp.data.zero_shot_triplets if motifs else None,
+                      triplet_counts=data_lib.triplet_counts(exp.data) if motifs else None)
+    for gt, pred in examples:
+        ev.add(gt, pred)
+    return ev.compute()
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k] == b[k] or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k]))
+        for k in a)
+
+
+def test_results_hold_both_protocols_and_phrase_detection(evaluated):
+    exp, results, seen = evaluated
+    n_test = len(exp.data.sources["test"])
+    assert set(results) == {"predcls", "sgcls", "sgdet", "phrdet", "detection", "msdn"}
+    assert set(results["msdn"]) == {"predcls", "sgcls", "sgdet", "phrdet"}
+    # One pass per mode: phrase detection reused the SGDet predictions.
+    assert all(len(seen[m]) == n_test for m in MODES)
+    for mode in ("predcls", "sgcls", "sgdet", "phrdet"):
+        examples = seen["sgdet" if mode == "phrdet" else mode]
+        for protocol, got in (("motifs", results[mode]), ("msdn", results["msdn"][mode])):
+            assert got["protocol"] == protocol and got["mode"] == mode
+            assert _same(got, _independent(exp, mode, protocol, examples)), (protocol, mode)
+    # The data are informative: neither protocol is trivial, and phrase detection (union boxes)
+    # forgives the shifted boxes that SGDet's per-box IoU rejects.
+    assert 0 < results["sgdet"]["R@100"] < results["phrdet"]["R@100"] <= 100
+    assert 0 < results["msdn"]["sgdet"]["R@100"] < results["msdn"]["phrdet"]["R@100"]
+    assert results["msdn"]["predcls"]["R@50"] != results["predcls"]["R@50"]
+    assert results["detection"]["num_images"] == n_test
+
+
+def test_protocols_option(tmp_path):
+    assert reporting.parse_protocols("msdn, motifs") == ("msdn", "motifs")
+    for bad in ("", "motif", "motifs,vrd"):
+        with pytest.raises(ValueError, match="eval.protocols"):
+            reporting.parse_protocols(bad)
+    config = load_config("imp", "tiny", **{"eval.protocols": "motifs,sgb"})
+    with pytest.raises(ValueError, match="eval.protocols"):
+        trainer.setup(config, str(tmp_path))
+
+
+def test_report_tables_json_and_tensorboard_groups(evaluated, capsys):
+    exp, results, _ = evaluated
+    path = trainer.report(exp, results, name="results_test.json")
+    text = capsys.readouterr().out
+    motifs, _, msdn = text.partition("protocol: msdn")
+    assert "protocol: motifs" in motifs and "few-shot" in motifs
+    for mode in ("predcls", "sgcls", "sgdet", "phrdet"):
+        row = next(line for line in motifs.splitlines() if line.startswith(mode + " "))
+        assert f"{results[mode]['R@50']:.2f}" in row.split()
+        row = next(line for line in msdn.splitlines() if line.startswith(mode + " "))
+        assert f"{results['msdn'][mode]['predR@50']:.2f}" in row.split()
+    assert "predR@50" in msdn.splitlines()[1] and "ngR@50" not in msdn
+    with open(path) as f:
+        assert _same(json.load(f)["msdn"]["phrdet"], results["msdn"]["phrdet"])
+    groups = reporting.scalar_groups(results)
+    assert set(groups) == {"predcls", "sgcls", "sgdet", "phrdet", "msdn_predcls", "msdn_sgcls",
+                           "msdn_sgdet", "msdn_phrdet", "detection"}
+    assert groups["msdn_phrdet"]["R@50"] == results["msdn"]["phrdet"]["R@50"]
+    assert "protocol" not in groups["sgdet"] and "AP50" in groups["detection"]
+
+
+def test_pictures_draw_the_first_images_prediction_and_ground_truth(evaluated):
+    exp, _, seen = evaluated
+    directory = os.path.join(exp.workdir, "pictures")
+    first = seen["sgdet"][:NUM_PICTURES]
+    ids = [int(gt["image_id"]) for gt, _ in first]
+    assert sorted(os.listdir(directory)) == sorted(
+        f"sgdet_{i}{suffix}" for i in ids for suffix in (".png", ".json", "_gt.json"))
+    source = exp.data.sources["test"]
+    for k, (gt, pred) in enumerate(first):
+        stem = os.path.join(directory, f"sgdet_{ids[k]}")
+        with open(stem + ".json") as f:
+            sg = SceneGraph.from_json(f.read())
+        with open(stem + "_gt.json") as f:
+            sg_gt = SceneGraph.from_json(f.read())
+        # The drawn objects are the prediction's; the top relation is its best triplet.
+        assert sorted(map(tuple, sg.boxes.tolist())) == sorted(
+            map(tuple, np.round(pred["boxes"], 2).tolist()))
+        assert sorted(sg.labels.tolist()) == sorted(pred["labels"].tolist())
+        assert sg.names == [exp.data.idx_to_label[i] for i in sg.labels]
+        fg = pred["rel_scores"][:, 1:]
+        score = pred["scores"][pred["rel_pairs"]].prod(1) * fg.max(1)
+        best = int(np.argmax(score))
+        s, o = sg.rel_pairs[0]
+        np.testing.assert_allclose(sg.boxes[s], np.round(pred["boxes"][pred["rel_pairs"][best, 0]], 2))
+        np.testing.assert_allclose(sg.boxes[o], np.round(pred["boxes"][pred["rel_pairs"][best, 1]], 2))
+        assert sg.rel_predicates[0] == int(np.argmax(fg[best])) + 1
+        assert len(sg.rel_scores) == min(exp.config.predict.top_relations, len(score))
+        assert sg_gt.labels.tolist() == gt["labels"].tolist()
+        assert np.c_[sg_gt.rel_pairs, sg_gt.rel_predicates].tolist() == gt["relations"].tolist()
+        # The PNG is the two graphs drawn on the original image, exactly as their JSON says.
+        record = source[k]
+        assert int(record["image_id"]) == ids[k]
+        image = pictures.original_image(record, ids[k], None, None, 1.0)
+        assert image.size == (sg.width, sg.height)
+        with Image.open(stem + ".png") as png:
+            assert png.format == "PNG"
+            expected = pictures.render(sg, sg_gt, image, "sgdet")
+            assert png.size == expected.size
+            assert np.array_equal(np.asarray(png.convert("RGB")), np.asarray(expected))
+        left = pictures.prediction_graph(pred, image, exp.data.idx_to_label,
+                                         exp.data.idx_to_predicate, 20)
+        assert left.draw(image).size[0] + pictures.GAP + sg_gt.draw(image).size[0] == \
+            expected.size[0]
+
+
+def test_picture_mode_prefers_the_most_complete_mode():
+    assert pictures.picture_mode(["predcls", "sgcls", "sgdet"]) == "sgdet"
+    assert pictures.picture_mode(["predcls", "sgcls"]) == "sgcls"
+    assert pictures.picture_mode(["predcls"]) == "predcls"
+    assert pictures.picture_mode(["phrdet"]) is None
