@@ -197,8 +197,9 @@ def test_pictures_draw_the_first_images_prediction_and_ground_truth(evaluated):
         score = pred["scores"][pred["rel_pairs"]].prod(1) * fg.max(1)
         best = int(np.argmax(score))
         s, o = sg.rel_pairs[0]
-        np.testing.assert_allclose(sg.boxes[s], np.round(pred["boxes"][pred["rel_pairs"][best, 0]], 2))
-        np.testing.assert_allclose(sg.boxes[o], np.round(pred["boxes"][pred["rel_pairs"][best, 1]], 2))
+        best_sub, best_obj = pred["rel_pairs"][best]
+        np.testing.assert_allclose(sg.boxes[s], np.round(pred["boxes"][best_sub], 2))
+        np.testing.assert_allclose(sg.boxes[o], np.round(pred["boxes"][best_obj], 2))
         assert sg.rel_predicates[0] == int(np.argmax(fg[best])) + 1
         assert len(sg.rel_scores) == min(exp.config.predict.top_relations, len(score))
         assert sg_gt.labels.tolist() == gt["labels"].tolist()

@@ -7,9 +7,10 @@ evaluator receives them (original pixels) and `write_pictures` writes, per image
 `<dir>/<mode>_<image_id>.json` (the prediction as a `sgg_jax.predict.SceneGraph` document, its
 top relations ranked as `--mode predict` ranks them; in PredCls / SGCls the objects keep the
 ground truth's order, so both drawings give an object the same number and colour),
-`<dir>/<mode>_<image_id>_gt.json` (the ground truth in the same format, scores 1) and `<dir>/<mode>_<image_id>.png`: both graphs drawn by
-`sgg_jax.visualize.draw_scene_graph` from exactly those documents, prediction on the left and
-ground truth on the right (`compose`). Files are written atomically.
+`<dir>/<mode>_<image_id>_gt.json` (the ground truth in the same format, scores 1) and
+`<dir>/<mode>_<image_id>.png`: both graphs drawn by `sgg_jax.visualize.draw_scene_graph` from
+exactly those documents, prediction on the left and ground truth on the right (`compose`).
+Files are written atomically.
 """
 from __future__ import annotations
 
