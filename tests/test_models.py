@@ -335,6 +335,52 @@ def test_imp_adam_steps_reduce_loss(imp_setup):
     assert final < 0.8 * first, (first, final)
 
 
+def test_imp_obj_roi_residual_logits(imp_setup):
+    """model.obj_roi_residual: obj_logits = RoI features @ obj_classifier + final node states @
+    relation_head/obj_classifier (NumPy reference on the captured features). The node term is
+    zero-initialised, so until the relation stage trains it the logits are the RoI classifier's
+    alone and message passing (here: a reversed pair) cannot change them."""
+    from sgg_jax.models.imp import IMPRelationHead
+
+    _, _, inputs, _ = imp_setup
+    model = small_imp(obj_roi_residual=True, num_iterations=1)
+    params = init(model, inputs, seed=5)["params"]  # host-filled: node classifier non-zero
+    assert set(params) == set(PARAM_GROUPS)
+    assert params["obj_classifier"]["kernel"].shape == (32, C + 1)  # reads the RoI features
+    wanted = lambda mdl, method: mdl.name in ("roi_features", "relation_head")
+    apply = jax.jit(lambda v, x: model.apply(v, x, False, capture_intermediates=wanted,
+                                             mutable=["intermediates"]))
+
+    def logits_and_reference(p, x):
+        out, state = apply({"params": p}, x)
+        obj_feats = np.asarray(state["intermediates"]["roi_features"]["__call__"][0][0])
+        nodes = np.asarray(state["intermediates"]["relation_head"]["__call__"][0][0])
+        roi, node = p["obj_classifier"], p["relation_head"]["obj_classifier"]
+        unary = obj_feats @ np.asarray(roi["kernel"]) + np.asarray(roi["bias"])
+        context = nodes @ np.asarray(node["kernel"]) + np.asarray(node["bias"])
+        return np.asarray(out.obj_logits), unary, context
+
+    got, unary, context = logits_and_reference(params, inputs)
+    assert np.abs(context).max() > 1e-2  # the node term does contribute here
+    np.testing.assert_allclose(got, unary + context, rtol=1e-4, atol=1e-4)
+
+    # Initialisation: the head's node classifier starts at exactly zero ...
+    head = IMPRelationHead(P, hidden_dim=8, num_iterations=1, num_obj_classes=C)
+    head_params = head.init(jax.random.PRNGKey(0), jnp.ones((1, 3, 6)), jnp.ones((1, 2, 6)),
+                            jnp.array([[[0, 1], [1, 2]]]), jnp.ones((1, 2), bool),
+                            jnp.ones((1, 3), bool))["params"]["obj_classifier"]
+    assert not any(np.any(np.asarray(v)) for v in jax.tree_util.tree_leaves(head_params))
+    # ... so the logits are the RoI classifier's, whatever the graph.
+    params["relation_head"]["obj_classifier"] = jax.tree_util.tree_map(
+        jnp.zeros_like, params["relation_head"]["obj_classifier"])
+    got, unary, _ = logits_and_reference(params, inputs)
+    np.testing.assert_allclose(got, unary, rtol=1e-4, atol=1e-4)
+    pairs = np.asarray(inputs.pairs).copy()
+    pairs[0, 0] = pairs[0, 0][::-1]
+    got_rev, _, _ = logits_and_reference(params, inputs.replace(pairs=jnp.asarray(pairs)))
+    np.testing.assert_allclose(got_rev, got, rtol=1e-5, atol=1e-5)
+
+
 def test_imp_bfloat16_and_dropout_run(imp_setup):
     _, variables, inputs, _ = imp_setup
     # Parameters stay float32 whatever the compute dtype, so the float32 model's variables fit.

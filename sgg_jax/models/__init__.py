@@ -23,7 +23,7 @@ MODES = ("predcls", "sgcls", "sgdet")
 PARAM_GROUPS = ("backbone", "roi_features", "obj_classifier", "relation_head")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _FIELDS = ("name", "backbone", "hidden_dim", "num_iterations", "roi_size", "sampling_ratio",
-           "fc_dim", "dtype", "dropout", "freq_bias")
+           "fc_dim", "dtype", "dropout", "freq_bias", "obj_roi_residual")
 
 
 def _field(config: Any, key: str) -> Any:
@@ -84,12 +84,14 @@ def build_model(model_config: Any, *, num_classes: int, num_predicates: int,
                          gate_width=int(get("gate_width", 128)), **common)
     from sgg_jax.models.imp import IMPModel
 
-    use_bias = bool(model_config.get("freq_bias", False)) if hasattr(model_config, "get") else False
+    get = model_config.get if hasattr(model_config, "get") else (lambda k, d: d)
+    use_bias = bool(get("freq_bias", False))
     table = _frequency_table(name, statistics, num_classes, num_predicates) if use_bias else None
     return IMPModel(num_classes=num_classes, num_predicates=num_predicates,
                     hidden_dim=int(_field(model_config, "hidden_dim")),
                     num_iterations=int(_field(model_config, "num_iterations")),
-                    freq_table=table, **common)
+                    freq_table=table, obj_roi_residual=bool(get("obj_roi_residual", False)),
+                    **common)
 
 
 def _frequency_table(name: str, statistics: Any, num_classes: int, num_predicates: int):

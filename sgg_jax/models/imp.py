@@ -15,6 +15,13 @@ Sums over edges use `jax.ops.segment_sum` per image under vmap (fixed shapes, no
 boxes); padded pairs send no messages, padded boxes have zero input features and are never the
 end of a real pair. Object logits come from the final node states (`obj_classifier`), predicate
 logits from the final edge states (inside `relation_head`).
+
+With `obj_roi_residual` (not in Xu et al.), the object logits are a linear classifier on the
+object RoI features (`obj_classifier`, what the `objects` stage trains with the backbone, as a
+detector's box classifier is pre-trained in neural-motifs / Scene-Graph-Benchmark) plus a
+zero-initialised linear classifier on the final node states (`relation_head/obj_classifier`,
+trained with the message passing in the `relations` stage): the node states learn a context
+correction to the unary prediction instead of replacing it.
 """
 from __future__ import annotations
 
@@ -53,17 +60,24 @@ class Gate(nn.Module):
 
 
 class IMPRelationHead(nn.Module):
-    """Message passing between node and edge GRU states; returns (node states, rel logits)."""
+    """Message passing between node and edge GRU states.
+
+    Returns (node states [B, O, H], rel logits [B, M, P+1], node object logits [B, O, C+1] or
+    None). The node object logits exist when `num_obj_classes` > 0 (C, for `obj_roi_residual`):
+    a linear map of the final node states initialised to zero, so it adds nothing until the
+    relation stage trains it.
+    """
 
     num_predicates: int
     hidden_dim: int = 512
     num_iterations: int = 3
     dtype: Any = jnp.float32
+    num_obj_classes: int = 0
 
     @nn.compact
     def __call__(self, obj_feats: jnp.ndarray, union_feats: jnp.ndarray, pairs: jnp.ndarray,
                  pair_mask: jnp.ndarray, box_mask: jnp.ndarray
-                 ) -> tuple[jnp.ndarray, jnp.ndarray]:
+                 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
         b, o = obj_feats.shape[:2]
         h = self.hidden_dim
         pmask = pair_mask[..., None].astype(self.dtype)
@@ -94,7 +108,12 @@ class IMPRelationHead(nn.Module):
             edges = new_edges
         rel_logits = nn.Dense(self.num_predicates + 1, dtype=self.dtype, name="rel_classifier")(
             edges)
-        return nodes, rel_logits
+        node_obj_logits = None
+        if self.num_obj_classes:
+            node_obj_logits = nn.Dense(self.num_obj_classes + 1, dtype=self.dtype,
+                                       kernel_init=nn.initializers.zeros,
+                                       name="obj_classifier")(nodes)
+        return nodes, rel_logits, node_obj_logits
 
 
 class IMPModel(nn.Module):
@@ -108,6 +127,10 @@ class IMPModel(nn.Module):
         its log-frequencies for the pair's classes (ground truth in PredCls and in training,
         the argmax of `obj_logits` in SGCls / SGDet evaluation) are added to the predicate logits, as Scene-Graph-Benchmark's
         IMP predictor does with PREDICT_USE_BIAS. None = Xu et al.'s IMP (no bias).
+      obj_roi_residual: object logits = `obj_classifier`(object RoI features) +
+        `relation_head/obj_classifier`(final node states, zero-initialised) instead of Xu et
+        al.'s `obj_classifier`(final node states). Same parameter groups, so the `objects` stage
+        (relation head frozen) trains exactly a RoI-feature classifier with the backbone.
     """
 
     num_classes: int
@@ -122,6 +145,7 @@ class IMPModel(nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     freq_table: ConstantTable | None = None
+    obj_roi_residual: bool = False
 
     @nn.compact
     def __call__(self, inputs: ModelInputs, train: bool = False) -> ModelOutputs:
@@ -133,12 +157,17 @@ class IMPModel(nn.Module):
             self.fc_dim, self.roi_size, self.sampling_ratio, self.dropout, self.dtype,
             name="roi_features")(features, stride, inputs.boxes, inputs.box_mask, inputs.pairs,
                                  inputs.pair_mask, train=train)
-        nodes, rel_logits = IMPRelationHead(self.num_predicates, self.hidden_dim,
-                                            self.num_iterations, self.dtype,
-                                            name="relation_head")(
+        nodes, rel_logits, node_obj_logits = IMPRelationHead(
+            self.num_predicates, self.hidden_dim, self.num_iterations, self.dtype,
+            num_obj_classes=self.num_classes if self.obj_roi_residual else 0,
+            name="relation_head")(
             obj_feats, union_feats, inputs.pairs, inputs.pair_mask, inputs.box_mask)
-        obj_logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="obj_classifier")(
-            nodes).astype(jnp.float32)
+        obj_classifier = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="obj_classifier")
+        if self.obj_roi_residual:
+            obj_logits = obj_classifier(obj_feats) + node_obj_logits
+        else:
+            obj_logits = obj_classifier(nodes)
+        obj_logits = obj_logits.astype(jnp.float32)
         rel_logits = rel_logits.astype(jnp.float32)
         if self.freq_table is not None:
             # Ground truth in PredCls and in training (teacher forcing, as neural-motifs does for
