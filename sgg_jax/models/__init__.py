@@ -167,9 +167,15 @@ def build_detector(model_config: Any, *, num_classes: int):
                       dtype=_DTYPES[dtype_name])
 
 
+# MSDN's region RPN (sgg_jax/models/region_proposals.py): its own top-level group, trained by
+# the `regions` stage on the frozen detector's features, run in SGDet for the caption regions.
+REGION_RPN_GROUP = "region_rpn"
+
+
 def relation_params(params: Any) -> Any:
-    """The relation model's groups of a run's params (everything but the detector)."""
-    return {k: v for k, v in params.items() if k != DETECTOR_GROUP}
+    """The relation model's groups of a run's params (everything but the proposal networks:
+    the detector and MSDN's region RPN)."""
+    return {k: v for k, v in params.items() if k not in (DETECTOR_GROUP, REGION_RPN_GROUP)}
 
 
 def param_group_labels(params: Any) -> Any:
@@ -189,5 +195,6 @@ def trainable_mask(params: Any, groups: Iterable[str]) -> Any:
 
 
 __all__ = ["build_model", "build_detector", "detector_config", "relation_params",
-           "DETECTOR_GROUP", "param_group_labels", "trainable_mask", "PARAM_GROUPS", "MODEL_NAMES",
+           "DETECTOR_GROUP", "REGION_RPN_GROUP", "param_group_labels", "trainable_mask",
+           "PARAM_GROUPS", "MODEL_NAMES",
            "ModelInputs", "ModelOutputs"]

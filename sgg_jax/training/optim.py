@@ -11,7 +11,7 @@ import ml_collections
 import optax
 
 KNOWN_GROUPS = ("backbone", "roi_features", "obj_classifier", "relation_head", "detector",
-                "rpn", "region_head", "captioner")
+                "rpn", "region_head", "captioner", "region_rpn")
 
 
 def split_list(value: str) -> list[str]:

@@ -4,7 +4,8 @@
 device, runs the model, computes the stage's losses and applies one optimizer update. A non-finite loss leaves the state
 unchanged and raises a flag the host checks at log and checkpoint time, so the last good state
 is what gets saved. `make_detector_train_step` is the `detector` stage's step (Faster R-CNN
-losses on the ground-truth boxes); both share `apply_update`.
+losses on the ground-truth boxes), `make_region_train_step` the `regions` stage's (MSDN's
+region RPN on the caption-region boxes); all share `apply_update`.
 """
 from __future__ import annotations
 
@@ -163,6 +164,41 @@ def make_detector_train_step(detector: nn.Module, tx: optax.GradientTransformati
                        rpn_objectness=parts.rpn_objectness, rpn_box=parts.rpn_box,
                        classifier=parts.classifier, box=parts.box,
                        roi_accuracy=parts.roi_accuracy)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_region_train_step(detector: nn.Module, region_rpn: nn.Module,
+                           tx: optax.GradientTransformation, *,
+                           detector_state: dict | None = None) -> Callable:
+    """The (un-jitted) pure train step of the `regions` stage (MSDN's region RPN).
+
+    The frozen detector's backbone (params["detector"], forward only, no gradient) gives the
+    features; the region head (params["region_rpn"], `models.region_proposals.RegionRPN`) is
+    trained on the batch's caption-region boxes with RPN objectness + box losses.
+    """
+    from sgg_jax.models.region_proposals import REGION_RPN_GROUP, DetectorTrunk
+
+    trunk = DetectorTrunk(detector.config, detector.dtype)
+    detector_state = dict(detector_state or {})
+
+    def train_step(state: TrainState, batch: Batch, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        # Outside loss_fn: the trunk is frozen and its backward pass is never built.
+        feats = trunk.apply({"params": state.params[DETECTOR_GROUP], **detector_state},
+                            batch.images)
+
+        def loss_fn(params):
+            losses = region_rpn.apply({"params": params[REGION_RPN_GROUP]}, feats,
+                                      batch.image_sizes, batch.region_boxes, batch.region_mask,
+                                      train=True, rngs={"sampling": rng})
+            return losses.total, losses
+
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        new_state = apply_update(state, tx, loss, grads)
+        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads[REGION_RPN_GROUP]),
+                       region_objectness=parts.objectness, region_box=parts.box)
         return new_state, metrics
 
     return train_step

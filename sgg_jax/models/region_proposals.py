@@ -1,0 +1,178 @@
+"""MSDN's second RPN: caption-region proposals on the frozen detector's backbone features.
+
+MSDN (Li et al. 2017) proposes object boxes and caption-region boxes with two RPNs on one trunk.
+Here the object RPN is the detector's own (sgg_jax/models/detection); the region RPN is this
+module, a separate head (`RPNHead` with its own anchors, parameter group `region_rpn`) trained by
+the `regions` stage on the dataset's caption-region boxes while the detector stays frozen. It
+reads the detector's backbone features, so the stage costs one cheap forward pass of that trunk
+per step and SGDet needs no second backbone (in one jitted step XLA shares the trunk with the
+detector's own forward pass: same computation on the same inputs).
+
+    trunk = DetectorTrunk(detector.config, detector.dtype)        # the detector's backbone only
+    rpn = RegionRPN(region_rpn_config(config.model.region_rpn))
+    feats = trunk.apply({"params": params["detector"], **state}, images)
+    losses = rpn.apply({"params": params["region_rpn"]}, feats, image_sizes, gt_boxes, gt_mask,
+                       train=True, rngs={"sampling": key})        # RegionRPNLosses
+    boxes, scores, valid = rpn.apply({"params": params["region_rpn"]}, feats, image_sizes)
+
+Test-time selection is fixed-shape (detection.rpn.select_proposals): the `pre_nms_top_n` best
+anchors, decoded and clipped, NMS at `nms`, the `num_proposals` best survivors, real first.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sgg_jax.models import DETECTOR_GROUP, REGION_RPN_GROUP
+from sgg_jax.models.detection import FasterRCNN
+from sgg_jax.models.detection.anchors import level_base_anchors, multilevel_anchors
+from sgg_jax.models.detection.rpn import RPNHead, rpn_losses, select_proposals
+from sgg_jax.models.detection.targets import rpn_targets
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionRPNConfig:
+    """The region RPN's knobs (config.model.region_rpn; docs/models.md, MSDN)."""
+
+    anchor_sizes: tuple = (24.0, 48.0, 96.0)   # sqrt(area) in canvas pixels, one level
+    aspect_ratios: tuple = (0.5, 1.0, 2.0)     # h / w
+    channels: int = 64                        # the head's 3x3 conv width
+    pre_nms_top_n: int = 300                  # anchors decoded before NMS (test)
+    num_proposals: int = 16                   # Q: region boxes MSDN gets in SGDet
+    nms: float = 0.7                          # IoU of proposal NMS
+    min_size: float = 2.0                     # smaller proposals are dropped (pixels)
+    fg_iou: float = 0.7                       # anchor labels for training (Faster R-CNN's)
+    bg_iou: float = 0.3
+    batch_size_per_image: int = 128           # sampled anchors per image
+    positive_fraction: float = 0.5
+    smooth_l1_beta: float = 1.0 / 9.0
+
+    def __post_init__(self) -> None:
+        if not self.anchor_sizes or any(float(s) <= 0 for s in self.anchor_sizes):
+            raise ValueError(f"config.model.region_rpn.anchor_sizes: expected positive sizes, got "
+                             f"{self.anchor_sizes}")
+        if self.num_proposals < 1 or self.pre_nms_top_n < self.num_proposals:
+            raise ValueError("config.model.region_rpn: expected 1 <= num_proposals <= "
+                             f"pre_nms_top_n, got {self.num_proposals}, {self.pre_nms_top_n}")
+
+    @property
+    def anchors_per_location(self) -> int:
+        return len(self.anchor_sizes) * len(self.aspect_ratios)
+
+
+def region_rpn_config(cfg: Mapping[str, Any]) -> RegionRPNConfig:
+    """config.model.region_rpn (ConfigDict / mapping) -> RegionRPNConfig; unknown fields are an
+    error naming them."""
+    items = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
+    names = {f.name for f in dataclasses.fields(RegionRPNConfig)}
+    unknown = sorted(set(items) - names)
+    if unknown:
+        raise ValueError(f"config.model.region_rpn: unknown fields {unknown}; expected some of "
+                         f"{sorted(names)}")
+    fix = lambda v: tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else v
+    return RegionRPNConfig(**{k: fix(v) for k, v in items.items()})
+
+
+class DetectorTrunk(FasterRCNN):
+    """The detector's backbone alone (same parameter names as `FasterRCNN`, so it applies to
+    the run's params["detector"]): images -> (feature maps, strides), inference mode."""
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray):
+        return self._backbone(images, False)
+
+
+@flax.struct.dataclass
+class RegionRPNLosses:
+    total: jnp.ndarray       # objectness + box
+    objectness: jnp.ndarray
+    box: jnp.ndarray
+
+
+class RegionRPN(nn.Module):
+    """The region proposal head on given feature maps (see the module docstring)."""
+
+    config: RegionRPNConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features, image_sizes: jnp.ndarray, gt_boxes: jnp.ndarray | None = None,
+                 gt_mask: jnp.ndarray | None = None, train: bool = False):
+        cfg = self.config
+        feats, strides = features
+        feats, strides = list(feats), list(strides)
+        b = feats[0].shape[0]
+        image_hw = jnp.asarray(image_sizes, jnp.float32).reshape(b, 2)
+        # One anchor set on every level the trunk gives (a single level for the non-FPN trunks).
+        bases = level_base_anchors([cfg.anchor_sizes] * len(feats), cfg.aspect_ratios)
+        anchors_np, level_sizes = multilevel_anchors(bases, [f.shape[1:3] for f in feats], strides)
+        anchors = jnp.asarray(anchors_np)
+        logits, deltas = RPNHead(cfg.anchors_per_location, cfg.channels, self.dtype,
+                                 name="rpn")(feats)
+        if train:
+            if gt_boxes is None or gt_mask is None:
+                raise ValueError("RegionRPN(train=True): gt_boxes and gt_mask (the caption "
+                                 "regions) are required")
+            keys = jax.random.split(self.make_rng("sampling"), b)
+            at = jax.vmap(lambda g, m, hw, k: rpn_targets(
+                anchors, g, m, hw, k, fg_thresh=cfg.fg_iou, bg_thresh=cfg.bg_iou,
+                batch_size=cfg.batch_size_per_image, positive_fraction=cfg.positive_fraction))(
+                jnp.asarray(gt_boxes, jnp.float32), jnp.asarray(gt_mask, bool), image_hw, keys)
+            obj, box = rpn_losses(logits, deltas, at.fg, at.bg, at.deltas, cfg.smooth_l1_beta)
+            return RegionRPNLosses(total=obj + box, objectness=obj, box=box)
+        select = lambda l, d, hw: select_proposals(
+            l, d, anchors, level_sizes, hw, pre_nms_top_n=cfg.pre_nms_top_n,
+            post_nms_top_n=cfg.num_proposals, nms_thresh=cfg.nms, min_size=cfg.min_size)
+        boxes, scores, valid = jax.vmap(select)(logits, deltas, image_hw)
+        order = jnp.argsort(~valid, axis=-1, stable=True)  # real proposals first
+        take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
+                                             axis=1)
+        valid = take(valid)
+        return (jnp.where(valid[..., None], take(boxes), 0.0),
+                jnp.where(valid, take(scores), 0.0), valid)
+
+
+def make_region_proposal_fn(detector: FasterRCNN, config: RegionRPNConfig, *,
+                            detector_state: dict | None = None):
+    """(params, images, image_sizes) -> (boxes [B,Q,4] canvas pixels, scores [B,Q], valid [B,Q])
+    from a run's params["detector"] (trunk) and params["region_rpn"] (head); jittable."""
+    trunk = DetectorTrunk(detector.config, detector.dtype)
+    rpn = RegionRPN(config, detector.dtype)
+    detector_state = dict(detector_state or {})
+
+    def propose(params: Any, images: jnp.ndarray, image_sizes: jnp.ndarray):
+        if REGION_RPN_GROUP not in params:
+            raise ValueError(f"region proposals: the run's params have no '{REGION_RPN_GROUP}' "
+                             "group (train the 'regions' stage: it runs when eval.modes has sgdet "
+                             "and train.stage_order names it)")
+        feats = trunk.apply({"params": params[DETECTOR_GROUP], **detector_state}, images)
+        return rpn.apply({"params": params[REGION_RPN_GROUP]}, feats, image_sizes)
+
+    return propose
+
+
+def init_region_rpn(detector: FasterRCNN, config: RegionRPNConfig, detector_params: Any,
+                    images: jnp.ndarray, image_sizes: jnp.ndarray, key: jax.Array, *,
+                    detector_state: dict | None = None) -> Any:
+    """Initial params of the region head for the trunk's feature shapes (the trunk runs only
+    abstractly, via eval_shape)."""
+    trunk = DetectorTrunk(detector.config, detector.dtype)
+    strides = []
+
+    def feature_maps(p):
+        maps, level_strides = trunk.apply({"params": p, **dict(detector_state or {})}, images)
+        strides.extend(level_strides)  # static Python ints, read while tracing
+        return maps
+
+    shapes = jax.eval_shape(feature_maps, detector_params)
+    feats = ([jnp.zeros(s.shape, s.dtype) for s in shapes], strides)
+    return RegionRPN(config, detector.dtype).init({"params": key}, feats, image_sizes)["params"]
+
+
+__all__ = ["REGION_RPN_GROUP", "RegionRPNConfig", "region_rpn_config", "DetectorTrunk",
+           "RegionRPN", "RegionRPNLosses", "make_region_proposal_fn", "init_region_rpn"]
