@@ -1,16 +1,25 @@
 """MSDN (Li et al. 2017: objects, phrases and region captions) on the built-in synthetic data.
 
 Presets (`--config configs/msdn.py:<preset>`):
-  (default)  synthetic data, small ResNet, about 10 minutes on a 2-core CPU: PredCls / SGCls
-             recalls and region-caption BLEU-4 ("given regions": ground-truth region boxes).
+  (default)  the demo: synthetic data (generated if absent), small ResNet; trains the four
+             stages and reports PredCls / SGCls / SGDet recalls, phrase detection, the
+             detector's box mAP and region-caption BLEU-4 ("given regions": ground-truth region
+             boxes), with a few prediction pictures; minutes on a 2-core CPU (docs/models.md).
   tiny       a seconds-long smoke run (tests).
   vg         the published sizes on a local VG150 copy (regions need the VG-MSDN json files).
 
-Stages: `objects` trains the backbone, the three RoI branches, the message passing (whose
-refined object states the object classifier reads) and the captioner on the object and caption
-losses; `relations` freezes the backbone and adds the predicate loss. SGDet (object and region
-proposals) is not wired for MSDN yet, so eval.modes is PredCls and SGCls.
+Stages (MSDN's "RPNs, then the full model"; each checkpointed, a re-run resumes where it
+stopped): `detector` trains the Faster R-CNN whose detections are SGDet's objects (docs/
+detector.md); `regions` trains the region RPN (sgg_jax/models/region_proposals.py, params group
+`region_rpn`) on the caption-region boxes over the frozen detector's features; `objects` trains
+the backbone, the three RoI branches, the message passing (whose refined object states the
+object classifier reads) and the captioner on the object and caption losses; `relations`
+freezes the backbone and adds the predicate loss. `detector` and `regions` run only when
+eval.modes has sgdet. In SGDet the detections are MSDN's object boxes and the region proposals
+its caption regions, in one jitted step.
 """
+import ml_collections
+
 from sgg_jax.config import apply_preset, get_base_config, stage
 
 _ALL_BUT_BACKBONE = ("roi_features", "obj_classifier", "relation_head", "captioner")
@@ -22,15 +31,39 @@ def get_config(arg: str | None = None):
     c.model.hidden_dim = 128
     c.model.num_iterations = 2  # MSDN's test-time rounds (cfg.TEST.MPS_ITER_NUM)
     c.model.gate_width = 128  # width of the message gates' hidden layer (MSDN: 128)
-    c.train.stage_order = "objects,relations"
+    # MSDN's region RPN (sgg_jax/models/region_proposals.py) on the detector's stride-16
+    # features, sized for the caption regions (union boxes of related pairs on 128 px canvases).
+    c.model.region_rpn = ml_collections.ConfigDict(dict(
+        anchor_sizes=(24.0, 48.0, 96.0), aspect_ratios=(0.5, 1.0, 2.0), channels=64,
+        pre_nms_top_n=300, num_proposals=16, nms=0.7, batch_size_per_image=128))
+    c.train.stage_order = "detector,regions,objects,relations"
+    c.train.stages.regions = stage(
+        num_steps=200, trainable=("region_rpn",), losses=("region_proposal",),
+        learning_rate=3e-3, warmup_steps=20)
     c.train.stages.objects = stage(
         num_steps=300, trainable=("backbone",) + _ALL_BUT_BACKBONE, losses=("object", "caption"),
         learning_rate=2e-3, warmup_steps=50)
     c.train.stages.relations = stage(
         num_steps=400, trainable=_ALL_BUT_BACKBONE, losses=("object", "relation", "caption"),
         learning_rate=1e-3, warmup_steps=50)
-    c.eval.modes = "predcls,sgcls"
+    c.eval.modes = "predcls,sgcls,sgdet"
     c = apply_preset(c, arg)
     if (arg or "default").strip() == "tiny":
         c.model.gate_width = 16
+        c.model.region_rpn.anchor_sizes = (32.0, 64.0)
+        c.model.region_rpn.channels = 16
+        c.model.region_rpn.pre_nms_top_n = 96
+        c.model.region_rpn.num_proposals = 8
+        c.model.region_rpn.batch_size_per_image = 64
+    elif (arg or "").strip() == "vg":
+        # VGG16 trunk at 592 px: MSDN's region anchors span small phrases to whole scenes.
+        c.model.region_rpn.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
+        c.model.region_rpn.channels = 512
+        c.model.region_rpn.pre_nms_top_n = 6000
+        c.model.region_rpn.num_proposals = 128
+        c.model.region_rpn.batch_size_per_image = 256
+        c.train.stages.regions.num_steps = 50_000
+        c.train.stages.regions.learning_rate = 1e-2
+        c.train.stages.regions.optimizer = "sgd"
+        c.train.stages.regions.warmup_steps = 1000
     return c

@@ -29,6 +29,12 @@ Contract (stable; `--mode predict` and `sgg_jax.load(ckpt).predict(image)` build
     rel_scores [B, M, P + 1] float32 softmax over predicates, column 0 = no relation
   The triplet score of (pair m, predicate p >= 1) is
   rel_scores[b, m, p] * scores[b, s] * scores[b, o] (the evaluator's ranking).
+  MSDN runs add their caption regions (the region RPN's proposals, Q =
+  config.model.region_rpn.num_proposals) and the greedy caption of each:
+    region_boxes  [B, Q, 4]  float32 canvas pixels;  region_mask [B, Q] bool (real first)
+    region_scores [B, Q]     float32 region-RPN objectness probabilities
+    captions      [B, Q, L]  int32 token ids (<start>, words, <end>, 0 padding; words from the
+                             run's caption vocabulary, `exp.data.idx_to_word`)
 """
 from __future__ import annotations
 
@@ -95,6 +101,11 @@ def restore_for_inference(workdir_or_ckpt: str) -> tuple[Any, Any]:
     return exp, params
 
 
+# Optional outputs (MSDN's caption regions) and their dtypes.
+_REGION_OUTPUTS = {"region_boxes": np.float32, "region_mask": bool, "region_scores": np.float32,
+                   "captions": np.int32}
+
+
 def make_sgdet_fn(exp: Any, params: Any) -> Callable[[np.ndarray, np.ndarray], dict]:
     """The jitted SGDet predictor of the module docstring: (images, image_sizes) -> arrays."""
     from sgg_jax.training import trainer
@@ -115,7 +126,9 @@ def make_sgdet_fn(exp: Any, params: Any) -> Callable[[np.ndarray, np.ndarray], d
             raise ValueError(f"make_sgdet_fn: image_sizes (h, w) must lie in [1, {size}], got "
                              f"{sizes.tolist()}")
         out = jax.device_get(step(params, jnp.asarray(images), jnp.asarray(sizes, jnp.int32)))
-        return {"boxes": np.asarray(out["boxes"], np.float32),
+        regions = {k: np.asarray(out[k], dtype) for k, dtype in _REGION_OUTPUTS.items()
+                   if k in out}
+        return {**regions, "boxes": np.asarray(out["boxes"], np.float32),
                 "box_mask": np.asarray(out["box_mask"], bool),
                 "labels": np.asarray(out["labels"], np.int32),
                 "scores": np.asarray(out["scores"], np.float32),

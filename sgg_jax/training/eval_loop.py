@@ -74,7 +74,8 @@ def _real_first(valid: jax.Array) -> jax.Array:
 
 def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: dict | None = None,
                     model_state: dict | None = None, must_overlap: bool = False,
-                    object_source: str = "detector") -> Callable:
+                    object_source: str = "detector",
+                    propose_regions: Callable | None = None) -> Callable:
     """(params, images [B,S,S,3] uint8, image_sizes [B,2]) -> SGDet predictions (jittable).
 
     The detector (params["detector"]) gives D boxes per image; they become the relation
@@ -83,10 +84,15 @@ def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: di
     `ModelInputs.labels` (FREQ indexes its table with them). Object labels and scores come
     from the detector (`object_source="detector"`) or from the relation model's object
     classifier on the detected boxes (`"model"`, argmax over 1..C and its probability).
+    `propose_regions(params, images, image_sizes) -> (boxes [B,Q,4], scores [B,Q], valid [B,Q])`
+    (MSDN's region RPN, `models.region_proposals.make_region_proposal_fn`) supplies the
+    caption regions (`ModelInputs.region_boxes / region_mask`) of models that read them.
 
     Returns boxes [B,D,4] (canvas pixels), box_mask, labels, scores [B,D], pairs [B,M,2],
     pair_mask [B,M], rel_scores [B,M,P+1] (softmax, 0 = no relation), and the detector's own
-    det_labels / det_scores [B,D] (for box mAP).
+    det_labels / det_scores [B,D] (for box mAP). With `propose_regions` also region_boxes
+    [B,Q,4], region_mask, region_scores [B,Q] and, when the model captions them, captions
+    [B,Q,L] (token ids).
     """
     if object_source not in OBJECT_SOURCES:
         raise ValueError(f"config.eval.sgdet_object_source={object_source!r}: expected one of "
@@ -104,8 +110,13 @@ def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: di
         det_labels = jnp.where(valid, take(dets.labels), 0).astype(jnp.int32)
         det_scores = jnp.where(valid, take(dets.scores), 0.0)
         pairs, pair_mask = detection_pairs(boxes, valid, must_overlap)
+        regions = {}
+        if propose_regions is not None:
+            region_boxes, region_scores, region_mask = propose_regions(params, images,
+                                                                       image_sizes)
+            regions = dict(region_boxes=region_boxes, region_mask=region_mask)
         inputs = ModelInputs(images=images, image_sizes=image_sizes, boxes=boxes, box_mask=valid,
-                             labels=det_labels, pairs=pairs, pair_mask=pair_mask)
+                             labels=det_labels, pairs=pairs, pair_mask=pair_mask, **regions)
         outputs = model.apply({"params": relation_params(params), **model_state}, inputs,
                               train=False)
         scored = postprocess.predict_scores(outputs, "sgdet")
@@ -114,9 +125,14 @@ def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: di
         else:
             labels = jnp.where(valid, scored["obj_labels"], 0)
             scores = jnp.where(valid, scored["obj_scores"], 0.0)
-        return dict(boxes=boxes, box_mask=valid, labels=labels, scores=scores, pairs=pairs,
-                    pair_mask=pair_mask, rel_scores=scored["rel_scores"],
-                    det_labels=det_labels, det_scores=det_scores)
+        out = dict(boxes=boxes, box_mask=valid, labels=labels, scores=scores, pairs=pairs,
+                   pair_mask=pair_mask, rel_scores=scored["rel_scores"],
+                   det_labels=det_labels, det_scores=det_scores)
+        if regions:
+            out.update(regions, region_scores=region_scores)
+            if "captions" in outputs.aux:
+                out["captions"] = outputs.aux["captions"]
+        return out
 
     return step
 

@@ -27,7 +27,8 @@ from sgg_jax.training import data as data_lib
 from sgg_jax.training import eval_loop, mesh as mesh_lib, optim, reporting
 from sgg_jax.training import pictures as pictures_lib
 from sgg_jax.training.checkpointing import StageCheckpointer, abstract_like
-from sgg_jax.training.steps import TrainState, make_detector_train_step, make_train_step
+from sgg_jax.training.steps import (TrainState, make_detector_train_step,
+                                    make_region_train_step, make_train_step)
 
 log = logging.getLogger("sgg_jax")
 
@@ -65,6 +66,21 @@ class Experiment:
     def detector(self):
         return models_lib.build_detector(self.config.model, num_classes=self.data.num_classes)
 
+    @property
+    def uses_region_proposals(self) -> bool:
+        """A run has MSDN's region RPN (params group "region_rpn") iff it trains the `regions`
+        stage."""
+        return REGION_STAGE in stage_names(self.config)
+
+    def region_rpn(self):
+        from sgg_jax.models.region_proposals import RegionRPN, region_rpn_config
+
+        if "region_rpn" not in self.config.model:
+            raise ValueError("the `regions` stage needs config.model.region_rpn (see "
+                             "configs/msdn.py)")
+        return RegionRPN(region_rpn_config(self.config.model.region_rpn),
+                         self.detector().dtype)
+
     def checkpoint_dir(self, stage: str) -> str:
         return os.path.join(self.workdir, "checkpoints", stage)
 
@@ -76,31 +92,44 @@ def uses_detector(config: ml_collections.ConfigDict) -> bool:
 def stage_names(config: ml_collections.ConfigDict) -> list[str]:
     """The stages this run trains, in order: `train.stage_order`, where the `detector` stage
     runs first when eval.modes contains sgdet (added if the order omits it) and is dropped
-    otherwise (no detector is needed for PredCls / SGCls)."""
+    otherwise (no detector is needed for PredCls / SGCls). The `regions` stage (MSDN's region
+    RPN on the detector's features) runs right after it when the order names it and sgdet is
+    evaluated, and is dropped otherwise too."""
     names = optim.split_list(config.train.stage_order)
     for name in names:
         if name not in config.train.stages:
             raise ValueError(f"config.train.stage_order names '{name}', which is not in "
                              f"config.train.stages ({sorted(config.train.stages)})")
-    rest = [n for n in names if n != DETECTOR_STAGE]
+    rest = [n for n in names if n not in SGDET_STAGES]
     if not uses_detector(config):
         return rest
     if DETECTOR_STAGE not in config.train.stages:
         raise ValueError("config.eval.modes contains sgdet, which needs a trained detector: "
                          f"config.train.stages has no '{DETECTOR_STAGE}' stage")
-    return [DETECTOR_STAGE] + rest
+    return [DETECTOR_STAGE] + ([REGION_STAGE] if REGION_STAGE in names else []) + rest
 
 
 DETECTOR_STAGE = "detector"
+REGION_STAGE = "regions"  # MSDN's region RPN (sgg_jax/models/region_proposals.py)
+SGDET_STAGES = (DETECTOR_STAGE, REGION_STAGE)  # trained only when SGDet is evaluated
 
 
 def stage_seed_index(stages: list[str], name: str) -> int:
     """The index that seeds a stage's rng and data order: its position among the relation
-    stages (so adding the detector stage leaves PredCls / SGCls training unchanged); the
-    detector stage gets its own (100)."""
-    if name == DETECTOR_STAGE:
-        return 100
-    return [n for n in stages if n != DETECTOR_STAGE].index(name)
+    stages (so adding the SGDet stages leaves PredCls / SGCls training unchanged); the
+    detector and regions stages get their own (100, 101)."""
+    if name in SGDET_STAGES:
+        return 100 + SGDET_STAGES.index(name)
+    return [n for n in stages if n not in SGDET_STAGES].index(name)
+
+
+def is_region_stage(stage: ml_collections.ConfigDict) -> bool:
+    """A stage trains MSDN's region RPN when its losses are `region_proposal` (alone)."""
+    losses = optim.split_list(stage.losses)
+    if "region_proposal" in losses and len(losses) > 1:
+        raise ValueError(f"config.train.stages.*.losses={stage.losses!r}: 'region_proposal' "
+                         "trains the region RPN and cannot be combined with other losses")
+    return losses == ["region_proposal"]
 
 
 def is_detector_stage(stage: ml_collections.ConfigDict) -> bool:
@@ -170,6 +199,15 @@ def init_params(exp: Experiment, rng: jax.Array) -> Any:
             out_shardings=mesh_lib.replicated(exp.mesh))(det_rng)
         exp.detector_state = {k: v for k, v in det_vars.items() if k != "params"}
         params[models_lib.DETECTOR_GROUP] = det_vars["params"]
+        if exp.uses_region_proposals:
+            from sgg_jax.models.region_proposals import REGION_RPN_GROUP, init_region_rpn
+
+            params[REGION_RPN_GROUP] = jax.jit(
+                lambda r, p: init_region_rpn(
+                    detector, exp.region_rpn().config, p, jnp.asarray(dummy.images),
+                    jnp.asarray(dummy.image_sizes), r, detector_state=exp.detector_state),
+                out_shardings=mesh_lib.replicated(exp.mesh))(jax.random.fold_in(rng, 2),
+                                                             det_vars["params"])
     return params
 
 
@@ -211,6 +249,9 @@ def train_stage(exp: Experiment, stage_name: str, params: Any, rng: jax.Array,
     if is_detector_stage(stage):
         step_fn = make_detector_train_step(exp.detector(), tx,
                                            detector_state=exp.detector_state)
+    elif is_region_stage(stage):
+        step_fn = make_region_train_step(exp.detector(), exp.region_rpn(), tx,
+                                         detector_state=exp.detector_state)
     else:
         step_fn = make_train_step(
             exp.model(exp.train_mode), tx, loss_names=tuple(optim.split_list(stage.losses)),
@@ -259,17 +300,27 @@ def train_stage(exp: Experiment, stage_name: str, params: Any, rng: jax.Array,
 
 def make_sgdet_step(exp: Experiment):
     """The un-jitted SGDet step (params, images, image_sizes) -> predictions of this run
-    (`eval_loop.make_sgdet_step` with the run's detector, relation model and eval options)."""
+    (`eval_loop.make_sgdet_step` with the run's detector, relation model and eval options;
+    MSDN also gets the region RPN's proposals as its caption regions)."""
     cfg = exp.config
     source = str(cfg.eval.sgdet_object_source)
     if cfg.model.name == "freq" and source != "detector":
         raise ValueError("config.eval.sgdet_object_source: FREQ looks its predicates up by the "
                          "detector's labels, so its objects must come from the 'detector' "
                          f"too (got {source!r})")
+    propose_regions = None
+    if cfg.model.name == "msdn":
+        if not exp.uses_region_proposals:
+            raise ValueError("MSDN SGDet needs region proposals: add the 'regions' stage to "
+                             "config.train.stage_order (configs/msdn.py does)")
+        from sgg_jax.models.region_proposals import make_region_proposal_fn
+
+        propose_regions = make_region_proposal_fn(exp.detector(), exp.region_rpn().config,
+                                                  detector_state=exp.detector_state)
     return eval_loop.make_sgdet_step(
         exp.detector(), exp.model("sgdet"), detector_state=exp.detector_state,
         model_state=exp.model_state, must_overlap=bool(cfg.eval.sgdet_must_overlap),
-        object_source=source)
+        object_source=source, propose_regions=propose_regions)
 
 
 def evaluate(exp: Experiment, params: Any, split: str | None = None,
