@@ -1,27 +1,39 @@
-"""Faster R-CNN throughput: our ResNet-50-FPN detector vs torchvision's, same size and classes.
+"""Faster R-CNN throughput: our ResNet-50-FPN detector vs torchvision's, same settings.
 
-Images/s = batch / median wall time of a jitted inference call and of a jitted training step
-(forward, backward, SGD update). When torch and torchvision are importable, torchvision's
-`fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=C+1)` runs in the same
-process at the same size (its transform is pinned to min_size = max_size = the image size, so it
-does not upscale to 800 px), and the table shows our / torchvision ratios.
+Images/s = batch / median wall time of one inference call and of one training step (forward,
+backward, SGD-momentum update), both jitted on our side. torchvision's detector (when a Python
+with torch + torchvision is available: this interpreter, or `--torch-python PATH`) runs in a
+worker process that is driven call by call from here, so our and its repetitions interleave
+(ours, theirs, ours, theirs, ...) and the ratios come from the same time window on a shared
+machine. Only one side computes at a time.
+
+The two detectors are configured to do the same work (all printed under "settings"):
+torchvision's `fasterrcnn_resnet50_fpn` as built by `torchvision.models.detection` (ResNet-50
++ FPN via `_resnet_fpn_extractor`, all 5 backbone stages trainable, random weights), but with
+`FrozenBatchNorm2d` as ours (torchvision's weights=None default would use training-mode
+BatchNorm), its transform pinned to min_size = max_size = the image size (it would otherwise
+upscale to 800 px), and the RPN / RoI-head sizes set explicitly to ours (pre/post-NMS top-n,
+NMS thresholds, sampled anchors / RoIs, score threshold, detections per image, C + 1 classes).
+Differences that remain: torchvision's class-wise NMS sees every (RoI, class) pair above the
+score threshold while ours keeps the best `box_nms_candidates` (1000) first (fixed shapes), and
+our NMS / top-k always run at their full fixed size.
 
   python benchmarks/detector.py [--size 512] [--batch 2] [--classes 150] [--repeats 3]
+      [--torch-python /path/to/python-with-torch] [--skip-torch] [--output result.json]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import emit_json, median_seconds, print_table  # noqa: E402
 
 
 def synthetic_batch(batch: int, size: int, num_classes: int, gt: int = 8, seed: int = 0):
@@ -35,112 +47,279 @@ def synthetic_batch(batch: int, size: int, num_classes: int, gt: int = 8, seed: 
     return images, boxes, labels
 
 
-def bench_ours(images, boxes, labels, num_classes: int, repeats: int) -> dict:
-    import optax
+def detector_config(num_classes: int):
+    from sgg_jax.models.detection import resnet50_fpn_config
 
-    from sgg_jax.models.detection import FasterRCNN, resnet50_fpn_config
-
-    cfg = resnet50_fpn_config(num_classes=num_classes)
-    model = FasterRCNN(cfg)
-    b, s = images.shape[:2]
-    imgs = jnp.asarray(images)
-    sizes = jnp.full((b, 2), float(s))
-    gtb, gtl = jnp.asarray(boxes), jnp.asarray(labels)
-    gtm = gtl > 0
-    t0 = time.perf_counter()
-    variables = jax.jit(model.init)({"params": jax.random.PRNGKey(0)}, imgs, sizes)
-    infer = jax.jit(model.apply)
-    opt = optax.sgd(1e-3, momentum=0.9)
-
-    @jax.jit
-    def train_step(params, state, key):
-        def loss_fn(p):
-            out = model.apply({**variables, "params": p}, imgs, sizes, gtb, gtl, gtm, train=True,
-                              rngs={"sampling": key})
-            return out.total
-        loss, g = jax.value_and_grad(loss_fn)(params)
-        upd, state = opt.update(g, state, params)
-        return optax.apply_updates(params, upd), state, loss
-
-    params, state = variables["params"], opt.init(variables["params"])
-    jax.block_until_ready(infer(variables, imgs, sizes))
-    t_inf_compile = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    jax.block_until_ready(train_step(params, state, jax.random.PRNGKey(1)))
-    t_train_compile = time.perf_counter() - t1
-    inf = median_seconds(lambda: infer(variables, imgs, sizes), repeats=repeats, warmup=1)
-    trn = median_seconds(lambda: train_step(params, state, jax.random.PRNGKey(1)), repeats=repeats,
-                         warmup=1)
-    return {"inference_img_s": b / inf, "training_img_s": b / trn,
-            "compile_s_inference": t_inf_compile, "compile_s_training": t_train_compile}
+    return resnet50_fpn_config(num_classes=num_classes)
 
 
-def bench_torchvision(images, boxes, labels, num_classes: int, repeats: int) -> dict | None:
-    try:
-        import torch
-        import torchvision
-    except ImportError:
-        return None
-    b, s = images.shape[:2]
-    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=num_classes + 1, min_size=s, max_size=s)
+def shared_settings(cfg, size: int) -> dict:
+    """The settings both detectors are run with (torchvision's kwargs are derived from these)."""
+    return {"image_size": size, "num_classes_with_background": cfg.num_classes + 1,
+            "anchor_sizes": [list(s) for s in cfg.anchor_sizes],
+            "aspect_ratios": list(cfg.aspect_ratios),
+            "rpn_pre_nms_top_n_train": cfg.rpn_pre_nms_top_n_train,
+            "rpn_pre_nms_top_n_test": cfg.rpn_pre_nms_top_n_test,
+            "rpn_post_nms_top_n_train": cfg.rpn_post_nms_top_n_train,
+            "rpn_post_nms_top_n_test": cfg.rpn_post_nms_top_n_test,
+            "rpn_nms_thresh": cfg.rpn_nms_thresh, "rpn_fg_iou_thresh": cfg.rpn_fg_iou_thresh,
+            "rpn_bg_iou_thresh": cfg.rpn_bg_iou_thresh,
+            "rpn_batch_size_per_image": cfg.rpn_batch_size_per_image,
+            "rpn_positive_fraction": cfg.rpn_positive_fraction,
+            "box_batch_size_per_image": cfg.roi_batch_size_per_image,
+            "box_positive_fraction": cfg.roi_positive_fraction,
+            "box_fg_iou_thresh": cfg.roi_fg_iou_thresh, "box_bg_iou_thresh": cfg.roi_bg_iou_thresh_hi,
+            "box_score_thresh": cfg.score_thresh, "box_nms_thresh": cfg.box_nms_thresh,
+            "box_detections_per_img": cfg.detections_per_image,
+            "roi_output_size": cfg.roi_size, "sampling_ratio": cfg.sampling_ratio,
+            "representation_size": cfg.fc_dim, "norm": "frozen batch norm (both)",
+            "trainable": "all parameters (both)", "optimizer": "SGD lr 1e-3 momentum 0.9",
+            "ours_only": {"box_nms_candidates": cfg.box_nms_candidates,
+                          "dtype": "float32"}}
+
+
+class OursRunner:
+    """Our detector: jitted inference and training step on one fixed batch."""
+
+    def __init__(self, images, boxes, labels, num_classes: int):
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        from sgg_jax.models.detection import FasterRCNN
+
+        self.jax = jax
+        model = FasterRCNN(detector_config(num_classes))
+        b, s = images.shape[:2]
+        imgs, sizes = jnp.asarray(images), jnp.full((b, 2), float(s))
+        gtb, gtl = jnp.asarray(boxes), jnp.asarray(labels)
+        gtm = gtl > 0
+        t0 = time.perf_counter()
+        variables = jax.jit(model.init)({"params": jax.random.PRNGKey(0)}, imgs, sizes)
+        infer = jax.jit(model.apply)
+        opt = optax.sgd(1e-3, momentum=0.9)
+        frozen = {k: v for k, v in variables.items() if k != "params"}
+
+        @jax.jit
+        def train_step(params, state, key):
+            def loss_fn(p):
+                out = model.apply({**frozen, "params": p}, imgs, sizes, gtb, gtl, gtm, train=True,
+                                  rngs={"sampling": key})
+                return out.total
+            loss, g = jax.value_and_grad(loss_fn)(params)
+            upd, state = opt.update(g, state, params)
+            return optax.apply_updates(params, upd), state, loss
+
+        self._infer = lambda: infer(variables, imgs, sizes)
+        self.params, self.state = variables["params"], opt.init(variables["params"])
+        self._train_step = train_step
+        self._key = jax.random.PRNGKey(1)
+        jax.block_until_ready(self._infer())
+        self.compile_s_inference = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self.train()
+        self.compile_s_training = time.perf_counter() - t1
+        self.warm = True  # both calls ran once above
+
+    def infer(self) -> float:
+        t = time.perf_counter()
+        self.jax.block_until_ready(self._infer())
+        return time.perf_counter() - t
+
+    def train(self) -> float:
+        t = time.perf_counter()
+        # chain the updates as a real training loop does (params/state feed the next step)
+        self.params, self.state, loss = self._train_step(self.params, self.state, self._key)
+        self.jax.block_until_ready(loss)
+        return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision side: a worker process (it may be another interpreter, e.g. a venv with torch)
+
+
+def _torch_worker(size: int, batch: int, classes: int) -> None:
+    """Builds torchvision's detector, then runs one `infer` / `train` per stdin line and answers
+    each with its wall time (JSON lines on stdout)."""
+    import torch
+    import torchvision
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    images, boxes, labels = synthetic_batch(batch, size, classes)
+    s = json.loads(sys.stdin.readline())
+    torch.manual_seed(0)
+    body = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(body, 5)   # all stages trainable, as ours
+    model = FasterRCNN(
+        backbone, num_classes=s["num_classes_with_background"], min_size=size, max_size=size,
+        rpn_pre_nms_top_n_train=s["rpn_pre_nms_top_n_train"],
+        rpn_pre_nms_top_n_test=s["rpn_pre_nms_top_n_test"],
+        rpn_post_nms_top_n_train=s["rpn_post_nms_top_n_train"],
+        rpn_post_nms_top_n_test=s["rpn_post_nms_top_n_test"],
+        rpn_nms_thresh=s["rpn_nms_thresh"], rpn_fg_iou_thresh=s["rpn_fg_iou_thresh"],
+        rpn_bg_iou_thresh=s["rpn_bg_iou_thresh"],
+        rpn_batch_size_per_image=s["rpn_batch_size_per_image"],
+        rpn_positive_fraction=s["rpn_positive_fraction"],
+        box_batch_size_per_image=s["box_batch_size_per_image"],
+        box_positive_fraction=s["box_positive_fraction"],
+        box_fg_iou_thresh=s["box_fg_iou_thresh"], box_bg_iou_thresh=s["box_bg_iou_thresh"],
+        box_score_thresh=s["box_score_thresh"], box_nms_thresh=s["box_nms_thresh"],
+        box_detections_per_img=s["box_detections_per_img"])
+    anchor_gen = model.rpn.anchor_generator
+    assert [list(x) for x in anchor_gen.sizes] == s["anchor_sizes"], anchor_gen.sizes
+    assert list(anchor_gen.aspect_ratios[0]) == s["aspect_ratios"]
+    pooler = model.roi_heads.box_roi_pool
+    assert pooler.output_size == (s["roi_output_size"],) * 2 and pooler.sampling_ratio == s["sampling_ratio"]
     x = [torch.from_numpy(im).permute(2, 0, 1).float() / 255.0 for im in images]
     targets = [{"boxes": torch.from_numpy(bx), "labels": torch.from_numpy(lb).long()}
                for bx, lb in zip(boxes, labels)]
-
-    def timed(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-    model.eval()
-    with torch.no_grad():
-        inf = timed(lambda: model(x))
-    model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
-    def step():
+    def infer():
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    def train():
+        model.train()
         losses = model(x, targets)
         loss = sum(losses.values())
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    trn = timed(step)
-    return {"inference_img_s": b / inf, "training_img_s": b / trn,
-            "torch_threads": torch.get_num_threads(), "torchvision": torchvision.__version__}
+    print(json.dumps({"ready": True, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                      "torch_threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        fn = {"infer": infer, "train": train}[line.strip()]
+        t = time.perf_counter()
+        fn()
+        print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
+
+
+class TorchRunner:
+    """Drives a `_torch_worker` process."""
+
+    def __init__(self, python: str, size: int, batch: int, classes: int, settings: dict):
+        here = os.path.abspath(__file__)
+        self.proc = subprocess.Popen(
+            [python, here, "--torch-worker", "--size", str(size), "--batch", str(batch),
+             "--classes", str(classes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc.stdin.write(json.dumps(settings) + "\n")
+        self.proc.stdin.flush()
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmarks/detector.py: the torchvision worker exited "
+                               f"(code {self.proc.wait()})")
+        return json.loads(line)
+
+    def _call(self, what: str) -> float:
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        return self._read()["seconds"]
+
+    def infer(self) -> float:
+        return self._call("infer")
+
+    def train(self) -> float:
+        return self._call("train")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def _torch_python(arg: str) -> str | None:
+    """The interpreter for torchvision's side: `--torch-python`, else this one if it has torch."""
+    if arg:
+        return arg
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError:
+        return None
+    return sys.executable
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def interleaved(runners: dict, what: str, repeats: int, warmup: int = 1) -> dict:
+    """Median seconds of `what` per runner; repetitions alternate between the runners. Runners
+    that already ran `what` once (ours: while compiling) get no extra warm-up call."""
+    for r in runners.values():
+        for _ in range(0 if getattr(r, "warm", False) else warmup):
+            getattr(r, what)()
+    times = {k: [] for k in runners}
+    for _ in range(repeats):
+        for k, r in runners.items():
+            times[k].append(getattr(r, what)())
+    return {k: {"median_s": statistics.median(v), "all_s": [round(t, 3) for t in v]}
+            for k, v in times.items()}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--classes", type=int, default=150, help="object classes C (C + 1 logits)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--torch-python", default=os.environ.get("TORCH_PYTHON", ""),
+                    help="python with torch + torchvision for the peer (default: $TORCH_PYTHON, "
+                         "else this interpreter when it has torch)")
+    ap.add_argument("--only", choices=("both", "inference", "training"), default="both")
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--output", default="")
     args = ap.parse_args()
+    if args.torch_worker:
+        _torch_worker(args.size, args.batch, args.classes)
+        return
+
+    import jax
+
+    from benchmarks.common import emit_json, print_table
+
+    settings = shared_settings(detector_config(args.classes), args.size)
     images, boxes, labels = synthetic_batch(args.batch, args.size, args.classes)
-    ours = bench_ours(images, boxes, labels, args.classes, args.repeats)
-    peer = None if args.skip_torch else bench_torchvision(images, boxes, labels, args.classes,
-                                                          args.repeats)
-    rows = [{"model": "sgg_jax resnet50_fpn", "inference img/s": ours["inference_img_s"],
-             "training img/s": ours["training_img_s"]}]
-    if peer:
-        rows.append({"model": "torchvision fasterrcnn_resnet50_fpn",
-                     "inference img/s": peer["inference_img_s"], "training img/s": peer["training_img_s"]})
+    load_start = _loadavg()
+    runners = {"ours": OursRunner(images, boxes, labels, args.classes)}
+    python = None if args.skip_torch else _torch_python(args.torch_python)
+    if python:
+        runners["torchvision"] = TorchRunner(python, args.size, args.batch, args.classes, settings)
+    result = {"size": args.size, "batch": args.batch, "classes": args.classes,
+              "repeats": args.repeats, "device": str(jax.devices()[0]),
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "settings": settings,
+              "compile_s": {"inference": runners["ours"].compile_s_inference,
+                            "training": runners["ours"].compile_s_training},
+              "torchvision": runners["torchvision"].info if python else None,
+              "loadavg_start": load_start}
+    kinds = ("inference", "training") if args.only == "both" else (args.only,)
+    for kind in kinds:
+        result[kind] = interleaved(runners, "infer" if kind == "inference" else "train", args.repeats)
+    result["loadavg_end"] = _loadavg()
+    if python:
+        runners["torchvision"].close()
+    rows = []
+    for name, label in (("ours", "sgg_jax resnet50_fpn"),
+                        ("torchvision", "torchvision fasterrcnn_resnet50_fpn")):
+        if name in runners:
+            rows.append({"model": label, **{f"{k} img/s": args.batch / result[k][name]["median_s"]
+                                            for k in kinds}})
+    if python:
         rows.append({"model": "ratio ours / torchvision",
-                     "inference img/s": ours["inference_img_s"] / peer["inference_img_s"],
-                     "training img/s": ours["training_img_s"] / peer["training_img_s"]})
-    result = {"size": args.size, "batch": args.batch, "classes": args.classes, "repeats": args.repeats,
-              "device": str(jax.devices()[0]), "ours": ours, "torchvision": peer}
+                     **{f"{k} img/s": result[k]["torchvision"]["median_s"] / result[k]["ours"]["median_s"]
+                        for k in kinds}})
     emit_json(result, args.output or None)
-    print_table(rows, ["model", "inference img/s", "training img/s"],
-                title=f"Faster R-CNN R50-FPN, {args.size} px, batch {args.batch}, {args.classes + 1} logits")
+    print_table(rows, ["model"] + [f"{k} img/s" for k in kinds],
+                title=f"Faster R-CNN R50-FPN, {args.size} px, batch {args.batch}, "
+                      f"{args.classes + 1} logits; load average {load_start} -> {result['loadavg_end']}")
 
 
 if __name__ == "__main__":
