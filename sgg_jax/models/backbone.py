@@ -178,6 +178,7 @@ class Bottleneck(nn.Module):
     stride: int = 1
     norm: str = "frozen_bn"
     dtype: Any = jnp.float32
+    conv_general_dilated: Any = None  # None: lax's; e.g. sgg_jax.ops.conv's (faster CPU gradients)
 
     def _norm(self, c: int, name: str) -> nn.Module:
         if self.norm == "frozen_bn":
@@ -188,7 +189,8 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         out_c = 4 * self.channels
         conv = lambda c, k, s, name: nn.Conv(c, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2,
-                                             use_bias=False, dtype=self.dtype, name=name)
+                                             use_bias=False, dtype=self.dtype, name=name,
+                                             conv_general_dilated=self.conv_general_dilated)
         y = nn.relu(self._norm(self.channels, "bn1")(conv(self.channels, 1, 1, "conv1")(x)))
         y = nn.relu(self._norm(self.channels, "bn2")(conv(self.channels, 3, self.stride, "conv2")(y)))
         y = self._norm(out_c, "bn3")(conv(out_c, 1, 1, "conv3")(y))

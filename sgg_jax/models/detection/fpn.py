@@ -4,6 +4,8 @@ The body reuses the shared backbone's blocks (`Bottleneck`, `FrozenBatchNorm`) a
 names (conv1, bn1, layer{L}_{b}), adding layer4, so the same torchvision weight mapping applies.
 The pyramid: 1x1 lateral convs (`fpn_inner{i}`), nearest top-down upsampling, 3x3 output
 convs (`fpn_layer{i}`), and P6 = P5 subsampled by 2 (torchvision's LastLevelMaxPool, k=1 s=2).
+Every convolution uses `sgg_jax.ops.conv.conv_general_dilated` (same results; its gradients are
+matrix products, which makes training several times faster on CPU than XLA's conv gradients).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sgg_jax.models.backbone import Bottleneck, FrozenBatchNorm, _group_norm, normalize_images
+from sgg_jax.ops.conv import conv_general_dilated as fast_conv
 
 FPN_STRIDES = (4, 8, 16, 32, 64)
 
@@ -31,7 +34,7 @@ class ResNet50Body(nn.Module):
         w = lambda c: max(1, int(round(c * self.width_multiplier)))
         x = normalize_images(images, self.dtype)
         x = nn.Conv(w(64), (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                    dtype=self.dtype, name="conv1")(x)
+                    dtype=self.dtype, name="conv1", conv_general_dilated=fast_conv)(x)
         x = (FrozenBatchNorm(dtype=self.dtype, name="bn1") if self.norm == "frozen_bn"
              else _group_norm(w(64), self.dtype, "bn1"))(x)
         x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
@@ -40,7 +43,8 @@ class ResNet50Body(nn.Module):
                                                         (512, 3, 2))):
             for b in range(blocks):
                 x = Bottleneck(w(width), stride=stride if b == 0 else 1, norm=self.norm,
-                               dtype=self.dtype, name=f"layer{layer + 1}_{b}")(x)
+                               dtype=self.dtype, conv_general_dilated=fast_conv,
+                               name=f"layer{layer + 1}_{b}")(x)
             outs.append(x)
         return outs
 
@@ -63,16 +67,17 @@ class FPN(nn.Module):
 
     @nn.compact
     def __call__(self, feats: list[jnp.ndarray]) -> list[jnp.ndarray]:
-        inner = [nn.Conv(self.channels, (1, 1), dtype=self.dtype, name=f"fpn_inner{i}")(f)
+        inner = [nn.Conv(self.channels, (1, 1), dtype=self.dtype, name=f"fpn_inner{i}",
+                         conv_general_dilated=fast_conv)(f)
                  for i, f in enumerate(feats)]
         top = inner[-1]
         outs = [None] * len(feats)
         outs[-1] = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                           name=f"fpn_layer{len(feats) - 1}")(top)
+                           name=f"fpn_layer{len(feats) - 1}", conv_general_dilated=fast_conv)(top)
         for i in range(len(feats) - 2, -1, -1):
             top = inner[i] + upsample_nearest(top, inner[i].shape[1:3])
             outs[i] = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                              name=f"fpn_layer{i}")(top)
+                              name=f"fpn_layer{i}", conv_general_dilated=fast_conv)(top)
         outs.append(outs[-1][:, ::2, ::2])
         return outs
 
