@@ -445,11 +445,12 @@ def evaluate_captions(exp: Experiment, params: Any, split: str | None = None) ->
     return result
 
 
-def restore_final_params(exp: Experiment, rng: jax.Array, checkpoint: str = "") -> Any:
-    """Parameters of the last finished stage (from `checkpoint` or the workdir)."""
-    params = init_params(exp, rng)
-    root = checkpoint or exp.workdir
-    stages = stage_names(exp.config)
+def find_final_checkpoint(config: ml_collections.ConfigDict, root: str
+                          ) -> tuple[str, str, int] | None:
+    """(stage, directory, step) of the last finished stage's newest checkpoint under `root` (a
+    workdir, or one stage's checkpoint directory), or None. Reads only directory listings, so
+    `--mode eval` can fail before it builds the data or compiles anything."""
+    stages = stage_names(config)
     candidates = [(s, os.path.join(root, "checkpoints", s)) for s in reversed(stages)]
     candidates.append((os.path.basename(root.rstrip("/")), root))
     for stage_name, directory in candidates:
@@ -457,21 +458,43 @@ def restore_final_params(exp: Experiment, rng: jax.Array, checkpoint: str = "") 
             continue
         ckpt = StageCheckpointer(directory)
         step = ckpt.latest_step()
-        if step is None:
-            continue
-        stage = exp.config.train.stages[stage_name] if stage_name in exp.config.train.stages \
-            else exp.config.train.stages[stages[-1]]
-        tx = optim.make_optimizer(stage, exp.config.train, params)
-        state = jax.jit(lambda p: TrainState.create(p, tx),
-                        out_shardings=mesh_lib.replicated(exp.mesh))(params)
-        state, _ = ckpt.restore(step, abstract_like(state))
         ckpt.close()
-        log.info("restored parameters of stage '%s' step %d from %s", stage_name, step, directory)
-        return state.params
-    if exp.config.model.name == "freq" and not checkpoint and not exp.uses_detector:
-        return params  # PredCls FREQ is the training table alone; SGDet needs a trained detector
-    raise FileNotFoundError(f"no checkpoint found under {root!r} (expected "
-                            f"{root}/checkpoints/<stage>/<step>)")
+        if step is not None:
+            return stage_name, directory, step
+    return None
+
+
+def _needs_checkpoint(config: ml_collections.ConfigDict, checkpoint: str) -> bool:
+    """PredCls/SGCls FREQ is the training table alone; everything else needs trained params."""
+    return config.model.name != "freq" or bool(checkpoint) or uses_detector(config)
+
+
+def _no_checkpoint_error(root: str) -> FileNotFoundError:
+    return FileNotFoundError(f"no checkpoint found under {root!r} (expected "
+                             f"{root}/checkpoints/<stage>/<step>)")
+
+
+def restore_final_params(exp: Experiment, rng: jax.Array, checkpoint: str = "") -> Any:
+    """Parameters of the last finished stage (from `checkpoint` or the workdir)."""
+    params = init_params(exp, rng)
+    root = checkpoint or exp.workdir
+    found = find_final_checkpoint(exp.config, root)
+    if found is None:
+        if not _needs_checkpoint(exp.config, checkpoint):
+            return params
+        raise _no_checkpoint_error(root)
+    stage_name, directory, step = found
+    stages = stage_names(exp.config)
+    stage = exp.config.train.stages[stage_name] if stage_name in exp.config.train.stages \
+        else exp.config.train.stages[stages[-1]]
+    tx = optim.make_optimizer(stage, exp.config.train, params)
+    state = jax.jit(lambda p: TrainState.create(p, tx),
+                    out_shardings=mesh_lib.replicated(exp.mesh))(params)
+    ckpt = StageCheckpointer(directory)
+    state, _ = ckpt.restore(step, abstract_like(state))
+    ckpt.close()
+    log.info("restored parameters of stage '%s' step %d from %s", stage_name, step, directory)
+    return state.params
 
 
 def report(exp: Experiment, results: dict[str, dict], name: str = "results.json") -> str:
@@ -524,6 +547,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     """`--config.mode=eval`: evaluate the parameters of a finished run."""
+    root = str(config.eval.checkpoint) or workdir
+    if _needs_checkpoint(config, str(config.eval.checkpoint)) and \
+            find_final_checkpoint(config, root) is None:
+        raise _no_checkpoint_error(root)  # before building data or compiling anything
     exp = setup(config, workdir)
     params = restore_final_params(exp, jax.random.key(config.seed), config.eval.checkpoint)
     results = evaluate(exp, params, num_pictures=int(config.eval.get("num_pictures", 0)))
