@@ -396,7 +396,8 @@ def test_msdn_stages_run_regions_after_the_detector_only_for_sgdet():
     for name in trainer.stage_names(no_sgdet):  # relation stages keep their seeds
         assert (trainer.stage_seed_index(trainer.stage_names(full), name)
                 == trainer.stage_seed_index(trainer.stage_names(no_sgdet), name))
-    bad = load_config("msdn", "default", **{"train.stages.regions.losses": "region_proposal,object"})
+    bad = load_config("msdn", "default",
+                      **{"train.stages.regions.losses": "region_proposal,object"})
     with pytest.raises(ValueError, match="region_proposal"):
         trainer.is_region_stage(bad.train.stages.regions)
 
@@ -441,7 +442,8 @@ def test_regions_stage_trains_only_the_region_rpn_and_resumes(regions_run):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "regions"))) == ["4", "6"]
     # A second run of the stage restores its finished checkpoint instead of training again.
     i = trainer.stage_seed_index(trainer.stage_names(exp.config), "regions")
-    again = trainer.train_stage(exp, "regions", init_params, jax.random.key(9), RecordingWriter(), i)
+    again = trainer.train_stage(exp, "regions", init_params, jax.random.key(9),
+                                RecordingWriter(), i)
     c = flat_params(again)
     assert all(np.array_equal(b[k], c[k]) for k in b)
 
