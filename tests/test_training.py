@@ -128,9 +128,20 @@ def test_interrupt_and_resume_is_exact(cache_dir, tmp_path, monkeypatch):
     assert_trees_close(reference, again, exact=True)
 
 
-def test_nonfinite_loss_stops_with_clear_message(cache_dir, tmp_path):
-    config = tiny(cache_dir, **RELATIONS_ONLY, **{
-        "train.data_parallel": 1, "train.stages.relations.learning_rate": float("nan")})
+def test_nonfinite_loss_stops_with_clear_message(cache_dir, tmp_path, monkeypatch):
+    """NaN boxes (the same shapes and config as the "rel1" run, so the compiled step is reused
+    from the persistent cache) make the loss NaN: the run stops, saving nothing non-finite."""
+    import dataclasses
+
+    config = tiny(cache_dir, **RELATIONS_ONLY, **{"train.data_parallel": 1})
+    real_loader = data_lib.train_loader
+
+    def nan_boxes(cfg, data, mesh, seed):
+        batch = next(iter(real_loader(cfg, data, mesh, seed)))
+        bad = dataclasses.replace(batch, boxes=np.full_like(batch.boxes, np.nan))
+        return grain.MapDataset.source([bad]).repeat().to_iter_dataset()
+
+    monkeypatch.setattr(data_lib, "train_loader", nan_boxes)
     with pytest.raises(trainer.NonFiniteLossError, match="NaN/Inf"):
         _train(config, str(tmp_path / "nan"))
     # nothing non-finite was saved
