@@ -123,22 +123,24 @@ def stage_seed_index(stages: list[str], name: str) -> int:
     return [n for n in stages if n not in SGDET_STAGES].index(name)
 
 
+def _trains_alone(stage: ml_collections.ConfigDict, loss: str, what: str) -> bool:
+    """Whether a stage's losses are exactly `loss`; `loss` mixed with others is an error (its
+    stage trains `what` with a step of its own)."""
+    losses = optim.split_list(stage.losses)
+    if loss in losses and len(losses) > 1:
+        raise ValueError(f"config.train.stages.*.losses={stage.losses!r}: {loss!r} trains "
+                         f"{what} and cannot be combined with other losses")
+    return losses == [loss]
+
+
 def is_region_stage(stage: ml_collections.ConfigDict) -> bool:
     """A stage trains MSDN's region RPN when its losses are `region_proposal` (alone)."""
-    losses = optim.split_list(stage.losses)
-    if "region_proposal" in losses and len(losses) > 1:
-        raise ValueError(f"config.train.stages.*.losses={stage.losses!r}: 'region_proposal' "
-                         "trains the region RPN and cannot be combined with other losses")
-    return losses == ["region_proposal"]
+    return _trains_alone(stage, "region_proposal", "the region RPN")
 
 
 def is_detector_stage(stage: ml_collections.ConfigDict) -> bool:
     """A stage trains the detector when its losses are `detection` (alone)."""
-    losses = optim.split_list(stage.losses)
-    if "detection" in losses and len(losses) > 1:
-        raise ValueError(f"config.train.stages.*.losses={stage.losses!r}: 'detection' trains the "
-                         "detector and cannot be combined with relation-model losses")
-    return losses == ["detection"]
+    return _trains_alone(stage, "detection", "the detector")
 
 
 def enable_compilation_cache(directory: str) -> None:
