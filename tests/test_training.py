@@ -210,7 +210,9 @@ def test_two_processes_match_single_process(cache_dir, tmp_path):
     single = cached_run("rel4", tiny(cache_dir, **RELATIONS_ONLY, **{"train.data_parallel": 4}),
                         str(tmp_path / "single"))
     port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    from conftest import FAST_COMPILE
+
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}")
     procs = []
     for pid in range(2):
         cmd = [sys.executable, os.path.join(REPO, "tests", "multiprocess_train.py"),
