@@ -4,21 +4,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import sgg_jax.ops.conv as conv_op
 from sgg_jax.ops.conv import conv_general_dilated
 
 
-@pytest.mark.parametrize("k,stride,pad", [(1, 1, 0), (1, 2, 0), (3, 1, 1), (3, 2, 1), (2, 1, 0)])
-def test_value_and_gradients_match_lax(k, stride, pad):
+@pytest.mark.parametrize("k,stride,pad,hw,winograd", [
+    (1, 1, 0, (9, 10), False), (1, 2, 0, (9, 10), False), (3, 1, 1, (9, 10), False),
+    (3, 2, 1, (9, 10), False), (2, 1, 0, (9, 10), False),
+    # Winograd F(2x2, 3x3): odd and even sizes (partial last tiles), a single pixel
+    (3, 1, 1, (9, 10), True), (3, 1, 1, (4, 7), True), (3, 1, 1, (1, 1), True)])
+def test_value_and_gradients_match_lax(k, stride, pad, hw, winograd, monkeypatch):
+    monkeypatch.setattr(conv_op, "WINOGRAD_MIN_CHANNELS", 1 if winograd else 1 << 30)
     rng = np.random.default_rng(k * 10 + stride)
-    x = jnp.asarray(rng.standard_normal((2, 9, 10, 5)), jnp.float32)   # odd sizes: strided edges
+    x = jnp.asarray(rng.standard_normal((2, *hw, 5)), jnp.float32)   # odd sizes: strided edges
     w = jnp.asarray(rng.standard_normal((k, k, 5, 7)), jnp.float32)
     args = dict(window_strides=(stride, stride), padding=[(pad, pad)] * 2,
                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
     ref = lambda x, w: jax.lax.conv_general_dilated(x, w, **args)
     ours = lambda x, w: conv_general_dilated(x, w, **args)
-    np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(ours)(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
     loss = lambda f: (lambda x, w: jnp.sum(jnp.sin(f(x, w))))   # non-constant cotangent
-    for g_ours, g_ref in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+    grads = lambda f: jax.jit(jax.grad(loss(f), (0, 1)))(x, w)   # one compile, not op by op
+    for g_ours, g_ref in zip(grads(ours), grads(ref)):
         np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-4)
 
 
@@ -29,3 +36,18 @@ def test_other_layouts_fall_back_to_lax():
     ref = jax.lax.conv_general_dilated(x, w, (1, 1), [(1, 1)] * 2,
                                        dimension_numbers=("NCHW", "OIHW", "NCHW"))
     np.testing.assert_array_equal(out, ref)
+
+
+def test_winograd_only_where_configured():
+    """3x3 stride-1 pad-1 convs with enough channels become batched dots (no conv op left in
+    the forward or backward); a stride-2 one stays an XLA conv."""
+    def prims(stride, channels):
+        x = jnp.ones((1, 8, 8, channels))
+        w = jnp.ones((3, 3, channels, channels))
+        f = lambda x, w: conv_general_dilated(x, w, (stride, stride), [(1, 1)] * 2,
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
+        return str(jax.make_jaxpr(jax.grad(f, (0, 1)))(x, w))
+    c = conv_op.WINOGRAD_MIN_CHANNELS
+    assert "conv_general_dilated" not in prims(1, c) and "dot_general" in prims(1, c)
+    assert "conv_general_dilated" in prims(2, c)
+    assert "conv_general_dilated" in prims(1, c - 1)
