@@ -43,7 +43,7 @@ def layer_arrays(shape, seed: int = 0):
 class JaxRunner:
     """One conv implementation on one layer: jitted forward and forward + backward."""
 
-    def __init__(self, conv, shape, min_channels: int | None = None):
+    def __init__(self, conv, shape, winograd: bool | None = None):
         import jax
         import jax.numpy as jnp
 
@@ -58,14 +58,15 @@ class JaxRunner:
             y, vjp = jax.vjp(f, x, k)
             return (y, *vjp(ct))
 
-        saved = C.WINOGRAD_MIN_CHANNELS
-        if min_channels is not None:   # traced now, so the threshold applies to these programs
-            C.WINOGRAD_MIN_CHANNELS = min_channels
+        saved = C.WINOGRAD_MIN_CHANNELS, C.WINOGRAD_MIN_PIXELS_PER_CHANNEL
+        if winograd is not None:   # traced now, so the choice applies to these programs
+            C.WINOGRAD_MIN_CHANNELS, C.WINOGRAD_MIN_PIXELS_PER_CHANNEL = (1, 0) if winograd else (
+                1 << 30, 0)
         try:
             self._fwd = jax.jit(f).lower(x, k).compile()
             self._fb = jax.jit(fwd_bwd).lower(x, k, ct).compile()
         finally:
-            C.WINOGRAD_MIN_CHANNELS = saved
+            C.WINOGRAD_MIN_CHANNELS, C.WINOGRAD_MIN_PIXELS_PER_CHANNEL = saved
         self.args = (x, k, ct)
         self.forward(); self.forward_backward()   # warm-up
 
@@ -174,8 +175,8 @@ def main() -> None:
     rows = []
     for name in args.layers.split(","):
         shape = LAYERS[name]
-        runners = {"winograd": JaxRunner(conv_general_dilated, shape, min_channels=1),
-                   "xla_fwd": JaxRunner(conv_general_dilated, shape, min_channels=1 << 30)}
+        runners = {"winograd": JaxRunner(conv_general_dilated, shape, winograd=True),
+                   "xla_fwd": JaxRunner(conv_general_dilated, shape, winograd=False)}
         if torch:
             runners["torch"] = torch.bind(name)
         res = {}

@@ -18,12 +18,21 @@ Differences that remain: torchvision's class-wise NMS sees every (RoI, class) pa
 score threshold while ours keeps the best `box_nms_candidates` (1000) first (fixed shapes), and
 our NMS / top-k always run at their full fixed size.
 
+Allocator: with `--tuned-malloc` the script re-runs itself with glibc malloc settings
+(`TUNED_MALLOC`) that keep freed memory in the process, so buffers over the mmap threshold are
+reused instead of being mapped and page-faulted afresh at every call (XLA:CPU allocates each
+call's temporaries and outputs anew; on this machine a fresh 33 MB buffer costs more to fault
+in than an elementwise pass over it). The torchvision worker inherits the same environment, so
+both sides run under the same allocator settings; the JSON records them.
+
   python benchmarks/detector.py [--size 512] [--batch 2] [--classes 150] [--repeats 3]
-      [--torch-python /path/to/python-with-torch] [--skip-torch] [--output result.json]
+      [--torch-python /path/to/python-with-torch] [--skip-torch] [--tuned-malloc]
+      [--output result.json]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -34,6 +43,16 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# glibc malloc: one arena, no mmap for big blocks, never give memory back to the OS.
+TUNED_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 32),
+                "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
+
+
+def reexec_with_tuned_malloc() -> None:
+    """Restarts this script with `TUNED_MALLOC` in the environment (glibc reads it at start)."""
+    if any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
 
 
 def synthetic_batch(batch: int, size: int, num_classes: int, gt: int = 8, seed: int = 0):
@@ -100,7 +119,9 @@ class OursRunner:
         opt = optax.sgd(1e-3, momentum=0.9)
         frozen = {k: v for k, v in variables.items() if k != "params"}
 
-        @jax.jit
+        # params / optimizer state are donated: the update writes into their buffers instead of
+        # fresh allocations (as a training loop would)
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
         def train_step(params, state, key):
             def loss_fn(p):
                 out = model.apply({**frozen, "params": p}, imgs, sizes, gtb, gtl, gtm, train=True,
@@ -275,12 +296,16 @@ def main() -> None:
                     help="python with torch + torchvision for the peer (default: $TORCH_PYTHON, "
                          "else this interpreter when it has torch)")
     ap.add_argument("--only", choices=("both", "inference", "training"), default="both")
+    ap.add_argument("--tuned-malloc", action="store_true",
+                    help="run both sides with TUNED_MALLOC's glibc settings (see above)")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--output", default="")
     args = ap.parse_args()
     if args.torch_worker:
         _torch_worker(args.size, args.batch, args.classes)
         return
+    if args.tuned_malloc:
+        reexec_with_tuned_malloc()
 
     import jax
 
@@ -296,6 +321,7 @@ def main() -> None:
     result = {"size": args.size, "batch": args.batch, "classes": args.classes,
               "repeats": args.repeats, "device": str(jax.devices()[0]),
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "settings": settings,
+              "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
               "compile_s": {"inference": runners["ours"].compile_s_inference,
                             "training": runners["ours"].compile_s_training},
               "torchvision": runners["torchvision"].info if python else None,

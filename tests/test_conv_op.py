@@ -15,6 +15,7 @@ from sgg_jax.ops.conv import conv_general_dilated
     (3, 1, 1, (9, 10), True), (3, 1, 1, (4, 7), True), (3, 1, 1, (1, 1), True)])
 def test_value_and_gradients_match_lax(k, stride, pad, hw, winograd, monkeypatch):
     monkeypatch.setattr(conv_op, "WINOGRAD_MIN_CHANNELS", 1 if winograd else 1 << 30)
+    monkeypatch.setattr(conv_op, "WINOGRAD_MIN_PIXELS_PER_CHANNEL", 0)
     rng = np.random.default_rng(k * 10 + stride)
     x = jnp.asarray(rng.standard_normal((2, *hw, 5)), jnp.float32)   # odd sizes: strided edges
     w = jnp.asarray(rng.standard_normal((k, k, 5, 7)), jnp.float32)
@@ -39,15 +40,19 @@ def test_other_layouts_fall_back_to_lax():
 
 
 def test_winograd_only_where_configured():
-    """3x3 stride-1 pad-1 convs with enough channels become batched dots (no conv op left in
-    the forward or backward); a stride-2 one stays an XLA conv."""
-    def prims(stride, channels):
-        x = jnp.ones((1, 8, 8, channels))
+    """3x3 stride-1 pad-1 convs with enough channels and pixels become batched dots (no conv op
+    left in the forward or backward); a stride-2 one, or one with too few of either, stays an
+    XLA conv."""
+    c = conv_op.WINOGRAD_MIN_CHANNELS
+    enough = -(-conv_op.WINOGRAD_MIN_PIXELS_PER_CHANNEL * c // 2)   # pixels per image, batch 2
+
+    def prims(stride, channels, pixels=enough):
+        x = jnp.ones((2, 1, pixels, channels))
         w = jnp.ones((3, 3, channels, channels))
         f = lambda x, w: conv_general_dilated(x, w, (stride, stride), [(1, 1)] * 2,
                                               dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
         return str(jax.make_jaxpr(jax.grad(f, (0, 1)))(x, w))
-    c = conv_op.WINOGRAD_MIN_CHANNELS
     assert "conv_general_dilated" not in prims(1, c) and "dot_general" in prims(1, c)
     assert "conv_general_dilated" in prims(2, c)
     assert "conv_general_dilated" in prims(1, c - 1)
+    assert "conv_general_dilated" in prims(1, c, enough - 1)

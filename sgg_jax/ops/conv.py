@@ -74,14 +74,20 @@ def _subsample(x, strides):
 # B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
 # G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]], A^T = [[1, 1, 1, 0], [0, 1, -1, -1]],
 # written out as adds below (no gathers, no dots with the small matrices).
-# Where Winograd measured faster than XLA's conv (benchmarks/conv.py): both channel counts at
-# least this many.
+# Where Winograd measured faster than XLA's conv (benchmarks/conv.py, R50-FPN layers at 512 px):
+# both channel counts at least WINOGRAD_MIN_CHANNELS, and at least WINOGRAD_MIN_PIXELS_PER_CHANNEL
+# output pixels (batch included) per channel of the wider side -- with fewer, the kernel
+# transforms (16 / 9 of the kernel, per use) outweigh the saved flops (16x16 512->512 and
+# 8x8 256->256 at batch 2 were slower forward + backward).
 WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_PIXELS_PER_CHANNEL = 2
 
 
-def _is_winograd(w, strides, pads) -> bool:
+def _is_winograd(x, w, strides, pads) -> bool:
+    b, h, wd = x.shape[:3]
     return (w.shape[:2] == (3, 3) and strides == (1, 1) and pads == ((1, 1), (1, 1))
-            and min(w.shape[2], w.shape[3]) >= WINOGRAD_MIN_CHANNELS)
+            and min(w.shape[2], w.shape[3]) >= WINOGRAD_MIN_CHANNELS
+            and b * h * wd >= WINOGRAD_MIN_PIXELS_PER_CHANNEL * max(w.shape[2], w.shape[3]))
 
 
 def _pairs(e0, o0, e1, o1):
@@ -162,7 +168,7 @@ def _winograd(x, w, precision):
 def _conv(x, w, strides, pads, precision):
     if _is_pointwise(w, pads):
         return jnp.einsum("bhwc,cd->bhwd", _subsample(x, strides), w[0, 0], precision=precision)
-    if _is_winograd(w, strides, pads):
+    if _is_winograd(x, w, strides, pads):
         return _winograd(x, w, precision)
     return _xla(x, w, strides, pads, precision)
 
@@ -182,7 +188,7 @@ def _conv_bwd(strides, pads, precision, res, dy):
         else:
             dx = dxs.astype(x.dtype)
         return dx, dw.astype(w.dtype)
-    if _is_winograd(w, strides, pads):
+    if _is_winograd(x, w, strides, pads):
         # dx: the input gradient of a stride-1 pad-1 3x3 conv is the same conv of dy with the
         # kernel flipped and its channels swapped. dw: in the Winograd domain, dU = V^T dM per
         # tile position, then dw = G^T dU G.
