@@ -23,6 +23,9 @@ import ml_collections
 from sgg_jax.config import apply_preset, get_base_config, stage
 
 _ALL_BUT_BACKBONE = ("roi_features", "obj_classifier", "relation_head", "captioner")
+# MSDN's region objectness + box and object box-refinement losses: they need the detector and
+# region RPN, so runs without sgdet drop them (with a warning) and train on the caption regions.
+_BOX_HEADS = ("region", "object_box")
 
 
 def get_config(arg: str | None = None):
@@ -35,18 +38,26 @@ def get_config(arg: str | None = None):
     # features, sized for the caption regions (union boxes of related pairs on 128 px canvases).
     c.model.region_rpn = ml_collections.ConfigDict(dict(
         anchor_sizes=(24.0, 48.0, 96.0), aspect_ratios=(0.5, 1.0, 2.0), channels=64,
-        pre_nms_top_n=300, num_proposals=16, nms=0.7, batch_size_per_image=128))
+        pre_nms_top_n=300, num_proposals=16, nms=0.7, batch_size_per_image=128,
+        # MSDN's region branch trains on sampled region-RPN proposals (losses `region` and
+        # `caption`): 48 proposals + the caption regions -> 16 RoIs, at most half fg (IoU >= 0.5).
+        train_proposals=48, train_rois=16, train_fg_fraction=0.5, train_fg_iou=0.5))
+    # Object box refinement (loss `object_box`): per image, this many of the detector's RPN
+    # proposals with IoU >= 0.5 to a ground-truth object train the class-specific box head.
+    c.model.box_refinement_rois = 16
     c.train.stage_order = "detector,regions,objects,relations"
     c.train.stages.regions = stage(
         num_steps=200, trainable=("region_rpn",), losses=("region_proposal",),
         learning_rate=3e-3, warmup_steps=20)
     c.train.stages.objects = stage(
-        num_steps=300, trainable=("backbone",) + _ALL_BUT_BACKBONE, losses=("object", "caption"),
-        learning_rate=2e-3, warmup_steps=50)
+        num_steps=300, trainable=("backbone",) + _ALL_BUT_BACKBONE,
+        losses=("object", "caption") + _BOX_HEADS, learning_rate=2e-3, warmup_steps=50)
     c.train.stages.relations = stage(
-        num_steps=400, trainable=_ALL_BUT_BACKBONE, losses=("object", "relation", "caption"),
-        learning_rate=1e-3, warmup_steps=50)
+        num_steps=400, trainable=_ALL_BUT_BACKBONE,
+        losses=("object", "relation", "caption") + _BOX_HEADS, learning_rate=1e-3,
+        warmup_steps=50)
     c.eval.modes = "predcls,sgcls,sgdet"
+    c.eval.sgdet_refine_boxes = True  # SGDet boxes and regions through MSDN's box heads
     c = apply_preset(c, arg)
     if (arg or "default").strip() == "tiny":
         c.model.gate_width = 16
@@ -55,6 +66,9 @@ def get_config(arg: str | None = None):
         c.model.region_rpn.pre_nms_top_n = 96
         c.model.region_rpn.num_proposals = 8
         c.model.region_rpn.batch_size_per_image = 64
+        c.model.region_rpn.train_proposals = 16
+        c.model.region_rpn.train_rois = 8
+        c.model.box_refinement_rois = 8
     elif (arg or "").strip() == "vg":
         # VGG16 trunk at 592 px: MSDN's region anchors span small phrases to whole scenes.
         c.model.region_rpn.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)

@@ -105,6 +105,9 @@ def get_base_config() -> ml_collections.ConfigDict:
         # object labels/scores from the "detector" (default; FREQ always) or the relation
         # "model"'s object classifier on the detected boxes.
         sgdet_must_overlap=False, sgdet_object_source="detector",
+        # SGDet: move the detections (and MSDN's region proposals) by the relation model's own
+        # box-refinement heads (MSDN's; models without them reject True).
+        sgdet_refine_boxes=False,
         # Recall protocols reported (comma list): "motifs" (neural-motifs / SGB, results[mode])
         # and "msdn" (MSDN / F-Net micro-averaged, results["msdn"][mode]); phrase detection
         # (phrdet) is scored from the SGDet pass whenever sgdet is evaluated.

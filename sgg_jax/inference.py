@@ -30,9 +30,11 @@ Contract (stable; `--mode predict` and `sgg_jax.load(ckpt).predict(image)` build
   The triplet score of (pair m, predicate p >= 1) is
   rel_scores[b, m, p] * scores[b, s] * scores[b, o] (the evaluator's ranking).
   MSDN runs add their caption regions (the region RPN's proposals, Q =
-  config.model.region_rpn.num_proposals) and the greedy caption of each:
+  config.model.region_rpn.num_proposals) and the greedy caption of each; with
+  config.eval.sgdet_refine_boxes (configs/msdn.py) the boxes (objects and regions) are moved by
+  MSDN's box heads and the region scores are MSDN's region objectness:
     region_boxes  [B, Q, 4]  float32 canvas pixels;  region_mask [B, Q] bool (real first)
-    region_scores [B, Q]     float32 region-RPN objectness probabilities
+    region_scores [B, Q]     float32 objectness probabilities (region RPN's, or MSDN's)
     captions      [B, Q, L]  int32 token ids (<start>, words, <end>, 0 padding; words from the
                              run's caption vocabulary, `exp.data.idx_to_word`)
 """

@@ -70,3 +70,33 @@ def caption_loss(caption_logits: jnp.ndarray, tokens: jnp.ndarray,
     mask = mask.at[..., 0].set(False)  # <start> is given, not predicted
     ce = _masked_ce(caption_logits, tokens, mask)
     return ce.sum() / jnp.maximum(mask.sum(), 1)
+
+
+def region_losses(region_scores: jnp.ndarray, region_deltas: jnp.ndarray, fg: jnp.ndarray,
+                  valid: jnp.ndarray, target_deltas: jnp.ndarray,
+                  beta: float = 1.0 / 9.0) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """MSDN's region heads on sampled region RoIs: (objectness BCE, box smooth-L1), each
+    averaged over the sampled (valid) RoIs of the batch, the box term counting fg RoIs only.
+
+    region_scores [B, Q] logits; region_deltas / target_deltas [B, Q, 4]; fg, valid [B, Q].
+    """
+    from sgg_jax.models.detection.rpn import rpn_losses
+
+    return rpn_losses(region_scores, region_deltas, fg & valid, valid & ~fg, target_deltas, beta)
+
+
+def box_refinement_loss(box_deltas: jnp.ndarray, labels: jnp.ndarray, target_deltas: jnp.ndarray,
+                        beta: float = 1.0 / 9.0) -> jnp.ndarray:
+    """Class-specific box regression (Fast R-CNN): smooth-L1 between the deltas of each RoI's
+    class and its targets, summed over the 4 coordinates and averaged over the RoIs with a
+    class (labels > 0); 0 when there are none.
+
+    box_deltas [B, R, C+1, 4]; labels [B, R] (0 = no target); target_deltas [B, R, 4].
+    """
+    from sgg_jax.models.detection.rpn import smooth_l1
+
+    picked = jnp.take_along_axis(box_deltas, labels[..., None, None].astype(jnp.int32),
+                                 axis=-2)[..., 0, :]
+    fg = labels > 0
+    per_roi = smooth_l1(picked.astype(jnp.float32) - target_deltas, beta).sum(-1)
+    return jnp.where(fg, per_roi, 0.0).sum() / jnp.maximum(fg.sum(), 1)

@@ -302,6 +302,53 @@ def test_caption_loss_hand_case():
         losses.caption_loss(jnp.asarray(logits[:, :, :3]), tokens, region_mask)
 
 
+def test_box_head_losses_hand_case():
+    """Region objectness + box and class-specific box refinement losses, hand-computed
+    (smooth-L1 with beta 1/9: 0.5 x^2 / beta below beta, |x| - beta / 2 above)."""
+    beta = 1.0 / 9.0
+    sl1 = lambda x: 0.5 * x * x / beta if abs(x) < beta else abs(x) - 0.5 * beta
+    bce = lambda z, y: math.log1p(math.exp(-z)) if y else math.log1p(math.exp(z))
+    scores = jnp.array([[2.0, -1.0, 0.5, 9.0]])
+    fg = jnp.array([[True, False, False, False]])
+    valid = jnp.array([[True, True, True, False]])  # the 4th RoI is padding
+    deltas = jnp.zeros((1, 4, 4)).at[0, 0].set(jnp.array([0.05, 0.0, 1.0, 0.0]))
+    targets = jnp.zeros((1, 4, 4)).at[0, 0].set(jnp.array([0.0, 0.0, 0.0, -0.5]))
+    objectness, box = losses.region_losses(scores, deltas, fg, valid, targets)
+    np.testing.assert_allclose(float(objectness), (bce(2.0, 1) + bce(-1.0, 0) + bce(0.5, 0)) / 3,
+                               rtol=1e-6)
+    np.testing.assert_allclose(float(box), (sl1(0.05) + sl1(1.0) + sl1(0.5)) / 3, rtol=1e-6)
+
+    per_class = np.zeros((1, 3, C + 1, 4), np.float32)
+    per_class[0, 0, 2] = [0.3, 0.0, 0.0, 0.0]      # RoI 0, class 2 (its label)
+    per_class[0, 0, 1] = [9.0, 9.0, 9.0, 9.0]      # another class: not read
+    per_class[0, 1, 4] = [0.0, 0.02, 0.0, 0.0]     # RoI 1, class 4
+    per_class[0, 2, :] = 50.0                      # RoI 2 has no target (label 0)
+    labels = jnp.array([[2, 4, 0]])
+    tgt = np.zeros((1, 3, 4), np.float32)
+    tgt[0, 1, 3] = -2.0
+    got = losses.box_refinement_loss(jnp.asarray(per_class), labels, jnp.asarray(tgt))
+    np.testing.assert_allclose(float(got), (sl1(0.3) + sl1(0.02) + sl1(2.0)) / 2, rtol=1e-6)
+    assert float(losses.box_refinement_loss(jnp.asarray(per_class), labels * 0,
+                                            jnp.asarray(tgt))) == 0.0
+
+
+def test_box_head_reads_the_object_branch_only(setup):
+    """Proposal boxes go through the same object branch as the objects: proposals equal to the
+    object boxes get the objects' deltas, and they change no other output (no graph part)."""
+    model, inputs, params, apply = setup
+    base = apply(params, inputs)
+    with_props = apply(params, inputs.replace(proposal_boxes=inputs.boxes[:, ::-1]))
+    real = np.asarray(inputs.box_mask)[:, ::-1]  # padded objects' features are zeroed
+    np.testing.assert_allclose(np.asarray(with_props.aux["proposal_box_deltas"])[real],
+                               np.asarray(base.aux["obj_box_deltas"])[:, ::-1][real],
+                               rtol=1e-5, atol=1e-5)
+    assert base.aux["obj_box_deltas"].shape == (B, O, C + 1, 4)
+    assert base.aux["region_deltas"].shape == (B, Q, 4)
+    for name in ("obj_logits", "rel_logits"):
+        np.testing.assert_array_equal(getattr(with_props, name), getattr(base, name))
+    np.testing.assert_array_equal(with_props.aux["region_deltas"], base.aux["region_deltas"])
+
+
 def make_batch(inputs: ModelInputs) -> Batch:
     rels = np.zeros((B, 4, 3), np.int32)
     rel_mask = np.zeros((B, 4), bool)
@@ -402,6 +449,36 @@ def test_msdn_stages_run_regions_after_the_detector_only_for_sgdet():
         trainer.is_region_stage(bad.train.stages.regions)
 
 
+def decode_numpy(deltas, boxes, weights=(10.0, 10.0, 5.0, 5.0)):
+    """Independent reference of Fast R-CNN box decoding (continuous widths)."""
+    deltas, boxes = np.asarray(deltas, np.float64), np.asarray(boxes, np.float64)
+    w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+    cx, cy = boxes[..., 0] + w / 2, boxes[..., 1] + h / 2
+    dx, dy = deltas[..., 0] / weights[0], deltas[..., 1] / weights[1]
+    dw = np.minimum(deltas[..., 2] / weights[2], np.log(1000 / 16))
+    dh = np.minimum(deltas[..., 3] / weights[3], np.log(1000 / 16))
+    ncx, ncy, nw, nh = cx + dx * w, cy + dy * h, w * np.exp(dw), h * np.exp(dh)
+    return np.stack([ncx - nw / 2, ncy - nh / 2, ncx + nw / 2, ncy + nh / 2], -1)
+
+
+def clip_numpy(boxes, hw):
+    """Clip x1y1x2y2 to [0, w] x [0, h]; hw broadcastable to boxes[..., :2] as (h, w)."""
+    out = np.array(boxes, np.float64)
+    out[..., 0::2] = np.clip(out[..., 0::2], 0, hw[..., 1:2])
+    out[..., 1::2] = np.clip(out[..., 1::2], 0, hw[..., 0:1])
+    return out
+
+
+def iou_numpy(a, b):
+    """IoU matrix [N, M] of x1y1x2y2 boxes (continuous areas)."""
+    a, b = np.asarray(a, np.float64)[:, None], np.asarray(b, np.float64)[None]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
+
+
 @pytest.fixture(scope="module")
 def regions_run(tmp_path_factory):
     """(exp, initial params, params after the regions stage, writer, workdir): tiny MSDN with
@@ -448,6 +525,74 @@ def test_regions_stage_trains_only_the_region_rpn_and_resumes(regions_run):
     assert all(np.array_equal(b[k], c[k]) for k in b)
 
 
+def test_msdn_training_rois_and_box_head_losses(regions_run):
+    """MSDN's training RoIs (make_msdn_roi_sampler) checked against NumPy IoUs / decoding on a
+    real batch, then the `objects` stage trained with the `region` and `object_box` losses:
+    every part reported and finite, the proposal networks frozen, the box heads trained."""
+    from sgg_jax.models import DETECTOR_GROUP, REGION_RPN_GROUP
+    from sgg_jax.models.region_proposals import make_msdn_roi_sampler
+    from sgg_jax.training import data as data_lib
+    from sgg_jax.training import mesh as mesh_lib
+    from sgg_jax.training import trainer
+    from training_utils import RecordingWriter, flat_params
+
+    exp, _, params, _, _ = regions_run
+    rcfg = exp.region_rpn().config
+    sampler = jax.jit(make_msdn_roi_sampler(exp.detector(), rcfg, object_rois=8,
+                                            detector_state=exp.detector_state))
+    batch = mesh_lib.to_global(next(iter(data_lib.train_loader(exp.config, exp.data, exp.mesh,
+                                                               seed=0))), exp.mesh)
+    rois = jax.device_get(sampler(params, batch, jax.random.key(3)))
+    host = jax.device_get(batch)
+    n_fg_regions = n_fg_objects = 0
+    for b in range(host.images.shape[0]):
+        rm, fg = rois.inputs["region_mask"][b], rois.region_fg[b]
+        boxes, tokens = rois.inputs["region_boxes"][b], rois.inputs["region_tokens"][b]
+        assert rois.inputs["region_boxes"].shape[1] == rcfg.train_rois
+        assert not (fg & ~rm).any() and fg.sum() <= rcfg.train_rois * rcfg.train_fg_fraction
+        rank = np.where(fg, 0, np.where(rm, 1, 2))
+        assert np.all(np.diff(rank) >= 0)  # fg, then bg, then padding
+        gmask = host.region_mask[b]
+        if gmask.any() and rm.any():
+            iou = iou_numpy(boxes[rm], host.region_boxes[b][gmask])
+            best = iou.argmax(1)
+            f = fg[rm]
+            assert (iou.max(1)[f] >= 0.5 - 1e-6).all() and (iou.max(1)[~f] < 0.5 + 1e-6).all()
+            np.testing.assert_array_equal(tokens[rm][f], host.region_tokens[b][gmask][best[f]])
+            assert (tokens[rm][~f] == msdn.PAD).all()
+            np.testing.assert_allclose(
+                decode_numpy(rois.region_deltas[b][rm][f], boxes[rm][f]),
+                host.region_boxes[b][gmask][best[f]], atol=1e-3)
+            n_fg_regions += int(f.sum())
+        pl, pb = rois.proposal_labels[b], rois.inputs["proposal_boxes"][b]
+        omask = host.box_mask[b] & (host.labels[b] > 0)
+        if (pl > 0).any():
+            iou = iou_numpy(pb[pl > 0], host.boxes[b][omask])
+            best = iou.argmax(1)
+            assert (iou.max(1) >= 0.5 - 1e-6).all()
+            np.testing.assert_array_equal(pl[pl > 0], host.labels[b][omask][best])
+            np.testing.assert_allclose(decode_numpy(rois.proposal_deltas[b][pl > 0],
+                                                    pb[pl > 0]),
+                                       host.boxes[b][omask][best], atol=1e-3)
+            n_fg_objects += int((pl > 0).sum())
+    assert n_fg_regions > 0 and n_fg_objects > 0
+
+    stages = trainer.stage_names(exp.config)
+    assert "region" in exp.config.train.stages.objects.losses
+    i = trainer.stage_seed_index(stages, "objects")
+    writer = RecordingWriter()
+    trained = trainer.train_stage(exp, "objects", params, jax.random.key(i), writer, i)
+    rows = [v for _, prefix, v in writer.rows if prefix == "objects/"]
+    parts = ("region_objectness_loss", "region_box_loss", "object_box_loss", "caption_loss")
+    assert rows and all(np.isfinite(r[k]) for r in rows for k in parts + ("loss",))
+    a, c = flat_params(params), flat_params(trained)
+    moved = {k for k in a if not np.array_equal(a[k], c[k])}
+    assert not any(k.startswith((f"['{DETECTOR_GROUP}']", f"['{REGION_RPN_GROUP}']"))
+                   for k in moved)
+    for head in ("['obj_box']", "['region_box']", "['region_objectness']"):
+        assert any(head in k for k in moved), head
+
+
 def test_msdn_sgdet_end_to_end_on_the_region_proposals(regions_run):
     """MSDN SGDet through the run's jitted step and the evaluators (R@K, box mAP), and the
     property that its region boxes are the region RPN's proposals (fixed shape, real first,
@@ -459,7 +604,14 @@ def test_msdn_sgdet_end_to_end_on_the_region_proposals(regions_run):
     from sgg_jax.training import data as data_lib
     from sgg_jax.training import eval_loop, trainer
 
+    import dataclasses
+
     exp, _, params, _, _ = regions_run
+    assert exp.config.eval.sgdet_refine_boxes  # configs/msdn.py: MSDN's box heads move boxes
+    plain = exp.config.copy_and_resolve_references()
+    plain.eval.sgdet_refine_boxes = False
+    refined_step = jax.jit(trainer.make_sgdet_step(exp))
+    exp = dataclasses.replace(exp, config=plain)
     step = jax.jit(trainer.make_sgdet_step(exp))
     evaluator = SGGEvaluator("sgdet", exp.data.num_predicates)
     det_evaluator = DetectionEvaluator(exp.data.num_classes)
@@ -499,6 +651,32 @@ def test_msdn_sgdet_end_to_end_on_the_region_proposals(regions_run):
             region_boxes=region_boxes, region_mask=out["region_mask"])
         return postprocess.predict_scores(model.apply(variables, inputs, train=False),
                                           "sgdet")["rel_scores"]
+
+    # With refinement: the same graph, boxes moved by MSDN's object box head (each box by its
+    # label's deltas) and region box head, region scores = MSDN's region objectness.
+    ref = jax.device_get(refined_step(params, images, sizes))
+    for key in ("labels", "pairs", "pair_mask", "rel_scores", "region_mask", "captions"):
+        np.testing.assert_allclose(ref[key], out[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    outputs = model.apply(variables, ModelInputs(
+        images=images, image_sizes=sizes, boxes=out["boxes"], box_mask=out["box_mask"],
+        labels=out["det_labels"], pairs=out["pairs"], pair_mask=out["pair_mask"],
+        region_boxes=boxes, region_mask=out["region_mask"]), train=False)
+    bm, rm = np.asarray(out["box_mask"]), np.asarray(out["region_mask"])
+    lab = np.asarray(out["labels"])
+    want = np.asarray(msdn.refine_boxes(out["boxes"], outputs.aux["obj_box_deltas"], sizes,
+                                        out["labels"]))
+    np.testing.assert_allclose(ref["boxes"][bm], want[bm], rtol=1e-5, atol=1e-3)
+    assert not np.allclose(ref["boxes"][bm], out["boxes"][bm], atol=1e-3)
+    d = np.take_along_axis(np.asarray(outputs.aux["obj_box_deltas"]),
+                           lab[..., None, None], axis=2)[..., 0, :]
+    hw = np.asarray(sizes, np.float64)[:, None, :]
+    np.testing.assert_allclose(ref["boxes"][bm], clip_numpy(decode_numpy(
+        d, np.asarray(out["boxes"])), hw)[bm], rtol=1e-5, atol=1e-3)
+    want_r = np.asarray(msdn.refine_boxes(boxes, outputs.aux["region_deltas"], sizes))
+    np.testing.assert_allclose(ref["region_boxes"][rm], want_r[rm], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(ref["region_scores"][rm],
+                               np.asarray(jax.nn.sigmoid(outputs.aux["region_scores"]))[rm],
+                               rtol=1e-5, atol=1e-6)
 
     run = jax.jit(rel_scores)
     pm = np.asarray(out["pair_mask"])

@@ -30,7 +30,10 @@ class ModelInputs:
       region_tokens: optional [B, Q, L] int32 caption tokens (0 pad, 1 <start>, 2 <end>), the
         teacher-forcing targets of a captioner; never an input to its predictions.
       region_mask: optional [B, Q] bool.
-      Models that do not use regions ignore these fields (None by default).
+      proposal_boxes: optional [B, R, 4] float32 extra object RoIs whose only use is training
+        a box-refinement head (MSDN: the detector's RPN proposals matched to ground truth); they
+        take no part in message passing or in the other outputs.
+      Models that do not use regions or proposals ignore these fields (None by default).
     """
 
     images: jax.Array
@@ -43,6 +46,7 @@ class ModelInputs:
     region_boxes: jax.Array | None = None
     region_tokens: jax.Array | None = None
     region_mask: jax.Array | None = None
+    proposal_boxes: jax.Array | None = None
 
 
 @flax.struct.dataclass

@@ -3,7 +3,8 @@
 "Scene Graph Generation from Objects, Phrases and Region Captions". Three RoI branches on a shared
 backbone (objects, phrases = union box of a candidate (subject, object) pair, caption regions)
 are refined jointly by rounds of gated message passing over a dynamic graph, then read by an
-object classifier, a predicate classifier, a region objectness head and an LSTM region captioner.
+object classifier, a predicate classifier, region objectness and box heads and an LSTM region
+captioner; an object box-refinement head reads the object branch.
 
 The dynamic graph (fixed shapes, masks; no Python loops over boxes):
 - each phrase is linked to its subject and its object (`pairs`);
@@ -20,14 +21,26 @@ One refinement round (all messages from the states at the start of the round, as
 - region   <- mean over linked phrases
 - residual update h <- h + W_x relu(message) + W_h relu(h) (MSDN's update unit).
 
-Parameter groups (top-level submodules): `backbone`; `roi_features` (the three fc6/fc7 heads);
-`relation_head` (state projections, message passing, predicate classifier, region objectness);
-`obj_classifier`; `captioner` (the 2-layer LSTM), so stages can train the captioner separately.
+Parameter groups (top-level submodules): `backbone`; `roi_features` (the three fc6/fc7 heads
+and the object box regressor); `relation_head` (state projections, message passing, predicate
+classifier, region objectness and box); `obj_classifier`; `captioner` (the 2-layer LSTM).
+
+Box heads (training: `models.region_proposals.make_msdn_roi_sampler`, losses `region` and
+`object_box`): regions are trained as MSDN on sampled region-RPN proposals (fg: IoU >= 0.5 with
+a caption region, whose caption they learn; bg otherwise) with objectness and box regression,
+read from the refined region states. The object box regressor reads the object branch's fc7
+*before* message passing (deviation: MSDN reads the refined states); it is trained on the
+detector's RPN proposals matched to ground-truth objects (`ModelInputs.proposal_boxes`), which
+take no part in the graph, so train and test read the same kind of feature. Relation training
+keeps neural-motifs' ground-truth object boxes and sampled pairs.
 
 Outputs: `obj_logits [B, O, C+1]`, `rel_logits [B, M, P+1]` and in `aux`:
-`region_scores [B, Q]` (objectness logits), `caption_logits [B, Q, L, V]` (teacher forcing with
-`region_tokens`; position t predicts token t, position 0 is the image step and carries no loss)
-and, when `train=False`, `captions [B, Q, L]` (greedy decoding: <start>, words, <end>, then 0).
+`region_scores [B, Q]` (objectness logits), `region_deltas [B, Q, 4]`, `obj_box_deltas
+[B, O, C+1, 4]` (class-specific; `BOX_WEIGHTS`; `refine_boxes` applies them),
+`proposal_box_deltas [B, R, C+1, 4]` when `inputs.proposal_boxes` is given,
+`caption_logits [B, Q, L, V]` (teacher forcing with `region_tokens`; position t predicts token
+t, position 0 is the image step and carries no loss) and, when `train=False`, `captions
+[B, Q, L]` (greedy decoding: <start>, words, <end>, then 0).
 """
 from __future__ import annotations
 
@@ -42,6 +55,7 @@ from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.models.roi_features import FCHead, pair_masks, pool_boxes, union_boxes
 
 MODES = ("predcls", "sgcls", "sgdet")
+BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # box coder of the object and region box heads (Fast R-CNN's)
 PHRASE_REGION_OVERLAP = 0.8  # MSDN cfg.PHRASE_REGION_OVERLAP_THRESH
 PAD, START, END = 0, 1, 2  # token ids of the input pipeline (data_pipelines/tfds_sgg.py)
 
@@ -71,6 +85,25 @@ def phrase_region_links(phrase_boxes: jnp.ndarray, pair_mask: jnp.ndarray,
     `threshold` of the phrase box (MSDN's rule)."""
     cover = covered_fraction(region_boxes, phrase_boxes)
     return (cover > threshold) & pair_mask[..., :, None] & region_mask[..., None, :]
+
+
+def refine_boxes(boxes: jnp.ndarray, deltas: jnp.ndarray, image_sizes: jnp.ndarray,
+                 labels: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Applies box-head deltas (`BOX_WEIGHTS`) and clips to the image.
+
+    boxes [B, N, 4]; deltas [B, N, 4] (class-agnostic) or [B, N, C+1, 4] with `labels` [B, N]
+    picking each box's class; image_sizes [B, 2] (h, w) -> refined boxes [B, N, 4].
+    """
+    from sgg_jax.models.detection import _ops
+
+    if deltas.ndim == 4:
+        if labels is None:
+            raise ValueError("refine_boxes: class-specific deltas [B, N, C+1, 4] need labels")
+        deltas = jnp.take_along_axis(deltas, labels[..., None, None].astype(jnp.int32),
+                                     axis=2)[..., 0, :]
+    refined = _ops.decode(deltas.astype(jnp.float32), boxes.astype(jnp.float32), BOX_WEIGHTS)
+    hw = jnp.asarray(image_sizes, jnp.float32)[:, None, :]
+    return _ops.clip(refined, jnp.broadcast_to(hw, refined.shape[:-1] + (2,)))
 
 
 def _gather(states: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
@@ -134,8 +167,13 @@ class UpdateUnit(nn.Module):
 
 class MSDNRoIFeatures(nn.Module):
     """fc7 features of the three branches: objects, phrases (union box + two-box spatial
-    masks, as `roi_features.RoIFeatures`), regions. Padded rows are zeroed."""
+    masks, as `roi_features.RoIFeatures`), regions. Padded rows are zeroed.
 
+    Also MSDN's object box refinement: class-specific deltas [.., C+1, 4] (`BOX_WEIGHTS`) read
+    from the object branch's fc7, for the object boxes and for `proposal_boxes` (extra object
+    RoIs that only train this head; they share the object branch's fc layers)."""
+
+    num_classes: int
     fc_dim: int = 256
     roi_size: int = 7
     sampling_ratio: int = 2
@@ -144,23 +182,34 @@ class MSDNRoIFeatures(nn.Module):
 
     @nn.compact
     def __call__(self, features, stride, boxes, box_mask, pairs, pair_mask, region_boxes,
-                 region_mask, train: bool = False):
+                 region_mask, proposal_boxes=None, train: bool = False):
         pool = lambda b: pool_boxes(features, b, stride, self.roi_size, self.sampling_ratio)
         head = lambda name: FCHead(self.fc_dim, self.dropout, self.dtype, name=name)
         mask = lambda x, m: x * m[..., None].astype(x.dtype)
-        obj = mask(head("obj_fc")(pool(boxes), train), box_mask)
+        obj_fc = head("obj_fc")
+        box_head = nn.Dense(4 * (self.num_classes + 1), dtype=self.dtype, name="obj_box")
+        deltas = lambda f: box_head(f).reshape(f.shape[:-1] + (self.num_classes + 1, 4))
+        n_obj = boxes.shape[1]
+        if proposal_boxes is not None:  # one pass of the object branch over both box sets
+            both = obj_fc(pool(jnp.concatenate([boxes, proposal_boxes], axis=1)), train)
+            obj_fc7, prop_fc7 = both[:, :n_obj], both[:, n_obj:]
+            proposal_deltas = deltas(prop_fc7)
+        else:
+            obj_fc7, proposal_deltas = obj_fc(pool(boxes), train), None
+        obj = mask(obj_fc7, box_mask)
+        obj_deltas = deltas(obj)
         upooled = pool(union_boxes(boxes, pairs))
         upooled = jnp.concatenate(
             [upooled, pair_masks(boxes, pairs, self.roi_size).astype(upooled.dtype)], axis=-1)
         phrase = mask(head("union_fc")(upooled, train), pair_mask)
         region = mask(head("region_fc")(pool(region_boxes), train), region_mask)
-        return obj, phrase, region
+        return obj, phrase, region, obj_deltas, proposal_deltas
 
 
 class MSDNRefinement(nn.Module):
     """Projects the three branches to `hidden_dim` and runs `num_iterations` rounds of MSDN's
-    message passing; returns refined (objects, phrases, regions) and the predicate logits and
-    region objectness logits read from them."""
+    message passing; returns refined (objects, phrases, regions) and what is read from them:
+    predicate logits, region objectness logits and region box deltas (`BOX_WEIGHTS`)."""
 
     num_predicates: int
     hidden_dim: int = 512
@@ -216,7 +265,8 @@ class MSDNRefinement(nn.Module):
                              up_reg(reg_msg, reg) * fmask(region_mask))
         rel_logits = nn.Dense(self.num_predicates + 1, dtype=dt, name="rel_classifier")(phr)
         region_scores = nn.Dense(1, dtype=dt, name="region_objectness")(reg)[..., 0]
-        return obj, phr, reg, rel_logits, region_scores
+        region_deltas = nn.Dense(4, dtype=dt, name="region_box")(reg)
+        return obj, phr, reg, rel_logits, region_scores, region_deltas
 
 
 class CaptionStep(nn.Module):
@@ -339,12 +389,12 @@ class MSDNModel(nn.Module):
                              "[B, Q] are required (the caption regions)")
         features, stride = build_backbone(self.backbone_name, self.dtype, name="backbone")(
             inputs.images, train)
-        obj_f, phr_f, reg_f = MSDNRoIFeatures(
-            self.fc_dim, self.roi_size, self.sampling_ratio, self.dropout, self.dtype,
-            name="roi_features")(features, stride, inputs.boxes, inputs.box_mask, inputs.pairs,
-                                 inputs.pair_mask, inputs.region_boxes, inputs.region_mask,
-                                 train=train)
-        obj, _, reg, rel_logits, region_scores = MSDNRefinement(
+        obj_f, phr_f, reg_f, obj_deltas, proposal_deltas = MSDNRoIFeatures(
+            self.num_classes, self.fc_dim, self.roi_size, self.sampling_ratio, self.dropout,
+            self.dtype, name="roi_features")(
+            features, stride, inputs.boxes, inputs.box_mask, inputs.pairs, inputs.pair_mask,
+            inputs.region_boxes, inputs.region_mask, inputs.proposal_boxes, train=train)
+        obj, _, reg, rel_logits, region_scores, region_deltas = MSDNRefinement(
             self.num_predicates, self.hidden_dim, self.num_iterations, self.gate_width,
             self.link_threshold, self.dtype, name="relation_head")(
             obj_f, phr_f, reg_f, inputs.boxes, inputs.box_mask, inputs.pairs, inputs.pair_mask,
@@ -352,7 +402,11 @@ class MSDNModel(nn.Module):
         obj_logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="obj_classifier")(obj)
         captioner = RegionCaptioner(self.vocab_size, self.hidden_dim, self.dtype,
                                     name="captioner")
-        aux = {"region_scores": region_scores.astype(jnp.float32)}
+        f32 = lambda x: x.astype(jnp.float32)
+        aux = {"region_scores": f32(region_scores), "region_deltas": f32(region_deltas),
+               "obj_box_deltas": f32(obj_deltas)}
+        if proposal_deltas is not None:
+            aux["proposal_box_deltas"] = f32(proposal_deltas)
         tokens = inputs.region_tokens
         if tokens is not None:
             aux["caption_logits"] = captioner.teacher_logits(reg, tokens).astype(jnp.float32)

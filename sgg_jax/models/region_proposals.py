@@ -51,14 +51,26 @@ class RegionRPNConfig:
     batch_size_per_image: int = 128           # sampled anchors per image
     positive_fraction: float = 0.5
     smooth_l1_beta: float = 1.0 / 9.0
+    # Training MSDN's region branch (`make_msdn_roi_sampler`): the frozen region RPN proposes
+    # `train_proposals` boxes (+ the caption regions), of which `train_rois` are sampled: at most
+    # `train_fg_fraction` fg (IoU >= train_fg_iou with a caption region), the rest bg.
+    train_proposals: int = 48
+    train_rois: int = 16
+    train_fg_fraction: float = 0.5
+    train_fg_iou: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.anchor_sizes or any(float(s) <= 0 for s in self.anchor_sizes):
             raise ValueError(f"config.model.region_rpn.anchor_sizes: expected positive sizes, got "
                              f"{self.anchor_sizes}")
-        if self.num_proposals < 1 or self.pre_nms_top_n < self.num_proposals:
-            raise ValueError("config.model.region_rpn: expected 1 <= num_proposals <= "
-                             f"pre_nms_top_n, got {self.num_proposals}, {self.pre_nms_top_n}")
+        for name in ("num_proposals", "train_proposals"):
+            if not 1 <= getattr(self, name) <= self.pre_nms_top_n:
+                raise ValueError(f"config.model.region_rpn: expected 1 <= {name} <= "
+                                 f"pre_nms_top_n, got {getattr(self, name)}, {self.pre_nms_top_n}")
+        if self.train_rois < 1 or not 0.0 < self.train_fg_fraction <= 1.0:
+            raise ValueError("config.model.region_rpn: expected train_rois >= 1 and 0 < "
+                             f"train_fg_fraction <= 1, got {self.train_rois}, "
+                             f"{self.train_fg_fraction}")
 
     @property
     def anchors_per_location(self) -> int:
@@ -102,7 +114,10 @@ class RegionRPN(nn.Module):
 
     @nn.compact
     def __call__(self, features, image_sizes: jnp.ndarray, gt_boxes: jnp.ndarray | None = None,
-                 gt_mask: jnp.ndarray | None = None, train: bool = False):
+                 gt_mask: jnp.ndarray | None = None, train: bool = False,
+                 num_proposals: int | None = None):
+        """train: `RegionRPNLosses`; else (boxes [B,N,4], scores [B,N], valid [B,N]) with
+        N = `num_proposals` (default config.num_proposals), real proposals first."""
         cfg = self.config
         feats, strides = features
         feats, strides = list(feats), list(strides)
@@ -127,7 +142,8 @@ class RegionRPN(nn.Module):
             return RegionRPNLosses(total=obj + box, objectness=obj, box=box)
         select = lambda l, d, hw: select_proposals(
             l, d, anchors, level_sizes, hw, pre_nms_top_n=cfg.pre_nms_top_n,
-            post_nms_top_n=cfg.num_proposals, nms_thresh=cfg.nms, min_size=cfg.min_size)
+            post_nms_top_n=num_proposals or cfg.num_proposals, nms_thresh=cfg.nms,
+            min_size=cfg.min_size)
         boxes, scores, valid = jax.vmap(select)(logits, deltas, image_hw)
         order = jnp.argsort(~valid, axis=-1, stable=True)  # real proposals first
         take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
@@ -156,6 +172,76 @@ def make_region_proposal_fn(detector: FasterRCNN, config: RegionRPNConfig, *,
     return propose
 
 
+@flax.struct.dataclass
+class MSDNTrainingRoIs:
+    """What `make_msdn_roi_sampler` adds to a training step (all stop-gradient, [B, ...]).
+
+    `inputs` are `ModelInputs` fields: region_boxes / region_mask / region_tokens (sampled
+    region RoIs; bg regions get all-pad tokens) and proposal_boxes (object RoIs for the box
+    head). The rest are the targets of the `region` and `object_box` losses.
+    """
+
+    inputs: dict
+    region_fg: jnp.ndarray        # [B, Qt] bool
+    region_deltas: jnp.ndarray    # [B, Qt, 4] targets (BOX_WEIGHTS), 0 where not fg
+    proposal_labels: jnp.ndarray  # [B, R] int32 class of the matched gt object (0: not fg)
+    proposal_deltas: jnp.ndarray  # [B, R, 4] targets for that class, 0 where not fg
+
+
+def make_msdn_roi_sampler(detector: FasterRCNN, config: RegionRPNConfig, *,
+                          object_rois: int = 16, object_fg_iou: float = 0.5,
+                          detector_state: dict | None = None):
+    """(params, batch, key) -> `MSDNTrainingRoIs`: MSDN's training RoIs from the frozen
+    proposal networks (params["detector"], params["region_rpn"]; no gradient flows).
+
+    Regions: the region RPN's `train_proposals` best boxes plus the caption regions, sampled
+    to `train_rois` (fg first: IoU >= train_fg_iou with a caption region, which gives its tokens
+    and box target; bg: IoU below it). Objects: the detector's RPN proposals plus the
+    ground-truth boxes, `object_rois` fg ones sampled (IoU >= object_fg_iou; class and box
+    target of the matched object), for the object box head only.
+    """
+    from sgg_jax.models.detection.targets import sample_proposals
+    from sgg_jax.models.msdn import BOX_WEIGHTS, PAD
+
+    trunk = DetectorTrunk(detector.config, detector.dtype)
+    rpn = RegionRPN(config, detector.dtype)
+    detector_state = dict(detector_state or {})
+
+    def sample(params: Any, batch: Any, key: jax.Array) -> MSDNTrainingRoIs:
+        params = jax.lax.stop_gradient({k: params[k] for k in (DETECTOR_GROUP, REGION_RPN_GROUP)})
+        det_vars = {"params": params[DETECTOR_GROUP], **detector_state}
+        b = batch.images.shape[0]
+        feats = trunk.apply(det_vars, batch.images)
+        reg_boxes, _, reg_valid = rpn.apply({"params": params[REGION_RPN_GROUP]}, feats,
+                                            batch.image_sizes, num_proposals=config.train_proposals)
+        k_reg, k_obj = jax.random.split(key)
+        rt = jax.vmap(lambda p, pm, g, gm, k: sample_proposals(
+            p, pm, g, gm.astype(jnp.int32), gm, k, batch_size=config.train_rois,
+            positive_fraction=config.train_fg_fraction, fg_thresh=config.train_fg_iou,
+            bg_thresh_hi=config.train_fg_iou, bg_thresh_lo=0.0, weights=BOX_WEIGHTS))(
+            reg_boxes, reg_valid, batch.region_boxes, batch.region_mask,
+            jax.random.split(k_reg, b))
+        tokens = jnp.take_along_axis(batch.region_tokens, rt.matched_gt[..., None], axis=1)
+        tokens = jnp.where(rt.fg[..., None], tokens, PAD)
+
+        props, prop_valid = detector.apply(det_vars, batch.images, batch.image_sizes,
+                                           proposals_only=True)
+        gt_mask = batch.box_mask & (batch.labels > 0)
+        ot = jax.vmap(lambda p, pm, g, gl, gm, k: sample_proposals(
+            p, pm, g, gl, gm, k, batch_size=object_rois, positive_fraction=1.0,
+            fg_thresh=object_fg_iou, bg_thresh_hi=object_fg_iou, bg_thresh_lo=0.0,
+            weights=BOX_WEIGHTS))(props, prop_valid, batch.boxes, batch.labels, gt_mask,
+                                  jax.random.split(k_obj, b))
+        inputs = dict(region_boxes=jnp.where(rt.valid[..., None], rt.boxes, 0.0),
+                      region_mask=rt.valid, region_tokens=tokens.astype(jnp.int32),
+                      proposal_boxes=jnp.where(ot.fg[..., None], ot.boxes, 0.0))
+        return MSDNTrainingRoIs(inputs=inputs, region_fg=rt.fg, region_deltas=rt.deltas,
+                                proposal_labels=jnp.where(ot.fg, ot.labels, 0),
+                                proposal_deltas=ot.deltas)
+
+    return sample
+
+
 def init_region_rpn(detector: FasterRCNN, config: RegionRPNConfig, detector_params: Any,
                     images: jnp.ndarray, image_sizes: jnp.ndarray, key: jax.Array, *,
                     detector_state: dict | None = None) -> Any:
@@ -175,4 +261,5 @@ def init_region_rpn(detector: FasterRCNN, config: RegionRPNConfig, detector_para
 
 
 __all__ = ["REGION_RPN_GROUP", "RegionRPNConfig", "region_rpn_config", "DetectorTrunk",
-           "RegionRPN", "RegionRPNLosses", "make_region_proposal_fn", "init_region_rpn"]
+           "RegionRPN", "RegionRPNLosses", "make_region_proposal_fn", "init_region_rpn",
+           "MSDNTrainingRoIs", "make_msdn_roi_sampler"]

@@ -75,7 +75,8 @@ def _real_first(valid: jax.Array) -> jax.Array:
 def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: dict | None = None,
                     model_state: dict | None = None, must_overlap: bool = False,
                     object_source: str = "detector",
-                    propose_regions: Callable | None = None) -> Callable:
+                    propose_regions: Callable | None = None,
+                    refine_boxes: bool = False) -> Callable:
     """(params, images [B,S,S,3] uint8, image_sizes [B,2]) -> SGDet predictions (jittable).
 
     The detector (params["detector"]) gives D boxes per image; they become the relation
@@ -87,6 +88,11 @@ def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: di
     `propose_regions(params, images, image_sizes) -> (boxes [B,Q,4], scores [B,Q], valid [B,Q])`
     (MSDN's region RPN, `models.region_proposals.make_region_proposal_fn`) supplies the
     caption regions (`ModelInputs.region_boxes / region_mask`) of models that read them.
+    `refine_boxes`: the returned object boxes are moved by the model's class-specific box
+    head (aux["obj_box_deltas"], for each box's returned label) and the regions by its region
+    box head (aux["region_deltas"]), and region scores become the model's region objectness
+    (MSDN's heads; `models.msdn.refine_boxes`). Pairs and the model's features stay those of
+    the boxes it was given.
 
     Returns boxes [B,D,4] (canvas pixels), box_mask, labels, scores [B,D], pairs [B,M,2],
     pair_mask [B,M], rel_scores [B,M,P+1] (softmax, 0 = no relation), and the detector's own
@@ -125,6 +131,20 @@ def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: di
         else:
             labels = jnp.where(valid, scored["obj_labels"], 0)
             scores = jnp.where(valid, scored["obj_scores"], 0.0)
+        if refine_boxes:
+            from sgg_jax.models.msdn import refine_boxes as refine
+
+            if "obj_box_deltas" not in outputs.aux:
+                raise ValueError("config.eval.sgdet_refine_boxes: this model has no box-"
+                                 "refinement head (aux['obj_box_deltas']; MSDN has one)")
+            boxes = jnp.where(valid[..., None], refine(boxes, outputs.aux["obj_box_deltas"],
+                                                       image_sizes, labels), 0.0)
+            if regions:
+                region_boxes = jnp.where(region_mask[..., None], refine(
+                    region_boxes, outputs.aux["region_deltas"], image_sizes), 0.0)
+                region_scores = jnp.where(region_mask,
+                                          jax.nn.sigmoid(outputs.aux["region_scores"]), 0.0)
+                regions = dict(region_boxes=region_boxes, region_mask=region_mask)
         out = dict(boxes=boxes, box_mask=valid, labels=labels, scores=scores, pairs=pairs,
                    pair_mask=pair_mask, rel_scores=scored["rel_scores"],
                    det_labels=det_labels, det_scores=det_scores)

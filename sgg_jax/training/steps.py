@@ -57,11 +57,21 @@ def sample_training_pairs(rng: jax.Array, batch: Batch, *, num_rels: int, fg_fra
                             batch.rel_mask)
 
 
+ROI_LOSSES = ("region", "object_box")  # need MSDN's training RoIs (`roi_sampler`)
+
+
 def compute_losses(outputs: ModelOutputs, batch: Batch, pair_labels: jax.Array,
                    pair_mask: jax.Array, *, loss_names: tuple[str, ...], edge_kind: str,
-                   obj_weight: float, rel_weight: float) -> tuple[jax.Array, dict]:
-    """The stage's weighted total loss and its parts."""
+                   obj_weight: float, rel_weight: float, inputs: ModelInputs | None = None,
+                   rois: Any = None) -> tuple[jax.Array, dict]:
+    """The stage's weighted total loss and its parts. With `rois` (MSDN's sampled training
+    RoIs, `models.region_proposals.MSDNTrainingRoIs`) the caption loss runs over the sampled
+    fg regions of `inputs`, and the `region` / `object_box` losses are available."""
     parts = {}
+    missing = [n for n in loss_names if n in ROI_LOSSES] if rois is None else []
+    if missing:
+        raise ValueError(f"losses {missing} need MSDN's training RoIs (a model with region "
+                         "and box heads, and the detector + region RPN of an SGDet run)")
     if "object" in loss_names:
         parts["object_loss"] = obj_weight * losses_lib.object_loss(
             outputs.obj_logits, batch.labels, batch.box_mask)
@@ -72,8 +82,20 @@ def compute_losses(outputs: ModelOutputs, batch: Batch, pair_labels: jax.Array,
         if "caption_logits" not in outputs.aux:
             raise ValueError("loss 'caption': this model has no aux['caption_logits'] (only "
                              "captioning models such as msdn can train it)")
-        parts["caption_loss"] = losses_lib.caption_loss(
-            outputs.aux["caption_logits"], batch.region_tokens, batch.region_mask)
+        if rois is None:
+            tokens, regions = batch.region_tokens, batch.region_mask
+        else:
+            tokens, regions = inputs.region_tokens, rois.region_fg
+        parts["caption_loss"] = losses_lib.caption_loss(outputs.aux["caption_logits"], tokens,
+                                                        regions)
+    if "region" in loss_names:
+        objectness, box = losses_lib.region_losses(
+            outputs.aux["region_scores"], outputs.aux["region_deltas"], rois.region_fg,
+            inputs.region_mask, rois.region_deltas)
+        parts["region_objectness_loss"], parts["region_box_loss"] = objectness, box
+    if "object_box" in loss_names:
+        parts["object_box_loss"] = losses_lib.box_refinement_loss(
+            outputs.aux["proposal_box_deltas"], rois.proposal_labels, rois.proposal_deltas)
     total = sum(parts.values()) if parts else jnp.zeros(())
     return total, parts
 
@@ -82,8 +104,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     loss_names: tuple[str, ...], edge_kind: str, obj_weight: float,
                     rel_weight: float, num_rels: int, fg_fraction: float,
                     must_overlap: bool, trainable: tuple[str, ...] | None = None,
-                    model_state: dict | None = None) -> Callable:
+                    model_state: dict | None = None,
+                    roi_sampler: Callable | None = None) -> Callable:
     """Builds the (un-jitted) pure train step for one stage.
+
+    `roi_sampler(params, batch, key) -> MSDNTrainingRoIs` (MSDN with a trained detector and
+    region RPN: `models.region_proposals.make_msdn_roi_sampler`) replaces the batch's caption
+    regions by sampled region RoIs and adds object RoIs for the box head, on device.
 
     `trainable` names the parameter groups this stage trains; the others are wrapped in
     `stop_gradient`, so XLA never computes (or compiles) their backward pass, e.g. a frozen
@@ -99,6 +126,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
             sample_rng, batch, num_rels=num_rels, fg_fraction=fg_fraction,
             must_overlap=must_overlap)
         inputs = model_inputs(batch, pairs, pair_mask)
+        rois = None
+        if roi_sampler is not None:
+            rois = roi_sampler(state.params, batch, jax.random.fold_in(rng, 1))
+            inputs = inputs.replace(**rois.inputs)
 
         def loss_fn(params):
             params = relation_params(params)  # the frozen detector plays no part here
@@ -109,7 +140,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                                   rngs={"dropout": dropout_rng})
             return compute_losses(outputs, batch, pair_labels, pair_mask,
                                   loss_names=loss_names, edge_kind=edge_kind,
-                                  obj_weight=obj_weight, rel_weight=rel_weight)
+                                  obj_weight=obj_weight, rel_weight=rel_weight,
+                                  inputs=inputs, rois=rois)
 
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new_state = apply_update(state, tx, loss, grads)

@@ -27,7 +27,7 @@ from sgg_jax.training import data as data_lib
 from sgg_jax.training import eval_loop, mesh as mesh_lib, optim, reporting
 from sgg_jax.training import pictures as pictures_lib
 from sgg_jax.training.checkpointing import StageCheckpointer, abstract_like
-from sgg_jax.training.steps import (TrainState, make_detector_train_step,
+from sgg_jax.training.steps import (ROI_LOSSES, TrainState, make_detector_train_step,
                                     make_region_train_step, make_train_step)
 
 log = logging.getLogger("sgg_jax")
@@ -255,13 +255,14 @@ def train_stage(exp: Experiment, stage_name: str, params: Any, rng: jax.Array,
         step_fn = make_region_train_step(exp.detector(), exp.region_rpn(), tx,
                                          detector_state=exp.detector_state)
     else:
+        loss_names, roi_sampler = stage_roi_losses(exp, stage_name, stage)
         step_fn = make_train_step(
-            exp.model(exp.train_mode), tx, loss_names=tuple(optim.split_list(stage.losses)),
+            exp.model(exp.train_mode), tx, loss_names=loss_names,
             edge_kind=cfg.loss.edge, obj_weight=float(cfg.loss.obj_weight),
             rel_weight=float(cfg.loss.rel_weight), num_rels=int(cfg.sampling.num_rels),
             fg_fraction=float(cfg.sampling.fg_fraction),
             must_overlap=bool(cfg.sampling.must_overlap), trainable=tuple(groups),
-            model_state=exp.model_state)
+            model_state=exp.model_state, roi_sampler=roi_sampler)
     batch_sharding = mesh_lib.data_sharding(exp.mesh)
     train_step = jax.jit(step_fn, in_shardings=(replicated, batch_sharding, replicated),
                          out_shardings=(replicated, replicated), donate_argnums=(0,))
@@ -300,6 +301,27 @@ def train_stage(exp: Experiment, stage_name: str, params: Any, rng: jax.Array,
     return state.params
 
 
+def stage_roi_losses(exp: Experiment, stage_name: str, stage: ml_collections.ConfigDict):
+    """A relation stage's losses and, when they include MSDN's box-head losses (`region`,
+    `object_box`), the sampler of its training RoIs from the frozen detector and region RPN.
+    Runs without those (no sgdet in eval.modes) drop the two losses with a warning: the heads
+    matter only for SGDet."""
+    loss_names = tuple(optim.split_list(stage.losses))
+    if not any(n in ROI_LOSSES for n in loss_names):
+        return loss_names, None
+    if not exp.uses_region_proposals:
+        log.warning("stage '%s': losses %s skipped: they train MSDN's box heads on the "
+                    "detector's and the region RPN's proposals, which only SGDet runs train",
+                    stage_name, [n for n in loss_names if n in ROI_LOSSES])
+        return tuple(n for n in loss_names if n not in ROI_LOSSES), None
+    from sgg_jax.models.region_proposals import make_msdn_roi_sampler
+
+    return loss_names, make_msdn_roi_sampler(
+        exp.detector(), exp.region_rpn().config,
+        object_rois=int(exp.config.model.get("box_refinement_rois", 16)),
+        detector_state=exp.detector_state)
+
+
 def make_sgdet_step(exp: Experiment):
     """The un-jitted SGDet step (params, images, image_sizes) -> predictions of this run
     (`eval_loop.make_sgdet_step` with the run's detector, relation model and eval options;
@@ -322,7 +344,8 @@ def make_sgdet_step(exp: Experiment):
     return eval_loop.make_sgdet_step(
         exp.detector(), exp.model("sgdet"), detector_state=exp.detector_state,
         model_state=exp.model_state, must_overlap=bool(cfg.eval.sgdet_must_overlap),
-        object_source=source, propose_regions=propose_regions)
+        object_source=source, propose_regions=propose_regions,
+        refine_boxes=bool(cfg.eval.get("sgdet_refine_boxes", False)))
 
 
 def evaluate(exp: Experiment, params: Any, split: str | None = None,

@@ -60,7 +60,11 @@ class FasterRCNN(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray, image_sizes: jnp.ndarray,
                  gt_boxes: jnp.ndarray | None = None, gt_labels: jnp.ndarray | None = None,
-                 gt_mask: jnp.ndarray | None = None, train: bool = False):
+                 gt_mask: jnp.ndarray | None = None, train: bool = False,
+                 proposals_only: bool = False):
+        """Training: `DetectorLosses`; inference: `Detections`; `proposals_only`: the RPN's
+        proposals (boxes [B, N, 4], valid [B, N]; N = the test/train post-NMS top-n), e.g. as
+        training RoIs for a relation model's box head (MSDN)."""
         cfg = self.config
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"FasterRCNN images: expected [B, H, W, 3], got shape {images.shape}")
@@ -93,6 +97,8 @@ class FasterRCNN(nn.Module):
             nms_thresh=cfg.rpn_nms_thresh, min_size=cfg.rpn_min_size, weights=cfg.rpn_box_weights)
         proposals, _, prop_valid = jax.vmap(select)(jax.lax.stop_gradient(logits),
                                                     jax.lax.stop_gradient(deltas), image_hw)
+        if proposals_only:
+            return proposals, prop_valid
 
         if train:
             key = self.make_rng("sampling")

@@ -94,6 +94,7 @@ class RoITargets:
     deltas: jnp.ndarray    # [S, 4] regression targets for the label's class (0 for bg)
     fg: jnp.ndarray        # [S] bool
     valid: jnp.ndarray     # [S] bool (fg or sampled bg; False = padding)
+    matched_gt: jnp.ndarray  # [S] int32 index of the gt box with the highest IoU (meaningful where fg)
 
 
 def sample_proposals(proposals: jnp.ndarray, proposal_mask: jnp.ndarray, gt_boxes: jnp.ndarray,
@@ -137,4 +138,4 @@ def sample_proposals(proposals: jnp.ndarray, proposal_mask: jnp.ndarray, gt_boxe
     labels = jnp.where(sel_fg, gt_labels[sel_gt], 0).astype(jnp.int32)
     deltas = _ops.encode(gt_boxes[sel_gt], sel_boxes, weights)
     return RoITargets(boxes=sel_boxes, labels=labels, deltas=jnp.where(sel_fg[:, None], deltas, 0.0),
-                      fg=sel_fg, valid=sel_valid)
+                      fg=sel_fg, valid=sel_valid, matched_gt=sel_gt.astype(jnp.int32))
