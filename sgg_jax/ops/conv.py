@@ -1,5 +1,5 @@
 """A drop-in `lax.conv_general_dilated` for NHWC / HWIO convolutions whose gradient is built
-from matrix products (XLA:CPU's own convolution gradients are slow).
+from matrix products (XLA:CPU's own convolution gradients are slow), with Winograd 3x3 convs.
 
 Measured on this 2-core CPU (batch 2, f32; benchmarks/detector.py's R50-FPN shapes): a 1x1
 conv 256 -> 64 at 128x128 takes 3.1 s forward + backward through `lax.conv_general_dilated`
@@ -10,11 +10,19 @@ matrix-product speed.
 
 - 1x1 kernels (any stride, no padding): forward, input gradient and kernel gradient are one
   `dot` each over the (strided) pixels.
-- k x k kernels: the forward and the input gradient stay XLA convolutions (those run at
-  matrix-product speed); the kernel gradient is k*k dots, dW[i, j] = sum over pixels of the
-  input window shifted by (i, j) (outer product with) the output cotangent.
+- 3x3, stride 1, padding 1, enough channels and pixels (`_is_winograd`): Winograd F(2x2, 3x3)
+  -- input / kernel / output transforms as adds of strided slices and 16 batched matrix
+  products, 2.25x fewer flops than the direct conv. The input gradient is the same Winograd
+  conv of the cotangent with the flipped, channel-swapped kernel; the kernel gradient is taken
+  in the Winograd domain (16 products V^T dM, then G^T dU G). XLA:CPU's direct conv runs the
+  FPN's 3x3 256 -> 256 at 128x128 at ~40 GFLOP/s, so this is 1.6-2x faster there
+  (benchmarks/conv.py has the per-layer table).
+- other k x k kernels: the forward and the input gradient stay XLA convolutions; the kernel
+  gradient is k*k dots, dW[i, j] = sum over pixels of the input window shifted by (i, j)
+  (outer product with) the output cotangent.
 Anything else (dilation, groups, other layouts) falls back to `lax.conv_general_dilated`.
-Results equal XLA's up to float summation order.
+Results equal XLA's up to float rounding (Winograd F(2x2, 3x3) adds ~1e-6 relative error in
+float32: its transforms only use 0, +-1, +-1/2).
 """
 from __future__ import annotations
 
@@ -68,12 +76,27 @@ def _subsample(x, strides):
     return x[:, ::strides[0], ::strides[1]] if strides != (1, 1) else x
 
 
-# Winograd F(2x2, 3x3) (Lavin & Gray 2016) for stride-1, pad-1 3x3 convs: each 2x2 output tile
-# is A^T [(G g G^T) * (B^T d B)] A of its 4x4 input tile d, so the product is 16 batched
-# [tiles, Cin] x [Cin, Cout] matrix products (2.25x fewer flops than the direct conv).
-# B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
-# G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]], A^T = [[1, 1, 1, 0], [0, 1, -1, -1]],
-# written out as adds below (no gathers, no dots with the small matrices).
+# Winograd F(m x m, 3x3) (Lavin & Gray 2016) for stride-1, pad-1 3x3 convs: each m x m output
+# tile is A^T [(G g G^T) * (B^T d B)] A of its (m + 2)^2 input tile d, so the product is
+# (m + 2)^2 batched [tiles, Cin] x [Cin, Cout] matrix products: 2.25x (m = 2) or 4x (m = 4)
+# fewer flops than the direct conv. The small transform matrices are applied as unrolled
+# linear combinations of strided slices (no gathers, no dots with them).
+_TRANSFORMS = {
+    2: dict(BT=((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+            G=((1, 0, 0), (.5, .5, .5), (.5, -.5, .5), (0, 0, 1)),
+            AT=((1, 1, 1, 0), (0, 1, -1, -1))),
+    4: dict(BT=((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+                (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+            G=((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+               (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+            AT=((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0),
+                (0, 1, -1, 8, -8, 1))),
+}
+# Output tile size m. F(4x4, 3x3) measured 1.3-1.6x faster than F(2x2, 3x3) forward and
+# forward + backward on the R50-FPN layers (benchmarks/conv.py); its float32 error is larger
+# (max |error| vs a float64 reference, 3x3 256 -> 256 at 32x32, outputs up to ~5: XLA's conv
+# 8e-6, F(2x2) 3e-6, F(4x4) 6e-5, i.e. ~1e-5 relative), far below what training notices.
+WINOGRAD_TILE = 4
 # Where Winograd measured faster than XLA's conv (benchmarks/conv.py, R50-FPN layers at 512 px):
 # both channel counts at least WINOGRAD_MIN_CHANNELS, and at least WINOGRAD_MIN_PIXELS_PER_CHANNEL
 # output pixels (batch included) per channel of the wider side -- with fewer, the kernel
@@ -90,78 +113,91 @@ def _is_winograd(x, w, strides, pads) -> bool:
             and b * h * wd >= WINOGRAD_MIN_PIXELS_PER_CHANNEL * max(w.shape[2], w.shape[3]))
 
 
-def _pairs(e0, o0, e1, o1):
-    """B^T applied along one axis to a tile's 4 rows given as (even t, odd t, even t+1, odd t+1)."""
-    return [e0 - e1, o0 + e1, e1 - o0, o0 - o1]
+def _comb(coefs, xs):
+    """sum_i coefs[i] * xs[i], skipping zero coefficients (coefs are Python numbers)."""
+    out = None
+    for c, x in zip(coefs, xs):
+        if c == 0:
+            continue
+        term = x if c == 1 else -x if c == -1 else c * x
+        out = term if out is None else out + term
+    return out
 
 
-def _winograd_input(x):
-    """x [B, H, W, C] -> V [16, B * th * tw, C], the B^T d B of every 4x4 tile (stride 2) of x
-    padded by 1 (plus 1 more at the bottom / right for odd H / W). Slices of an even/odd
-    reshape, no gathers; the H pass is materialised once so each output reads 4 inputs."""
+def _cols(mat):
+    return tuple(zip(*mat))
+
+
+def _winograd_input(x, m):
+    """x [B, H, W, C] -> V [n^2, B * th * tw, C] (n = m + 2): B^T d B of every n x n tile
+    (stride m) of x padded by 1 (and at the bottom / right up to whole tiles). Tile row i of
+    tile t is row t + i // m, phase i % m of the padded input reshaped by m; the H pass is
+    materialised once so each output element reads n inputs."""
+    bt = _TRANSFORMS[m]["BT"]
+    n = m + 2
     b, h, w, c = x.shape
-    th, tw = (h + 1) // 2, (w + 1) // 2
-    xp = jnp.pad(x, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - w), (0, 0)))
-    xr = xp.reshape(b, th + 1, 2, tw + 1, 2, c)
-    r = jnp.stack(_pairs(xr[:, :th, 0], xr[:, :th, 1], xr[:, 1:, 0], xr[:, 1:, 1]))
-    v = jnp.stack(_pairs(r[:, :, :, :tw, 0], r[:, :, :, :tw, 1], r[:, :, :, 1:, 0],
-                         r[:, :, :, 1:, 1]), 1)                      # [4, 4, b, th, tw, c]
-    return v.reshape(16, b * th * tw, c)
+    th, tw = -(-h // m), -(-w // m)
+    xp = jnp.pad(x, ((0, 0), (1, m * (th + 1) - h - 1), (1, m * (tw + 1) - w - 1), (0, 0)))
+    xr = xp.reshape(b, th + 1, m, tw + 1, m, c)
+    d = [xr[:, i // m:i // m + th, i % m] for i in range(n)]           # [b, th, tw+1, m, c]
+    r = jnp.stack([_comb(row, d) for row in bt])                       # [n, b, th, tw+1, m, c]
+    e = [r[:, :, :, j // m:j // m + tw, j % m] for j in range(n)]      # [n, b, th, tw, c]
+    v = jnp.stack([_comb(row, e) for row in bt], 1)                    # [n, n, b, th, tw, c]
+    return v.reshape(n * n, b * th * tw, c)
 
 
-def _g_rows(g0, g1, g2):
-    """G applied along one axis to 3 kernel rows."""
-    return [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
+def _winograd_kernel(w, m):
+    """HWIO 3x3 kernel -> U [n^2, Cin, Cout] = G g G^T (elementwise; a dot here is slow)."""
+    g = _TRANSFORMS[m]["G"]
+    rows = jnp.stack([_comb(row, [w[0], w[1], w[2]]) for row in g])    # [n, 3, Cin, Cout]
+    u = jnp.stack([_comb(row, [rows[:, 0], rows[:, 1], rows[:, 2]]) for row in g], 1)
+    return u.reshape(len(g) ** 2, *w.shape[2:])
 
 
-def _g_t_rows(u0, u1, u2, u3):
-    """G^T applied along one axis to 4 Winograd-domain rows (the transpose of `_g_rows`)."""
-    return [u0 + 0.5 * (u1 + u2), 0.5 * (u1 - u2), 0.5 * (u1 + u2) + u3]
+def _winograd_kernel_t(du, m):
+    """dU [n^2, Cin, Cout] -> dw [3, 3, Cin, Cout] = G^T dU G (transpose of `_winograd_kernel`)."""
+    gt = _cols(_TRANSFORMS[m]["G"])
+    n = m + 2
+    du = du.reshape(n, n, *du.shape[1:])
+    rows = jnp.stack([_comb(col, [du[a] for a in range(n)]) for col in gt])   # [3, n, Ci, Co]
+    return jnp.stack([_comb(col, [rows[:, b] for b in range(n)]) for col in gt], 1)
 
 
-def _winograd_kernel(w):
-    """HWIO 3x3 kernel -> U [16, Cin, Cout] = G g G^T (elementwise; a dot here is slow)."""
-    rows = _g_rows(w[0], w[1], w[2])                           # [a] -> [3 (j), Cin, Cout]
-    return jnp.stack([jnp.stack(_g_rows(r[0], r[1], r[2])) for r in rows]).reshape(
-        16, *w.shape[2:])
+def _winograd_output(mm, m, b, h, w):
+    """M [n^2, B * th * tw, D] -> y [B, H, W, D]: A^T M A per tile, tiles interleaved, cropped."""
+    at = _TRANSFORMS[m]["AT"]
+    n = m + 2
+    th, tw = -(-h // m), -(-w // m)
+    mm = mm.reshape(n, n, b, th, tw, mm.shape[-1])
+    rows = [_comb(row, [mm[a] for a in range(n)]) for row in at]      # [p] -> [n, b, th, tw, d]
+    y = jnp.stack([jnp.stack([_comb(col, [r[k] for k in range(n)]) for col in at], 3)
+                   for r in rows], 2)                                  # [b, th, m, tw, m, d]
+    return y.reshape(b, m * th, m * tw, -1)[:, :h, :w]
 
 
-def _winograd_kernel_t(du):
-    """dU [16, Cin, Cout] -> dw [3, 3, Cin, Cout] = G^T dU G (the transpose of `_winograd_kernel`)."""
-    du = du.reshape(4, 4, *du.shape[1:])
-    r = _g_t_rows(du[0], du[1], du[2], du[3])                  # [i] -> [4 (b), Cin, Cout]
-    return jnp.stack([jnp.stack(_g_t_rows(ri[0], ri[1], ri[2], ri[3])) for ri in r])
-
-
-def _winograd_output(m, b, h, w):
-    """M [16, B * th * tw, D] -> y [B, H, W, D]: A^T M A per tile, tiles interleaved, cropped."""
-    th, tw = (h + 1) // 2, (w + 1) // 2
-    m = m.reshape(4, 4, b, th, tw, m.shape[-1])
-    rows = [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
-    y = jnp.stack([jnp.stack([r[0] + r[1] + r[2], r[1] - r[2] - r[3]], 3) for r in rows], 2)
-    return y.reshape(b, 2 * th, 2 * tw, -1)[:, :h, :w]
-
-
-def _winograd_output_t(dy):
-    """The transpose of `_winograd_output`: dy [B, H, W, D] -> dM [16, B * th * tw, D]."""
+def _winograd_output_t(dy, m):
+    """The transpose of `_winograd_output`: dy [B, H, W, D] -> dM [n^2, B * th * tw, D]."""
+    a_rows = _cols(_TRANSFORMS[m]["AT"])                               # A: n rows of m
+    n = m + 2
     b, h, w, d = dy.shape
-    th, tw = (h + 1) // 2, (w + 1) // 2
-    t = jnp.pad(dy, ((0, 0), (0, 2 * th - h), (0, 2 * tw - w), (0, 0)))
-    t = t.reshape(b, th, 2, tw, 2, d)
-    a = lambda y0, y1: [y0, y0 + y1, y0 - y1, -y1]                 # A (4x2) applied to a pair
-    r = jnp.stack(a(t[:, :, 0], t[:, :, 1]))                        # [4, b, th, tw, 2, d]
-    return jnp.stack(a(r[..., 0, :], r[..., 1, :]), 1).reshape(16, b * th * tw, d)
+    th, tw = -(-h // m), -(-w // m)
+    t = jnp.pad(dy, ((0, 0), (0, m * th - h), (0, m * tw - w), (0, 0)))
+    t = t.reshape(b, th, m, tw, m, d)
+    r = jnp.stack([_comb(row, [t[:, :, p] for p in range(m)]) for row in a_rows])
+    v = jnp.stack([_comb(row, [r[..., q, :] for q in range(m)]) for row in a_rows], 1)
+    return v.reshape(n * n, b * th * tw, d)
 
 
 def _bdot(a, b, contract, precision):
-    """16 matrix products batched over the leading axis."""
+    """Matrix products batched over the leading axis (the n^2 tile positions)."""
     return jax.lax.dot_general(a, b, ((contract[0], contract[1]), ((0,), (0,))),
                                precision=precision)
 
 
-def _winograd(x, w, precision):
-    m = _bdot(_winograd_input(x), _winograd_kernel(w), ((2,), (1,)), precision)
-    return _winograd_output(m, x.shape[0], x.shape[1], x.shape[2]).astype(x.dtype)
+def _winograd(x, w, precision, m=None):
+    m = m or WINOGRAD_TILE
+    mm = _bdot(_winograd_input(x, m), _winograd_kernel(w, m), ((2,), (1,)), precision)
+    return _winograd_output(mm, m, x.shape[0], x.shape[1], x.shape[2]).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -192,10 +228,10 @@ def _conv_bwd(strides, pads, precision, res, dy):
         # dx: the input gradient of a stride-1 pad-1 3x3 conv is the same conv of dy with the
         # kernel flipped and its channels swapped. dw: in the Winograd domain, dU = V^T dM per
         # tile position, then dw = G^T dU G.
-        dx = _winograd(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), precision)
-        du = _bdot(_winograd_input(x), _winograd_output_t(dy), ((1,), (1,)), precision)
-        dw = _winograd_kernel_t(du)
-        return dx.astype(x.dtype), dw.astype(w.dtype)
+        m = WINOGRAD_TILE
+        dx = _winograd(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), precision, m)
+        du = _bdot(_winograd_input(x, m), _winograd_output_t(dy, m), ((1,), (1,)), precision)
+        return dx.astype(x.dtype), _winograd_kernel_t(du, m).astype(w.dtype)
     kh, kw = w.shape[:2]
     ho, wo = dy.shape[1:3]
     sh, sw = strides
