@@ -63,7 +63,7 @@ def synthetic_prediction(gt: dict, mode: str, num_classes: int, num_predicates: 
     rel /= rel.sum(1, keepdims=True)
     pred = dict(boxes=boxes, labels=labels, scores=scores, rel_pairs=pairs, rel_scores=rel)
     if mode == "sgdet":
-        pred.update(det_labels=labels.copy(), det_scores=scores.copy())
+        pred.update(det_boxes=boxes.copy(), det_labels=labels.copy(), det_scores=scores.copy())
     return pred
 
 
@@ -87,6 +87,7 @@ def evaluated(tmp_path_factory):
         def step(params, images, image_sizes):
             out = _stand_in_outputs(images.shape[0], 2, num_p, MODES.index("sgdet"))
             return dict(out, boxes=jnp.zeros((images.shape[0], 2, 4)),
+                        det_boxes=jnp.zeros((images.shape[0], 2, 4)),
                         box_mask=jnp.zeros((images.shape[0], 2), bool),
                         det_labels=out["labels"], det_scores=out["scores"])
         return step

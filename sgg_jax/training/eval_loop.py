@@ -96,7 +96,7 @@ def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: di
 
     Returns boxes [B,D,4] (canvas pixels), box_mask, labels, scores [B,D], pairs [B,M,2],
     pair_mask [B,M], rel_scores [B,M,P+1] (softmax, 0 = no relation), and the detector's own
-    det_labels / det_scores [B,D] (for box mAP). With `propose_regions` also region_boxes
+    det_boxes [B,D,4] / det_labels / det_scores [B,D] (for its box mAP). With `propose_regions` also region_boxes
     [B,Q,4], region_mask, region_scores [B,Q] and, when the model captions them, captions
     [B,Q,L] (token ids).
     """
@@ -113,6 +113,7 @@ def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: di
         take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
                                              axis=1)
         boxes, valid = take(dets.boxes), take(dets.valid)
+        det_boxes = boxes  # the detector's own (for its box mAP), before any refinement
         det_labels = jnp.where(valid, take(dets.labels), 0).astype(jnp.int32)
         det_scores = jnp.where(valid, take(dets.scores), 0.0)
         pairs, pair_mask = detection_pairs(boxes, valid, must_overlap)
@@ -147,7 +148,7 @@ def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: di
                 regions = dict(region_boxes=region_boxes, region_mask=region_mask)
         out = dict(boxes=boxes, box_mask=valid, labels=labels, scores=scores, pairs=pairs,
                    pair_mask=pair_mask, rel_scores=scored["rel_scores"],
-                   det_labels=det_labels, det_scores=det_scores)
+                   det_boxes=det_boxes, det_labels=det_labels, det_scores=det_scores)
         if regions:
             out.update(regions, region_scores=region_scores)
             if "captions" in outputs.aux:
@@ -207,6 +208,7 @@ def batch_to_examples(batch: Batch, scored: dict[str, np.ndarray]) -> Iterable[t
                     rel_pairs=np.asarray(scored["pairs"][b][pm], np.int64),
                     rel_scores=np.asarray(scored["rel_scores"][b][pm], np.float64))
         if "det_labels" in scored:
+            pred["det_boxes"] = np.asarray(scored["det_boxes"][b][obj], np.float64) / scale
             pred["det_labels"] = np.asarray(scored["det_labels"][b][obj], np.int64)
             pred["det_scores"] = np.asarray(scored["det_scores"][b][obj], np.float64)
         yield gt, pred

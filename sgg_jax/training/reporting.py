@@ -2,8 +2,9 @@
 
 results.json layout (docs/architecture.md): `results[mode]` holds the neural-motifs protocol's
 metrics of each evaluated mode (phrdet included when sgdet is evaluated), `results["msdn"][mode]`
-the MSDN / F-Net protocol's, `results["detection"]` the detector's COCO mAP and
-`results["captions"]` MSDN's region-caption BLEU-4.
+the MSDN / F-Net protocol's, `results["detection"]` the detector's COCO mAP,
+`results["detection_refined"]` that of the SGDet boxes after the relation model's box
+refinement (`eval.sgdet_refine_boxes`) and `results["captions"]` MSDN's region-caption BLEU-4.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sgg_jax.evaluation.sgg import PROTOCOLS
 
 # Top-level results.json keys that are not a mode of the motifs protocol.
 MSDN_KEY = "msdn"
-NON_MODE_KEYS = ("detection", "captions", MSDN_KEY)
+NON_MODE_KEYS = ("detection", "detection_refined", "captions", MSDN_KEY)
 # The recall families shown per protocol.
 PROTOCOL_FAMILIES = {"motifs": ("R", "ngR", "mR", "ngmR", "zR", "ngzR"), "msdn": ("R", "predR")}
 PROTOCOL_NOTES = {"motifs": "per-image mean", "msdn": "micro-averaged over the split"}
@@ -60,7 +61,7 @@ def scalar_groups(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         for mode, vals in modes.items():
             name = mode if protocol == "motifs" else f"{protocol}_{mode}"
             groups[name] = {k: v for k, v in vals.items() if "@" in k}
-    for key in ("detection", "captions"):
+    for key in ("detection", "detection_refined", "captions"):
         if key in results:
             groups[key] = {k: v for k, v in results[key].items()
                            if isinstance(v, (int, float)) and not k.startswith("num_")}

@@ -379,6 +379,8 @@ def evaluate(exp: Experiment, params: Any, split: str | None = None,
             sgdet = make_sgdet_step(exp)
             score = jax.jit(lambda p, batch: sgdet(p, batch.images, batch.image_sizes))
             det_evaluator = DetectionEvaluator(exp.data.num_classes)
+            refined_evaluator = (DetectionEvaluator(exp.data.num_classes)
+                                 if cfg.eval.get("sgdet_refine_boxes", False) else None)
         else:
             score = jax.jit(eval_loop.make_score_step(exp.model(mode), mode, exp.model_state))
         loader = data_lib.eval_loader(cfg, exp.data, exp.mesh, split)
@@ -392,8 +394,12 @@ def evaluate(exp: Experiment, params: Any, split: str | None = None,
                 if 0 <= limit <= seen:
                     break
                 if det_evaluator is not None:
-                    det_evaluator.add(gt, dict(boxes=pred["boxes"], labels=pred.pop("det_labels"),
+                    det_evaluator.add(gt, dict(boxes=pred.pop("det_boxes"),
+                                               labels=pred.pop("det_labels"),
                                                scores=pred.pop("det_scores")))
+                    if refined_evaluator is not None:  # the boxes the scene graphs are scored on
+                        refined_evaluator.add(gt, dict(boxes=pred["boxes"], labels=pred["labels"],
+                                                       scores=pred["scores"]))
                 for evaluator in evaluators.values():
                     evaluator.add(gt, pred)
                 if mode == picture_mode and len(shown) < num_pictures:
@@ -403,6 +409,8 @@ def evaluate(exp: Experiment, params: Any, split: str | None = None,
             reporting.store_metrics(results, protocol, m, evaluator.compute())
         if det_evaluator is not None:
             results["detection"] = det_evaluator.compute()
+            if refined_evaluator is not None:
+                results["detection_refined"] = refined_evaluator.compute()
     if shown:
         paths = pictures_lib.write_pictures(
             os.path.join(exp.workdir, "pictures"), picture_mode, shown, exp.data.idx_to_label,
@@ -534,6 +542,10 @@ def report(exp: Experiment, results: dict[str, dict], name: str = "results.json"
             print(reporting.format_detection_table(
                 results["detection"], f"detector ({exp.config.model.detector.backbone}) box mAP "
                 f"on {exp.config.data.name}/{exp.config.eval.split} (COCO, %)"))
+        if "detection_refined" in results:
+            print(reporting.format_detection_table(
+                results["detection_refined"], f"SGDet boxes after {exp.config.model.name}'s box "
+                f"refinement, box mAP (COCO, %)"))
         write_json_atomic(path, results)
     return path
 
