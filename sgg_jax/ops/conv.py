@@ -10,19 +10,20 @@ matrix-product speed.
 
 - 1x1 kernels (any stride, no padding): forward, input gradient and kernel gradient are one
   `dot` each over the (strided) pixels.
-- 3x3, stride 1, padding 1, enough channels and pixels (`_is_winograd`): Winograd F(2x2, 3x3)
-  -- input / kernel / output transforms as adds of strided slices and 16 batched matrix
-  products, 2.25x fewer flops than the direct conv. The input gradient is the same Winograd
-  conv of the cotangent with the flipped, channel-swapped kernel; the kernel gradient is taken
-  in the Winograd domain (16 products V^T dM, then G^T dU G). XLA:CPU's direct conv runs the
-  FPN's 3x3 256 -> 256 at 128x128 at ~40 GFLOP/s, so this is 1.6-2x faster there
-  (benchmarks/conv.py has the per-layer table).
+- 3x3, stride 1, padding 1, enough channels and pixels (`_is_winograd`): Winograd
+  F(4x4, 3x3) (`WINOGRAD_TILE`; F(2x2, 3x3) also available) -- input / kernel / output
+  transforms as linear combinations of strided slices and 36 batched matrix products, 4x fewer
+  flops than the direct conv. The input gradient is the same Winograd conv of the cotangent
+  with the flipped, channel-swapped kernel; the kernel gradient is taken in the Winograd domain
+  (n^2 products V^T dM, then G^T dU G). XLA:CPU's direct conv runs the FPN's 3x3 256 -> 256 at
+  128x128 at ~40 GFLOP/s; this is ~3x faster there (benchmarks/conv.py has the per-layer
+  table against XLA and torch/oneDNN).
 - other k x k kernels: the forward and the input gradient stay XLA convolutions; the kernel
   gradient is k*k dots, dW[i, j] = sum over pixels of the input window shifted by (i, j)
   (outer product with) the output cotangent.
 Anything else (dilation, groups, other layouts) falls back to `lax.conv_general_dilated`.
-Results equal XLA's up to float rounding (Winograd F(2x2, 3x3) adds ~1e-6 relative error in
-float32: its transforms only use 0, +-1, +-1/2).
+Results equal XLA's up to float rounding (F(4x4, 3x3): ~1e-5 relative in float32, see
+`WINOGRAD_TILE`).
 """
 from __future__ import annotations
 
@@ -100,8 +101,8 @@ WINOGRAD_TILE = 4
 # Where Winograd measured faster than XLA's conv (benchmarks/conv.py, R50-FPN layers at 512 px):
 # both channel counts at least WINOGRAD_MIN_CHANNELS, and at least WINOGRAD_MIN_PIXELS_PER_CHANNEL
 # output pixels (batch included) per channel of the wider side -- with fewer, the kernel
-# transforms (16 / 9 of the kernel, per use) outweigh the saved flops (16x16 512->512 and
-# 8x8 256->256 at batch 2 were slower forward + backward).
+# transforms ((m + 2)^2 / 9 times the kernel, per use) outweigh the saved flops (16x16 512->512
+# and 8x8 256->256 at batch 2 were slower forward + backward with F(2x2) and F(4x4)).
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_PIXELS_PER_CHANNEL = 2
 
