@@ -132,7 +132,9 @@ class OursRunner:
             return optax.apply_updates(params, upd), state, loss
 
         self._infer = lambda: infer(variables, imgs, sizes)
-        self.params, self.state = variables["params"], opt.init(variables["params"])
+        # a copy: the train step donates (consumes) its params, inference keeps `variables`
+        self.params = jax.tree.map(jnp.copy, variables["params"])
+        self.state = opt.init(self.params)
         self._train_step = train_step
         self._key = jax.random.PRNGKey(1)
         jax.block_until_ready(self._infer())
