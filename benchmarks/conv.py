@@ -1,6 +1,8 @@
 """Single-layer 3x3 convolution timing: `sgg_jax.ops.conv` with Winograd ("winograd") and
 without it ("xla_fwd": XLA's conv forward and input gradient, kernel gradient as dots; its
-forward is `lax.conv_general_dilated`'s) vs torch (oneDNN), on the stride-1 3x3 layers of benchmarks/detector.py's ResNet-50-FPN at 512 px, batch 2, float32.
+forward is `lax.conv_general_dilated`'s) vs torch (oneDNN), on the stride-1 3x3 layers of
+benchmarks/detector.py's ResNet-50-FPN at 512 px, batch 2, float32. The "winograd" column
+forces Winograd on every layer (the detector uses it only where `_is_winograd` says so).
 
 Each layer is timed forward and forward + backward (output, input gradient and kernel gradient
 for a fixed random cotangent). Repetitions interleave (winograd, xla_fwd, torch, winograd, ...)
