@@ -558,8 +558,11 @@ def test_msdn_training_rois_and_box_head_losses(regions_run):
             best = iou.argmax(1)
             f = fg[rm]
             assert (iou.max(1)[f] >= 0.5 - 1e-6).all() and (iou.max(1)[~f] < 0.5 + 1e-6).all()
-            np.testing.assert_array_equal(tokens[rm][f], host.region_tokens[b][gmask][best[f]])
-            assert (tokens[rm][~f] == msdn.PAD).all()
+            # Captions only for the first max_fg rows (fg come first); non-fg rows all pad.
+            nf = int(fg.sum())
+            assert tokens.shape[0] == int(rcfg.train_rois * rcfg.train_fg_fraction) >= nf
+            np.testing.assert_array_equal(tokens[:nf], host.region_tokens[b][gmask][best[f]])
+            assert (tokens[nf:] == msdn.PAD).all()
             np.testing.assert_allclose(
                 decode_numpy(rois.region_deltas[b][rm][f], boxes[rm][f]),
                 host.region_boxes[b][gmask][best[f]], atol=1e-3)
@@ -577,10 +580,8 @@ def test_msdn_training_rois_and_box_head_losses(regions_run):
             n_fg_objects += int((pl > 0).sum())
     assert n_fg_regions > 0 and n_fg_objects > 0
 
-    # The relations stage (backbone frozen: less to compile than the objects stage; both list
-    # the box-head losses in configs/msdn.py).
+    # The relations stage (configs/msdn.py trains the box heads there).
     stages = trainer.stage_names(exp.config)
-    assert "region" in exp.config.train.stages.objects.losses
     assert "object_box" in exp.config.train.stages.relations.losses
     i = trainer.stage_seed_index(stages, "relations")
     writer = RecordingWriter()

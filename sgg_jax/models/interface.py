@@ -27,8 +27,9 @@ class ModelInputs:
       pair_mask: [B, M] bool.
       region_boxes: optional [B, Q, 4] float32 caption-region boxes in canvas pixels (MSDN; the
         ground-truth regions of `Batch.region_boxes`, or region proposals).
-      region_tokens: optional [B, Q, L] int32 caption tokens (0 pad, 1 <start>, 2 <end>), the
-        teacher-forcing targets of a captioner; never an input to its predictions.
+      region_tokens: optional [B, Qc, L] int32 caption tokens (0 pad, 1 <start>, 2 <end>) of the
+        first Qc <= Q regions (Qc = Q for the ground-truth regions), the teacher-forcing targets
+        of a captioner; never an input to its predictions.
       region_mask: optional [B, Q] bool.
       proposal_boxes: optional [B, R, 4] float32 extra object RoIs whose only use is training
         a box-refinement head (MSDN: the detector's RPN proposals matched to ground truth); they

@@ -38,7 +38,8 @@ Outputs: `obj_logits [B, O, C+1]`, `rel_logits [B, M, P+1]` and in `aux`:
 `region_scores [B, Q]` (objectness logits), `region_deltas [B, Q, 4]`, `obj_box_deltas
 [B, O, C+1, 4]` (class-specific; `BOX_WEIGHTS`; `refine_boxes` applies them),
 `proposal_box_deltas [B, R, C+1, 4]` when `inputs.proposal_boxes` is given,
-`caption_logits [B, Q, L, V]` (teacher forcing with `region_tokens`; position t predicts token
+`caption_logits [B, Qc, L, V]` (teacher forcing with `region_tokens` [B, Qc, L], which may
+cover only the first Qc <= Q regions; position t predicts token
 t, position 0 is the image step and carries no loss) and, when `train=False`, `captions
 [B, Q, L]` (greedy decoding: <start>, words, <end>, then 0).
 """
@@ -409,7 +410,10 @@ class MSDNModel(nn.Module):
             aux["proposal_box_deltas"] = f32(proposal_deltas)
         tokens = inputs.region_tokens
         if tokens is not None:
-            aux["caption_logits"] = captioner.teacher_logits(reg, tokens).astype(jnp.float32)
+            # Tokens may cover only the first Qc <= Q regions (training on sampled RoIs: the
+            # fg ones come first and only they have captions), so bg regions cost no LSTM.
+            aux["caption_logits"] = captioner.teacher_logits(
+                reg[:, :tokens.shape[1]], tokens).astype(jnp.float32)
         if not train:
             length = tokens.shape[-1] if tokens is not None else self.max_caption_len
             captions = captioner.greedy(reg, length)

@@ -176,8 +176,9 @@ def make_region_proposal_fn(detector: FasterRCNN, config: RegionRPNConfig, *,
 class MSDNTrainingRoIs:
     """What `make_msdn_roi_sampler` adds to a training step (all stop-gradient, [B, ...]).
 
-    `inputs` are `ModelInputs` fields: region_boxes / region_mask / region_tokens (sampled
-    region RoIs; bg regions get all-pad tokens) and proposal_boxes (object RoIs for the box
+    `inputs` are `ModelInputs` fields: region_boxes / region_mask (sampled region RoIs, fg
+    first), region_tokens [B, max_fg, L] (captions of the first max_fg = train_rois *
+    train_fg_fraction RoIs; non-fg rows all pad) and proposal_boxes (object RoIs for the box
     head). The rest are the targets of the `region` and `object_box` losses.
     """
 
@@ -222,7 +223,10 @@ def make_msdn_roi_sampler(detector: FasterRCNN, config: RegionRPNConfig, *,
             reg_boxes, reg_valid, batch.region_boxes, batch.region_mask,
             jax.random.split(k_reg, b))
         tokens = jnp.take_along_axis(batch.region_tokens, rt.matched_gt[..., None], axis=1)
-        tokens = jnp.where(rt.fg[..., None], tokens, PAD)
+        # fg RoIs come first and there are at most max_fg: only those rows get caption targets
+        # (the captioner runs on them alone).
+        max_fg = int(config.train_rois * config.train_fg_fraction)
+        tokens = jnp.where(rt.fg[..., None], tokens, PAD)[:, :max_fg]
 
         props, prop_valid = detector.apply(det_vars, batch.images, batch.image_sizes,
                                            proposals_only=True)

@@ -85,7 +85,8 @@ def compute_losses(outputs: ModelOutputs, batch: Batch, pair_labels: jax.Array,
         if rois is None:
             tokens, regions = batch.region_tokens, batch.region_mask
         else:
-            tokens, regions = inputs.region_tokens, rois.region_fg
+            tokens = inputs.region_tokens
+            regions = rois.region_fg[:, :tokens.shape[1]]
         parts["caption_loss"] = losses_lib.caption_loss(outputs.aux["caption_logits"], tokens,
                                                         regions)
     if "region" in loss_names:
