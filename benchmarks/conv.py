@@ -18,13 +18,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import JsonLineWorker  # noqa: E402
 
 # name: (batch, H, W, Cin, Cout); every 3x3 stride-1 pad-1 conv shape of the R50-FPN at 512 px
 LAYERS = {"layer1": (2, 128, 128, 64, 64), "layer2": (2, 64, 64, 128, 128),
@@ -119,36 +119,22 @@ def _torch_worker() -> None:
         print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
 
 
-class TorchRunner:
-    def __init__(self, python: str):
-        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--torch-worker"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = self._read()
+class TorchRunner(JsonLineWorker):
+    """Drives the `--torch-worker` process; `bind(layer)` selects the layer of the next calls."""
 
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"benchmarks/conv.py: the torch worker exited ({self.proc.wait()})")
-        return json.loads(line)
+    def __init__(self, python: str):
+        super().__init__([python, os.path.abspath(__file__), "--torch-worker"],
+                         "benchmarks/conv.py torch worker")
 
     def bind(self, name: str) -> "TorchRunner":
-        self.name = name
+        self.layer = name
         return self
 
-    def _call(self, what: str) -> float:
-        self.proc.stdin.write(f"{self.name} {what}\n")
-        self.proc.stdin.flush()
-        return self._read()["seconds"]
-
     def forward(self) -> float:
-        return self._call("forward")
+        return self.seconds(f"{self.layer} forward")
 
     def forward_backward(self) -> float:
-        return self._call("forward_backward")
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
+        return self.seconds(f"{self.layer} forward_backward")
 
 
 def main() -> None:

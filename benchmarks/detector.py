@@ -36,13 +36,13 @@ import functools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import JsonLineWorker  # noqa: E402
 
 # glibc malloc: one arena, no mmap for big blocks, never give memory back to the OS.
 TUNED_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 32),
@@ -222,39 +222,19 @@ def _torch_worker(size: int, batch: int, classes: int) -> None:
         print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
 
 
-class TorchRunner:
-    """Drives a `_torch_worker` process."""
+class TorchRunner(JsonLineWorker):
+    """Drives a `_torch_worker` process (torchvision's side, in the torch interpreter)."""
 
     def __init__(self, python: str, size: int, batch: int, classes: int, settings: dict):
-        here = os.path.abspath(__file__)
-        self.proc = subprocess.Popen(
-            [python, here, "--torch-worker", "--size", str(size), "--batch", str(batch),
-             "--classes", str(classes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.proc.stdin.write(json.dumps(settings) + "\n")
-        self.proc.stdin.flush()
-        self.info = self._read()
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"benchmarks/detector.py: the torchvision worker exited "
-                               f"(code {self.proc.wait()})")
-        return json.loads(line)
-
-    def _call(self, what: str) -> float:
-        self.proc.stdin.write(what + "\n")
-        self.proc.stdin.flush()
-        return self._read()["seconds"]
+        super().__init__([python, os.path.abspath(__file__), "--torch-worker", "--size",
+                          str(size), "--batch", str(batch), "--classes", str(classes)],
+                         "benchmarks/detector.py torchvision worker", json.dumps(settings))
 
     def infer(self) -> float:
-        return self._call("infer")
+        return self.seconds("infer")
 
     def train(self) -> float:
-        return self._call("train")
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
+        return self.seconds("train")
 
 
 def _torch_python(arg: str) -> str | None:

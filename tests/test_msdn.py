@@ -17,6 +17,7 @@ from sgg_jax.models import build_model
 from sgg_jax.models import msdn
 from sgg_jax.models.interface import ModelInputs
 from sgg_jax.training import steps
+from test_detector import np_iou  # the NumPy IoU reference the detector tests use
 
 C, P, V = 4, 3, 12  # object classes, predicates, caption words (incl. 4 specials)
 B, S, O, M, Q, L = 2, 64, 5, 8, 4, 6
@@ -469,16 +470,6 @@ def clip_numpy(boxes, hw):
     return out
 
 
-def iou_numpy(a, b):
-    """IoU matrix [N, M] of x1y1x2y2 boxes (continuous areas)."""
-    a, b = np.asarray(a, np.float64)[:, None], np.asarray(b, np.float64)[None]
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = iw * ih
-    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
-
-
 @pytest.fixture(scope="module")
 def regions_run(tmp_path_factory):
     """(exp, initial params, params after the regions stage, writer, workdir): tiny MSDN with
@@ -554,7 +545,7 @@ def test_msdn_training_rois_and_box_head_losses(regions_run):
         assert np.all(np.diff(rank) >= 0)  # fg, then bg, then padding
         gmask = host.region_mask[b]
         if gmask.any() and rm.any():
-            iou = iou_numpy(boxes[rm], host.region_boxes[b][gmask])
+            iou = np_iou(boxes[rm], host.region_boxes[b][gmask])
             best = iou.argmax(1)
             f = fg[rm]
             assert (iou.max(1)[f] >= 0.5 - 1e-6).all() and (iou.max(1)[~f] < 0.5 + 1e-6).all()
@@ -570,7 +561,7 @@ def test_msdn_training_rois_and_box_head_losses(regions_run):
         pl, pb = rois.proposal_labels[b], rois.inputs["proposal_boxes"][b]
         omask = host.box_mask[b] & (host.labels[b] > 0)
         if (pl > 0).any():
-            iou = iou_numpy(pb[pl > 0], host.boxes[b][omask])
+            iou = np_iou(pb[pl > 0], host.boxes[b][omask])
             best = iou.argmax(1)
             assert (iou.max(1) >= 0.5 - 1e-6).all()
             np.testing.assert_array_equal(pl[pl > 0], host.labels[b][omask][best])
