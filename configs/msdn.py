@@ -1,13 +1,12 @@
 """MSDN (Li et al. 2017: objects, phrases and region captions) on the built-in synthetic data.
 
 Presets (`--config configs/msdn.py:<preset>`):
-  box_heads  the default preset plus MSDN's box heads trained on sampled region / object RoIs
-             (losses `region`, `object_box`) and applied in SGDet; ~19 min on a 2-core CPU.
   (default)  the demo: synthetic data (generated if absent), small ResNet; trains the four
-             stages and reports PredCls / SGCls / SGDet recalls, phrase detection, the
-             detector's box mAP and region-caption BLEU-4 ("given regions": ground-truth region
-             boxes), with a few prediction pictures; minutes on a 2-core CPU (docs/models.md).
-  tiny       a seconds-long smoke run (tests).
+             stages, MSDN's box heads included, and reports PredCls / SGCls / SGDet recalls,
+             phrase detection, the box mAP of the detector's and of the refined SGDet boxes and
+             region-caption BLEU-4 ("given regions": ground-truth region boxes), with a few
+             prediction pictures; ~13 min from nothing on an idle 2-core CPU (docs/models.md).
+  tiny       a seconds-long smoke run (tests; box heads in the relations stage only).
   vg         the published sizes on a local VG150 copy (regions need the VG-MSDN json files).
 
 Stages (MSDN's "RPNs, then the full model"; each checkpointed, a re-run resumes where it
@@ -25,12 +24,11 @@ import ml_collections
 from sgg_jax.config import apply_preset, get_base_config, stage
 
 _ALL_BUT_BACKBONE = ("roi_features", "obj_classifier", "relation_head", "captioner")
-# MSDN's region objectness + box and object box-refinement losses (they need the detector and
-# region RPN, so runs without sgdet drop them with a warning). Trained by the `box_heads` preset,
-# not by the default demo: measured on this 2-core CPU, training them in both relation stages
-# (the configuration that lifted SGDet R@100 3.02 -> 6.54, docs/models.md) takes the demo to
-# ~19 min (relations step 555 -> 1078 ms), past its 15 min budget; training them in the
-# relations stage alone fits (14m38) but lowered PredCls R@50 50.91 -> 44.55.
+# MSDN's region objectness + box and object box-refinement losses on sampled region / object
+# RoIs (they need the detector and region RPN, so runs without sgdet drop them with a warning).
+# Trained in both relation stages: in the relations stage alone (a frozen trunk) they lowered
+# PredCls R@50 50.91 -> 44.55 (docs/models.md). Cost on an idle 2-core CPU: relations step
+# 405 -> 458 ms.
 _BOX_HEADS = ("region", "object_box")
 
 
@@ -57,21 +55,18 @@ def get_config(arg: str | None = None):
         learning_rate=3e-3, warmup_steps=20)
     c.train.stages.objects = stage(
         num_steps=300, trainable=("backbone",) + _ALL_BUT_BACKBONE,
-        losses=("object", "caption"), learning_rate=2e-3, warmup_steps=50)
+        losses=("object", "caption") + _BOX_HEADS, learning_rate=2e-3, warmup_steps=50)
     c.train.stages.relations = stage(
         num_steps=400, trainable=_ALL_BUT_BACKBONE,
-        losses=("object", "relation", "caption"), learning_rate=1e-3, warmup_steps=50)
+        losses=("object", "relation", "caption") + _BOX_HEADS, learning_rate=1e-3,
+        warmup_steps=50)
+    c.eval.sgdet_refine_boxes = True  # SGDet boxes and regions go through the box heads
     c.eval.modes = "predcls,sgcls,sgdet"
     preset = (arg or "default").strip()
-    if preset in ("box_heads", "tiny"):
-        # MSDN's box heads trained on sampled RoIs (tiny: in the relations stage only, so tests
-        # cover them cheaply); SGDet boxes and regions go through them.
-        stages = ("objects", "relations") if preset == "box_heads" else ("relations",)
-        for name in stages:
-            c.train.stages[name].losses += "," + ",".join(_BOX_HEADS)
-        c.eval.sgdet_refine_boxes = True
-    c = apply_preset(c, "default" if preset == "box_heads" else arg)
+    c = apply_preset(c, arg)
     if preset == "tiny":
+        # Box heads in the relations stage only, so tests cover them cheaply.
+        c.train.stages.objects.losses = "object,caption"
         c.model.gate_width = 16
         c.model.region_rpn.anchor_sizes = (32.0, 64.0)
         c.model.region_rpn.channels = 16
