@@ -274,3 +274,30 @@ def test_non_trainable_collections_reach_the_model():
     assert np.isfinite(float(metrics["loss"]))
     with pytest.raises(Exception):  # without the collection the model cannot run
         make_score_step(model, "sgcls")({"w": jnp.asarray(1.0)}, batch)
+
+
+def test_restore_params_takes_a_subset_whatever_the_optimizer(tmp_path):
+    """Evaluation restores only the parameters its model has (an eval without SGDet skips the
+    saved detector) and does not depend on the optimizer state that was saved with them."""
+    import optax
+
+    from sgg_jax.training.checkpointing import StageCheckpointer, abstract_like
+    from sgg_jax.training.steps import TrainState
+
+    rng = np.random.default_rng(0)
+    params = {"detector": {"w": jax.numpy.asarray(rng.normal(size=(3, 4)), jax.numpy.float32)},
+              "head": {"w": jax.numpy.asarray(rng.normal(size=(4, 2)), jax.numpy.float32),
+                       "b": jax.numpy.asarray(rng.normal(size=(2,)), jax.numpy.float32)}}
+    ckpt = StageCheckpointer(str(tmp_path / "stage"))
+    ckpt.save(7, TrainState.create(params, optax.adam(1e-3)), None, dict(step=7))
+    ckpt.wait()
+    wanted = {"head": jax.tree.map(jax.numpy.zeros_like, params["head"])}
+    got = ckpt.restore_params(7, abstract_like(wanted))
+    assert set(got) == {"head"}
+    for k in ("w", "b"):
+        np.testing.assert_array_equal(np.asarray(got["head"][k]), np.asarray(params["head"][k]))
+    with pytest.raises(ValueError, match=str(tmp_path / "stage")):
+        ckpt.restore_params(7, abstract_like({"other": params["head"]}))
+    with pytest.raises(ValueError, match="do not match"):  # another size
+        ckpt.restore_params(7, abstract_like({"head": {"w": params["head"]["w"][:3]}}))
+    ckpt.close()

@@ -44,6 +44,30 @@ class StageCheckpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         return out.state, out.meta
 
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the parameters named by `abstract_params` (shapes / shardings), whatever the
+        optimizer that wrote the checkpoint; checkpoint groups absent from it are skipped, so an
+        evaluation without SGDet restores a full run's checkpoint without its detector."""
+        path = os.path.join(self.directory, str(step), "state")
+        item = {"params": abstract_params}
+        args = ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True)
+        hint = "the checkpoint's parameters do not match this config's model (another model " \
+            "or sizes?)"
+        try:
+            params = ocp.PyTreeCheckpointer().restore(path, args=args)["params"]
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{path}: {hint}: {e}") from e
+        # partial_restore hands targets the checkpoint lacks back unrestored.
+        missing = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(
+            params, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+            if isinstance(v, jax.ShapeDtypeStruct)]
+        if missing:
+            raise ValueError(f"{path}: {hint}; not in the checkpoint: {', '.join(missing[:8])}"
+                             + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+        return params
+
     def read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 

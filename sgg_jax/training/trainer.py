@@ -517,17 +517,11 @@ def restore_final_params(exp: Experiment, rng: jax.Array, checkpoint: str = "") 
             return params
         raise _no_checkpoint_error(root)
     stage_name, directory, step = found
-    stages = stage_names(exp.config)
-    stage = exp.config.train.stages[stage_name] if stage_name in exp.config.train.stages \
-        else exp.config.train.stages[stages[-1]]
-    tx = optim.make_optimizer(stage, exp.config.train, params)
-    state = jax.jit(lambda p: TrainState.create(p, tx),
-                    out_shardings=mesh_lib.replicated(exp.mesh))(params)
     ckpt = StageCheckpointer(directory)
-    state, _ = ckpt.restore(step, abstract_like(state))
+    params = ckpt.restore_params(step, abstract_like(params))
     ckpt.close()
     log.info("restored parameters of stage '%s' step %d from %s", stage_name, step, directory)
-    return state.params
+    return params
 
 
 def report(exp: Experiment, results: dict[str, dict], name: str = "results.json") -> str:
