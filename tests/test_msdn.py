@@ -1,6 +1,7 @@
 """Tests of MSDN (sgg_jax/models/msdn.py), the caption loss and the caption evaluation."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -283,6 +284,63 @@ def test_greedy_decoding_stops_and_pads(captioner):
             assert (row[1:stop] >= 3).all()
             assert (row[stop + 1:] == msdn.PAD).all()
             np.testing.assert_array_equal(lg[1:stop + 1].argmax(-1), row[1:stop + 1])
+
+
+def _caption_log_probs(teacher, variables, feats, caps):
+    """Total log-probability of each caption [.., L] under teacher forcing (words and <end>
+    scored, PAD / <start> excluded from the softmax as in decoding), NumPy."""
+    logits = np.array(teacher(variables, feats, jnp.asarray(caps)), np.float64)
+    logits[..., [msdn.PAD, msdn.START]] = -np.inf
+    top = logits.max(-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    picked = np.take_along_axis(logp, caps[..., None], axis=-1)[..., 0]
+    scored = np.zeros(caps.shape, bool)
+    for idx in np.ndindex(caps.shape[:-1]):
+        end = np.flatnonzero(caps[idx] == msdn.END)
+        scored[idx][1:(end[0] if end.size else L - 1) + 1] = True
+    return np.where(scored, picked, 0.0).sum(-1)
+
+
+def test_beam_search_is_exact_when_wide_and_greedy_when_one():
+    """Beam width 1 is greedy; a beam wide enough to keep every hypothesis returns the most
+    probable caption of all (enumerated here, scored by teacher forcing)."""
+    v, length = 6, 5  # specials + 2 words; 4 decoded positions -> 4^4 word/<end> sequences
+    cap = msdn.RegionCaptioner(vocab_size=v, hidden_dim=8)
+    feats = jnp.asarray(np.random.default_rng(2).normal(size=(2, 3, 5)), jnp.float32)
+    shapes = jax.eval_shape(lambda f: cap.init(jax.random.PRNGKey(0), f,
+                                               jnp.zeros((2, 3, length), jnp.int32)), feats)
+    rng = np.random.default_rng(3)
+    # Large weights, no word bias: varied captions whose scores depend on the LSTM states.
+    variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 2.0, s.shape), s.dtype), shapes)
+    variables["params"]["decoder"]["word_logits"]["bias"] = jnp.zeros(v)
+    decode = jax.jit(lambda vv, f, k: cap.apply(vv, f, length, k, method=cap.decode),
+                     static_argnums=2)
+    greedy = jax.jit(lambda vv, f: cap.apply(vv, f, length, method=cap.greedy))
+    teacher = jax.jit(lambda vv, f, t: cap.apply(vv, f, t, method=cap.teacher_logits))
+
+    # All captions: <start>, then words (3, 4, 5 = <unk> and 2 words) until <end>, then PAD.
+    seqs = set()
+    for body in itertools.product([msdn.END, 3, 4, 5], repeat=length - 1):
+        end = body.index(msdn.END) if msdn.END in body else length - 1
+        seqs.add((msdn.START,) + body[:end + 1] + (msdn.PAD,) * (length - end - 2))
+    seqs = np.asarray(sorted(seqs), np.int32)
+    every = np.broadcast_to(seqs[:, None, None], (len(seqs), 2, 3, length))
+    above_greedy = 0
+    # <end> bias 0: short captions tend to win; -2: longer ones, whose scores depend on
+    # carrying each hypothesis' LSTM state through the beam's reordering.
+    for end_bias in (0.0, -2.0):
+        v = _set_end_bias(variables, end_bias)
+        np.testing.assert_array_equal(np.asarray(decode(v, feats, 1)),
+                                      np.asarray(greedy(v, feats)))
+        scores = np.stack([_caption_log_probs(teacher, v, feats, c) for c in every])
+        best = every[scores.argmax(0), np.arange(2)[:, None], np.arange(3)[None]]
+        wide = np.asarray(decode(v, feats, len(seqs)))
+        np.testing.assert_array_equal(wide, best)
+        wide_lp = _caption_log_probs(teacher, v, feats, wide)
+        greedy_lp = _caption_log_probs(teacher, v, feats, np.asarray(decode(v, feats, 1)))
+        assert (wide_lp >= greedy_lp - 1e-6).all()
+        above_greedy += int((wide_lp > greedy_lp + 1e-6).sum())
+    assert above_greedy > 0  # the exhaustive optimum is not just greedy's caption again
 
 
 # ------------------------------------------------------------------------------------------------

@@ -81,7 +81,8 @@ def build_model(model_config: Any, *, num_classes: int, num_predicates: int,
                          vocab_size=int(num_words),
                          hidden_dim=int(_field(model_config, "hidden_dim")),
                          num_iterations=int(_field(model_config, "num_iterations")),
-                         gate_width=int(get("gate_width", 128)), **common)
+                         gate_width=int(get("gate_width", 128)),
+                         caption_beam_size=int(get("caption_beam_size", 1)), **common)
     from sgg_jax.models.imp import IMPModel
 
     get = model_config.get if hasattr(model_config, "get") else (lambda k, d: d)

@@ -348,6 +348,52 @@ class RegionCaptioner(nn.Module):
         preds = preds.T.at[:, 0].set(START)  # the image step's output stands for <start>
         return preds.reshape(b, q, length)
 
+    def beam(self, feats: jnp.ndarray, length: int, beam_size: int) -> jnp.ndarray:
+        """feats [B, Q, F] -> token ids [B, Q, length], as `greedy`, but the caption of highest
+        total log-probability (over the words and <end>; PAD and <start> excluded, as greedy)
+        among `beam_size` hypotheses kept per region; beam_size 1 is greedy. Finished
+        hypotheses keep their score and extend only by PAD. The loop is over time steps
+        (`length` - 1 one-step scans of the same decoder), fixed shapes throughout."""
+        b, q = feats.shape[:2]
+        n, k, v = b * q, beam_size, self.vocab_size
+        step = lambda carry, is_image, tok: self.decoder(
+            carry, (jnp.asarray([is_image]), tok[None].astype(jnp.int32)))
+        zeros = jnp.zeros((n, self.hidden_dim), self.dtype)
+        image = nn.relu(self.image_proj(feats.reshape(n, -1)))
+        carry = (tuple((zeros, zeros) for _ in range(2)), jnp.zeros((n,), jnp.int32),
+                 jnp.zeros((n,), bool), image)
+        carry, _ = step(carry, True, jnp.full((n,), PAD))  # MSDN's image step
+        # Every row's state to its k hypotheses: [n, ...] -> [n * k, ...].
+        carry = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), carry)
+        tokens = jnp.zeros((n, k, length), jnp.int32).at[:, :, 0].set(START)
+        scores = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf)[None].repeat(n, 0)  # one live
+        done = jnp.zeros((n, k), bool)
+        banned = jnp.isin(jnp.arange(v), jnp.array([PAD, START]))
+        pad_only = jnp.where(jnp.arange(v) == PAD, 0.0, -jnp.inf)
+        for t in range(1, length):
+            carry, (logits, _) = step(carry, False, tokens[:, :, t - 1].reshape(n * k))
+            logp = jax.nn.log_softmax(
+                jnp.where(banned, -jnp.inf, logits[0].astype(jnp.float32)), axis=-1)
+            logp = jnp.where(done[..., None], pad_only, logp.reshape(n, k, v))
+            scores, flat = jax.lax.top_k((scores[..., None] + logp).reshape(n, k * v), k)
+            parent, word = flat // v, (flat % v).astype(jnp.int32)
+            pick = lambda x: jnp.take_along_axis(
+                x.reshape((n, k) + x.shape[1:]),
+                parent.reshape((n, k) + (1,) * (x.ndim - 1)), axis=1).reshape(x.shape)
+            carry = jax.tree.map(pick, carry)
+            tokens = jnp.take_along_axis(tokens, parent[..., None], axis=1).at[:, :, t].set(word)
+            done = jnp.take_along_axis(done, parent, axis=1) | (word == END)
+        best = jnp.argmax(scores, axis=1)
+        out = jnp.take_along_axis(tokens, best[:, None, None], axis=1)[:, 0]
+        return out.reshape(b, q, length)
+
+    def decode(self, feats: jnp.ndarray, length: int, beam_size: int = 1) -> jnp.ndarray:
+        """Greedy (beam_size 1) or beam-search captions [B, Q, length]."""
+        if beam_size < 1:
+            raise ValueError(f"caption beam_size: expected >= 1, got {beam_size}")
+        return (self.greedy(feats, length) if beam_size == 1
+                else self.beam(feats, length, beam_size))
+
     def __call__(self, feats, tokens):
         return self.teacher_logits(feats, tokens)
 
@@ -359,8 +405,9 @@ class MSDNModel(nn.Module):
       num_classes, num_predicates: C and P. vocab_size: V, caption words incl. the specials
         (0 <pad>, 1 <start>, 2 <end>, 3 <unk>).
       num_iterations: message-passing rounds. gate_width: width of the gates' hidden layer.
-      max_caption_len: greedy decoding length when `inputs.region_tokens` is absent (else
-        their length L).
+      max_caption_len: decoding length when `inputs.region_tokens` is absent (else their
+        length L).
+      caption_beam_size: test-time caption decoding: 1 greedy, k > 1 beam search of width k.
     Regions come from `inputs.region_boxes/region_mask` (the ground-truth caption regions; the
     model is agnostic to where they come from, so region proposals plug in for SGDet).
     """
@@ -378,6 +425,7 @@ class MSDNModel(nn.Module):
     sampling_ratio: int = 2
     dropout: float = 0.0
     max_caption_len: int = 12
+    caption_beam_size: int = 1
     link_threshold: float = PHRASE_REGION_OVERLAP
     dtype: Any = jnp.float32
 
@@ -416,7 +464,7 @@ class MSDNModel(nn.Module):
                 reg[:, :tokens.shape[1]], tokens).astype(jnp.float32)
         if not train:
             length = tokens.shape[-1] if tokens is not None else self.max_caption_len
-            captions = captioner.greedy(reg, length)
+            captions = captioner.decode(reg, length, self.caption_beam_size)
             aux["captions"] = jnp.where(inputs.region_mask[..., None], captions, PAD)
         elif tokens is None:
             captioner.greedy(reg, 2)  # creates the captioner's parameters in any case
