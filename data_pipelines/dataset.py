@@ -3,8 +3,12 @@
 name="synthetic": generates the built-in synthetic data (VG150 + VG-MSDN layout) into
   `<cache_dir>/synthetic-<preset>-<seed>-<train>-<val>-<test>-<size>` unless it is already there,
   then builds its TFDS (array_record) dataset and statistics once.
-name="vg150": builds the TFDS dataset of a local VG150 directory (`data_dir`).
-Both go through the same VG150 reader and TFDS builder; later calls reuse what is on disk.
+name="vg150": builds the TFDS dataset of a local VG150 directory (`data_dir`); region captions
+  come from VG-MSDN json files next to it when present.
+name="vg_msdn": builds it from a local VG-MSDN directory (`data_dir`: train.json, test.json,
+  categories.json; images under `image_dir`, default `images/`), MSDN's own 150 / 50 split with
+  objects, relations and regions all from its json (the published MSDN setup).
+All go through the same TFDS builder (tfds_sgg); later calls reuse what is on disk.
 """
 from __future__ import annotations
 
@@ -27,20 +31,26 @@ DEFAULT_CACHE = os.path.join("~", ".cache", "sgg_jax")
 class DataConfig:
     """What to read. Empty strings mean "default" (so an ml_collections config can hold them).
 
-    name: "synthetic" or "vg150".
-    data_dir: the local VG150 directory (name="vg150").
+    name: "synthetic", "vg150" or "vg_msdn".
+    data_dir: the local VG150 (name="vg150") or VG-MSDN (name="vg_msdn") directory.
+    image_dir: the image folder, relative to data_dir or absolute; "" = the source's default
+      (VG150: VG_100K/; VG-MSDN: images/, as F-Net lays it out; VG-MSDN entries' `path` is the
+      file name under it). Ignored for synthetic data.
     cache_dir: root for generated data and default TFDS dirs (default ~/.cache/sgg_jax).
     tfds_dir: where the array_record dataset is built (default <cache_dir>/tfds/<dataset>).
     num_train, num_val, num_test, image_size, preset, seed: synthetic generation (None = the
       preset's value); the synthetic validation split is its `num_val` images.
-    num_val_im, filter_empty_rels, filter_non_overlap, num_im: VG150 loader options
-      (neural-motifs semantics; see vg150.load_vg150).
+    num_val_im, filter_empty_rels, filter_non_overlap, num_im: VG150 / VG-MSDN loader options
+      (neural-motifs semantics; see vg150.load_vg150). VG-MSDN has no validation file: its val
+      split is the first num_val_im images of train.json (vg_msdn.load_vg_msdn_split);
+      filter_non_overlap is VG150-only.
     filter_duplicate_rels: one predicate per pair at training time; stored data keeps every
       relation (statistics count them all, as NM does) and the train loader samples per example.
     """
 
     name: str = "synthetic"
     data_dir: str = ""
+    image_dir: str = ""
     cache_dir: str = ""
     tfds_dir: str = ""
     num_train: int | None = None
@@ -150,22 +160,30 @@ def ensure_synthetic(config: DataConfig, progress: bool = True) -> str:
     return out
 
 
+_REAL_SOURCES = {  # name -> what its data_dir holds (for the error when it is unset)
+    "vg150": "VG-SGG.h5, VG-SGG-dicts.json, image_data.json, VG_100K/",
+    "vg_msdn": "train.json, test.json, categories.json, images/",
+}
+
+
 def prepare_dataset(config: DataConfig | Mapping[str, Any], progress: bool = True
                     ) -> PreparedDataset:
     """Generates (synthetic) and builds (TFDS + statistics) as needed, then opens the dataset."""
     if not isinstance(config, DataConfig):
         config = DataConfig.from_dict(config)
+    source, image_dir = "vg150", config.image_dir
     if config.name == "synthetic":
         raw_dir = ensure_synthetic(config, progress)
-        num_val_im = synthetic_sizes(config)[1]
-    elif config.name == "vg150":
+        num_val_im, image_dir = synthetic_sizes(config)[1], ""
+    elif config.name in _REAL_SOURCES:
         if not config.data_dir:
-            raise ValueError("DataConfig.data_dir: expected the local VG150 directory "
-                             "(VG-SGG.h5, VG-SGG-dicts.json, image_data.json, VG_100K/)")
+            raise ValueError(f"DataConfig.data_dir: expected the local {config.name} directory "
+                             f"({_REAL_SOURCES[config.name]})")
         raw_dir = os.path.abspath(os.path.expanduser(config.data_dir))
-        num_val_im = config.num_val_im
+        num_val_im, source = config.num_val_im, config.name
     else:
-        raise ValueError(f"DataConfig.name: expected 'synthetic' or 'vg150', got {config.name!r}")
+        raise ValueError(f"DataConfig.name: expected 'synthetic', 'vg150' or 'vg_msdn', got "
+                         f"{config.name!r}")
     if config.tfds_dir:
         tfds_dir = os.path.abspath(os.path.expanduser(config.tfds_dir))
     else:
@@ -174,7 +192,8 @@ def prepare_dataset(config: DataConfig | Mapping[str, Any], progress: bool = Tru
                                 f"{os.path.basename(raw_dir.rstrip(os.sep))}-{tag}")
     builder = tfds_sgg.build_dataset(raw_dir, tfds_dir, tfds_sgg.make_config(
         num_val_im=num_val_im, filter_empty_rels=config.filter_empty_rels,
-        filter_non_overlap=config.filter_non_overlap, num_im=config.num_im))
+        filter_non_overlap=config.filter_non_overlap, num_im=config.num_im,
+        image_dir=image_dir, source=source))
     meta = tfds_sgg.read_metadata(builder)
     zs = meta.get("zero_shot_triplets")
     return PreparedDataset(

@@ -3,10 +3,16 @@
 No TensorFlow: every feature is a `tfds.features.Tensor` or a scalar, the file format is
 array_record, and images are stored as their encoded bytes (decoded later with Pillow).
 
-Local files only: the raw directory is passed as `manual_dir` (see `build_dataset`). It is read
-with `vg150.load_vg150` (so the synthetic data, which is written in the VG150 layout, goes through
-the same code path as the real data); region boxes and phrases come from VG-MSDN json files next
-to it when present (the synthetic generator writes them).
+Local files only: the raw directory is passed as `manual_dir` (see `build_dataset`). Two sources
+(`SggBuilderConfig.source`):
+- "vg150": read with `vg150.load_vg150` (so the synthetic data, which is written in the VG150
+  layout, goes through the same code path as the real data); region boxes and phrases come from
+  VG-MSDN json files next to it when present (the synthetic generator writes them).
+- "vg_msdn": a VG-MSDN directory (MSDN's own 150 / 50 split): objects, relations and regions all
+  from its train.json / test.json (`vg_msdn.load_vg_msdn_split`; validation = the first
+  num_val_im images of train.json), classes and predicates from categories.json.
+Either way the caption vocabulary is built from the training phrases (`build_vocabulary`), not
+read from VG-MSDN's dict.json, so one data set gives the same word ids through both sources.
 
 What the build writes into the dataset directory (`<tfds_dir>/scene_graph_dataset/<config>/1.0.0`):
 the array_record shards per split, TFDS' own `dataset_info.json` / `features.json`, and ours:
@@ -61,18 +67,33 @@ class SggBuilderConfig(tfds.core.BuilderConfig):
     filter_non_overlap: bool = False
     num_im: int = -1
     image_dir: str = "VG_100K"
+    source: str = "vg150"
+
+
+SOURCES = ("vg150", "vg_msdn")
+# Image folder relative to the raw directory (or absolute): VG150's VG_100K/, F-Net's images/.
+DEFAULT_IMAGE_DIRS = {"vg150": "VG_100K", "vg_msdn": "images"}
 
 
 def make_config(num_val_im: int = 5000, filter_empty_rels: bool = True,
                 filter_non_overlap: bool = False, num_im: int = -1,
-                image_dir: str = "VG_100K") -> SggBuilderConfig:
-    """A builder config whose name encodes its options (one directory per option set)."""
+                image_dir: str = "", source: str = "vg150") -> SggBuilderConfig:
+    """A builder config whose name encodes its options (one directory per option set).
+
+    image_dir "" means the source's default (`DEFAULT_IMAGE_DIRS`).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if source == "vg_msdn" and filter_non_overlap:
+        raise ValueError("filter_non_overlap is implemented for source 'vg150' only")
     name = (f"val{num_val_im}-empty{int(filter_empty_rels)}-overlap{int(filter_non_overlap)}"
             f"-n{num_im if num_im >= 0 else 'all'}")
+    if source != "vg150":  # vg150 keeps its historical names (existing builds stay valid)
+        name = f"{source}-{name}"
     return SggBuilderConfig(name=name, version="1.0.0", num_val_im=num_val_im,
                             filter_empty_rels=filter_empty_rels,
                             filter_non_overlap=filter_non_overlap, num_im=num_im,
-                            image_dir=image_dir)
+                            image_dir=image_dir or DEFAULT_IMAGE_DIRS[source], source=source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,14 +184,15 @@ def _image_size(path: str) -> tuple[int, int]:
 
 
 class SceneGraphDataset(tfds.core.GeneratorBasedBuilder):
-    """Scene graphs (VG150 layout) as array_record; see the module docstring for features."""
+    """Scene graphs (VG150 or VG-MSDN) as array_record; see the module docstring."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [make_config()]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Pass a VG150 directory (VG-SGG.h5, VG-SGG-dicts.json, image_data.json, VG_100K/) as "
-        "manual_dir, e.g. through data_pipelines.tfds_sgg.build_dataset(raw_dir, tfds_dir).")
+        "Pass a VG150 directory (VG-SGG.h5, VG-SGG-dicts.json, image_data.json, VG_100K/) or a "
+        "VG-MSDN one (train.json, test.json, categories.json, images/) as manual_dir, e.g. "
+        "through data_pipelines.tfds_sgg.build_dataset(raw_dir, tfds_dir, config).")
     # TFDS 4.9.10 derives this from the package with `importlib_resources`, which newer etils no
     # longer installs; the module's own path is what it would compute.
     code_path = epath.Path(__file__)
@@ -196,24 +218,13 @@ class SceneGraphDataset(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        from data_pipelines.vg150 import DICTS_NAME, load_vg150, load_vg150_dicts
         raw_dir = os.fspath(dl_manager.manual_dir)
         cfg: SggBuilderConfig = self.builder_config
-        records = {s: load_vg150(raw_dir, s, num_val_im=cfg.num_val_im,
-                                 filter_empty_rels=cfg.filter_empty_rels,
-                                 filter_duplicate_rels=False,
-                                 filter_non_overlap=cfg.filter_non_overlap, num_im=cfg.num_im,
-                                 image_dir=cfg.image_dir) for s in SPLITS
-                   if s != "val" or cfg.num_val_im > 0}
-        records.setdefault("val", [])  # num_val_im <= 0: no validation split
+        records, idx_to_label, idx_to_predicate = load_source(raw_dir, cfg)
         if not records["train"]:
             raise DataFormatError(raw_dir, "split", "at least one training image", "none")
-        dicts = load_vg150_dicts(os.path.join(raw_dir, DICTS_NAME))
-        regions = load_regions(raw_dir)
-        for recs in records.values():
-            for r in recs:
-                if int(r.image_id) in regions:
-                    r.region_boxes, r.region_phrases = regions[int(r.image_id)]
+        num_regions_images = sum(len(r.region_phrases) > 0 for rs in records.values()
+                                 for r in rs)
         idx_to_word = build_vocabulary(records["train"])
         zs_path = os.path.join(raw_dir, ZERO_SHOT_NAME)
         if os.path.isfile(zs_path):
@@ -221,18 +232,17 @@ class SceneGraphDataset(tfds.core.GeneratorBasedBuilder):
         else:
             zero_shot = unseen_test_triplets(records["train"], records["test"])
             zs_source = "test minus train"
-        # VG150Dicts counts include background; statistics take C and P without it.
-        stats = compute_statistics(records["train"], dicts.num_classes - 1,
-                                   dicts.num_predicates - 1,
-                                   dicts.idx_to_label, dicts.idx_to_predicate)
+        # The name lists include background; statistics take C and P without it.
+        stats = compute_statistics(records["train"], len(idx_to_label) - 1,
+                                   len(idx_to_predicate) - 1, idx_to_label, idx_to_predicate)
         # data_path is TFDS' temporary directory here; it is renamed with the shards at the end.
         os.makedirs(self.data_path, exist_ok=True)
         stats.save(self.data_path)
         meta = dict(
             raw_dir=os.path.abspath(raw_dir), config=self.builder_config.name,
-            idx_to_label=list(dicts.idx_to_label), idx_to_predicate=list(dicts.idx_to_predicate),
+            source=cfg.source, idx_to_label=idx_to_label, idx_to_predicate=idx_to_predicate,
             idx_to_word=idx_to_word, zero_shot_triplets=zero_shot,
-            zero_shot_source=zs_source, num_regions_images=len(regions),
+            zero_shot_source=zs_source, num_regions_images=num_regions_images,
             split_sizes={s: len(r) for s, r in records.items()},
             options=dict(num_val_im=cfg.num_val_im, filter_empty_rels=cfg.filter_empty_rels,
                          filter_non_overlap=cfg.filter_non_overlap, num_im=cfg.num_im))
@@ -255,6 +265,34 @@ class SceneGraphDataset(tfds.core.GeneratorBasedBuilder):
         if corrected:
             print(f"{len(corrected)} images have an annotated size that differs from their file "
                   f"(e.g. image ids {corrected[:5]}); their boxes were rescaled to the file")
+
+
+def load_source(raw_dir: str, cfg: SggBuilderConfig
+                ) -> tuple[dict[str, list[SceneGraphRecord]], list[str], list[str]]:
+    """Records per split (val empty when num_val_im <= 0), idx_to_label, idx_to_predicate
+    (background first) of `raw_dir` read as `cfg.source`."""
+    from data_pipelines import vg150, vg_msdn
+    splits = [s for s in SPLITS if s != "val" or cfg.num_val_im > 0]
+    opts = dict(num_val_im=cfg.num_val_im, filter_empty_rels=cfg.filter_empty_rels,
+                num_im=cfg.num_im, image_dir=cfg.image_dir)
+    if cfg.source == "vg_msdn":
+        records = {s: vg_msdn.load_vg_msdn_split(raw_dir, s, **opts) for s in splits}
+        cats = vg_msdn.load_categories(os.path.join(raw_dir, vg_msdn.CATEGORIES_NAME))
+        labels = [vg150.BACKGROUND, *cats["object"]]
+        predicates = [vg150.BACKGROUND, *cats["predicate"]]
+    else:
+        records = {s: vg150.load_vg150(raw_dir, s, filter_duplicate_rels=False,
+                                       filter_non_overlap=cfg.filter_non_overlap, **opts)
+                   for s in splits}
+        dicts = vg150.load_vg150_dicts(os.path.join(raw_dir, vg150.DICTS_NAME))
+        labels, predicates = list(dicts.idx_to_label), list(dicts.idx_to_predicate)
+        regions = load_regions(raw_dir)
+        for recs in records.values():
+            for r in recs:
+                if int(r.image_id) in regions:
+                    r.region_boxes, r.region_phrases = regions[int(r.image_id)]
+    records.setdefault("val", [])  # num_val_im <= 0: no validation split
+    return records, labels, predicates
 
 
 def record_to_example(r: SceneGraphRecord, word_to_idx: dict[str, int]) -> dict[str, Any]:
@@ -299,13 +337,14 @@ def is_built(builder: tfds.core.DatasetBuilder) -> bool:
 
 def build_dataset(raw_dir: str | os.PathLike, tfds_dir: str | os.PathLike,
                   config: SggBuilderConfig | None = None) -> SceneGraphDataset:
-    """Builds (once) the array_record dataset of a VG150-layout directory; returns the builder.
+    """Builds (once) the array_record dataset of a VG150 or VG-MSDN directory (config.source);
+    returns the builder.
 
     Raises ValueError if `tfds_dir` already holds this config built from another raw directory.
     """
     raw_dir = os.path.abspath(os.fspath(raw_dir))
     if not os.path.isdir(raw_dir):
-        raise DataFormatError(raw_dir, None, "an existing VG150 directory", "no such directory")
+        raise DataFormatError(raw_dir, None, "an existing data directory", "no such directory")
     builder = get_builder(tfds_dir, config)
     if is_built(builder):
         meta = read_metadata(builder)

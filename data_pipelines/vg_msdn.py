@@ -192,6 +192,17 @@ def _name_lookup(names: list[str], path: str):
     return lookup
 
 
+def load_categories(path: str | os.PathLike) -> dict[str, list[str]]:
+    """categories.json {object: [names], predicate: [names]} (class k, 1-based, is name k-1)."""
+    path = os.fspath(path)
+    cats = load_json(path, "VG-MSDN categories")
+    for key in ("object", "predicate"):
+        if not isinstance(cats, dict) or not isinstance(cats.get(key), list):
+            raise DataFormatError(path, key, "a list of names",
+                                  "missing" if isinstance(cats, dict) else type(cats).__name__)
+    return cats
+
+
 def load_vg_msdn(json_path: str | os.PathLike, categories_path: str | os.PathLike | None = None,
                  *, image_root: str | None = None, min_phrase_len: int = 5,
                  max_phrase_len: int = 11) -> list[SceneGraphRecord]:
@@ -206,12 +217,7 @@ def load_vg_msdn(json_path: str | os.PathLike, categories_path: str | os.PathLik
     json_path = os.fspath(json_path)
     if categories_path is None:
         categories_path = os.path.join(os.path.dirname(json_path), CATEGORIES_NAME)
-    categories_path = os.fspath(categories_path)
-    cats = load_json(categories_path, "VG-MSDN categories")
-    for key in ("object", "predicate"):
-        if not isinstance(cats, dict) or not isinstance(cats.get(key), list):
-            raise DataFormatError(categories_path, key, "a list of names",
-                                  "missing" if isinstance(cats, dict) else type(cats).__name__)
+    cats = load_categories(categories_path)
     data = load_json(json_path, "VG-MSDN annotation")
     if not isinstance(data, list):
         raise DataFormatError(json_path, None, "a list of image entries", type(data).__name__)
@@ -258,4 +264,40 @@ def load_vg_msdn(json_path: str | os.PathLike, categories_path: str | os.PathLik
     if dropped_regions:
         print(f"{json_path}: dropped {dropped_regions} regions whose phrase length (with "
               f"<start>/<end>) is outside [{min_phrase_len}, {max_phrase_len}) as MSDN does")
+    return records
+
+
+def load_vg_msdn_split(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 5000,
+                       filter_empty_rels: bool = True, num_im: int = -1,
+                       image_dir: str = "images") -> list[SceneGraphRecord]:
+    """One split of a VG-MSDN directory, cut as `vg150.load_vg150` cuts VG150's.
+
+    MSDN has no validation file, so "val" is the first `num_val_im` images of train.json (our
+    writer puts the val records there first) and "train" the rest; "test" is test.json. Images
+    without relations are dropped when filter_empty_rels; `num_im` > -1 truncates before the
+    val/train cut (neural-motifs' order). Image files are `<data_dir>/<image_dir>/<entry path>`
+    (`image_dir` may be absolute; F-Net's layout keeps them in `images/`), and each must exist.
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    data_dir = os.fspath(data_dir)
+    json_path = os.path.join(data_dir, "test.json" if split == "test" else "train.json")
+    image_root = os.path.join(data_dir, image_dir)
+    records = load_vg_msdn(json_path, image_root=image_root)
+    if filter_empty_rels:
+        kept = [r for r in records if np.asarray(r.relations).size]
+        if len(kept) < len(records):
+            print(f"{json_path}: dropped {len(records) - len(kept)} images with no relations "
+                  "(filter_empty_rels)")
+        records = kept
+    if num_im > -1:
+        records = records[:num_im]
+    if num_val_im > 0 and split != "test":
+        records = records[:num_val_im] if split == "val" else records[num_val_im:]
+    for r in records:
+        r.split = split
+        if not os.path.isfile(r.image_path):
+            raise DataFormatError(json_path, f"path (image id {r.image_id})",
+                                  f"an image file under {image_root} (image_dir={image_dir!r})",
+                                  f"no such file {r.image_path}")
     return records

@@ -26,8 +26,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.mode = "train"  # train | eval | predict
 
     c.data = ml_collections.ConfigDict(dict(
-        name="synthetic",  # synthetic | vg150
-        data_dir="",  # local VG150 directory for name=vg150
+        name="synthetic",  # synthetic | vg150 | vg_msdn
+        data_dir="",  # local VG150 (name=vg150) or VG-MSDN (name=vg_msdn) directory
+        image_dir="",  # images, relative to data_dir or absolute ("" = VG_100K/ or images/)
         cache_dir="",  # where the synthetic data and TFDS files live ("" = ~/.cache/sgg_jax)
         tfds_dir="",
         num_train=1500, num_val=100, num_test=300,

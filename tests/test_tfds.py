@@ -145,3 +145,61 @@ def test_wrong_annotated_size_rescales_boxes(tmp_path):
     assert (ex["width"], ex["height"]) == (r.width * 2, r.height * 2)
     np.testing.assert_array_equal(ex["boxes"], r.boxes * 2)
     np.testing.assert_array_equal(b.as_data_source()["train"][0]["boxes"], recs["train"][0].boxes)
+
+
+# --- data.name="vg_msdn": the same data read from its VG-MSDN copy ---------------------------
+
+def _msdn_config(**kw):
+    # The fixture's VG-MSDN copy sits in raw/msdn with the images in raw/VG_100K.
+    return tfds_sgg.make_config(num_val_im=2, image_dir="../VG_100K", source="vg_msdn", **kw)
+
+
+def test_vg_msdn_source_matches_the_vg150_build(built):
+    """The VG-MSDN json and the VG150 h5 are independent encodings of the fixture's records:
+    both builds must hold the same images, graphs, regions, vocabularies and statistics."""
+    root, recs, vg150_builder = built
+    msdn = tfds_sgg.build_dataset(root / "raw" / "msdn", root / "tfds_msdn", _msdn_config())
+    a, b = tfds_sgg.read_metadata(vg150_builder), tfds_sgg.read_metadata(msdn)
+    assert b["source"] == "vg_msdn" and a["source"] == "vg150"
+    for key in ("idx_to_label", "idx_to_predicate", "idx_to_word", "split_sizes",
+                "zero_shot_triplets"):
+        assert a[key] == b[key], key
+    assert b["idx_to_label"] == LABELS and b["split_sizes"] == {"train": 6, "val": 2, "test": 3}
+    src_a, src_b = vg150_builder.as_data_source(), msdn.as_data_source()
+    for split in ("train", "val", "test"):
+        by_id = {int(src_a[split][i]["image_id"]): src_a[split][i]
+                 for i in range(len(src_a[split]))}
+        got = [src_b[split][i] for i in range(len(src_b[split]))]
+        assert sorted(int(e["image_id"]) for e in got) == sorted(by_id)
+        assert [int(e["image_id"]) for e in got] == [r.image_id for r in recs[split]]
+        for e in got:
+            ref = by_id[int(e["image_id"])]
+            assert set(e) == set(ref)
+            for k in e:
+                np.testing.assert_array_equal(e[k], ref[k], err_msg=f"{split} {k}")
+    sa, sb = DatasetStatistics.load(vg150_builder.data_dir), DatasetStatistics.load(msdn.data_dir)
+    np.testing.assert_array_equal(sa.fg_matrix, sb.fg_matrix)
+    np.testing.assert_array_equal(sa.bg_matrix, sb.bg_matrix)
+
+
+def test_vg_msdn_source_errors_name_the_file(built, tmp_path):
+    import shutil
+
+    from data_pipelines.dataset import DataConfig, prepare_dataset
+    from data_pipelines.errors import DataFormatError
+    from data_pipelines.vg_msdn import load_vg_msdn_split
+    root = built[0]
+    msdn = tmp_path / "msdn"
+    shutil.copytree(root / "raw" / "msdn", msdn)
+    with pytest.raises(DataFormatError) as e:  # default image_dir: msdn/images, not there
+        load_vg_msdn_split(msdn, "val", num_val_im=2)
+    assert e.value.file == str(msdn / "train.json") and e.value.field.startswith("path")
+    assert str(msdn / "images" / "1.jpg") in str(e.value)
+    os.remove(msdn / "test.json")
+    with pytest.raises(DataFormatError, match="test.json"):
+        load_vg_msdn_split(msdn, "test", image_dir=str(root / "raw" / "VG_100K"))
+    with pytest.raises(ValueError, match="train.json, test.json, categories.json"):
+        prepare_dataset(DataConfig(name="vg_msdn"))
+    with pytest.raises(ValueError, match="vg150"):
+        _msdn_config(filter_non_overlap=True)
+
