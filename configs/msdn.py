@@ -7,7 +7,13 @@ Presets (`--config configs/msdn.py:<preset>`):
              region-caption BLEU-4 ("given regions": ground-truth region boxes), with a few
              prediction pictures; ~13 min from nothing on an idle 2-core CPU (docs/models.md).
   tiny       a seconds-long smoke run (tests; box heads in the relations stage only).
-  vg         the published sizes on a local VG150 copy (regions need the VG-MSDN json files).
+  vg         the published setup: MSDN's sizes on a local VG-MSDN copy (data.name="vg_msdn",
+             MSDN's own 150-object / 50-predicate split; objects, relations and caption regions
+             from its train.json / test.json, names from categories.json). Point
+             --config.data.data_dir at the VG-MSDN directory; images are read from
+             <data_dir>/images/<entry path> (F-Net's layout) unless --config.data.image_dir says
+             otherwise (relative to data_dir, or absolute). Validation: the first
+             data.num_val_im images of train.json (MSDN has no validation file).
 
 Stages (MSDN's "RPNs, then the full model"; each checkpointed, a re-run resumes where it
 stopped): `detector` trains the Faster R-CNN whose detections are SGDet's objects (docs/
@@ -81,6 +87,9 @@ def get_config(arg: str | None = None):
         c.model.region_rpn.train_rois = 8
         c.model.box_refinement_rois = 8
     elif (arg or "").strip() == "vg":
+        # MSDN trains and tests on its own VG-MSDN split, not VG150: data_dir is a VG-MSDN
+        # directory (train.json, test.json, categories.json, images/; see the docstring).
+        c.data.name = "vg_msdn"
         # VGG16 trunk at 592 px: MSDN's region anchors span small phrases to whole scenes.
         c.model.region_rpn.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
         c.model.region_rpn.channels = 512
