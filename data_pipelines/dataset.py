@@ -42,7 +42,7 @@ class DataConfig:
       preset's value); the synthetic validation split is its `num_val` images.
     num_val_im, filter_empty_rels, filter_non_overlap, num_im: VG150 / VG-MSDN loader options
       (neural-motifs semantics; see vg150.load_vg150). VG-MSDN has no validation file: its val
-      split is the first num_val_im images of train.json (vg_msdn.load_vg_msdn_split);
+      split is the first num_val_im images of train.json (vg_msdn.load_vg_msdn_splits);
       filter_non_overlap is VG150-only.
     filter_duplicate_rels: one predicate per pair at training time; stored data keeps every
       relation (statistics count them all, as NM does) and the train loader samples per example.

@@ -9,7 +9,7 @@ Local files only: the raw directory is passed as `manual_dir` (see `build_datase
   layout, goes through the same code path as the real data); region boxes and phrases come from
   VG-MSDN json files next to it when present (the synthetic generator writes them).
 - "vg_msdn": a VG-MSDN directory (MSDN's own 150 / 50 split): objects, relations and regions all
-  from its train.json / test.json (`vg_msdn.load_vg_msdn_split`; validation = the first
+  from its train.json / test.json (`vg_msdn.load_vg_msdn_splits`; validation = the first
   num_val_im images of train.json), classes and predicates from categories.json.
 Either way the caption vocabulary is built from the training phrases (`build_vocabulary`), not
 read from VG-MSDN's dict.json, so one data set gives the same word ids through both sources.
@@ -272,18 +272,17 @@ def load_source(raw_dir: str, cfg: SggBuilderConfig
     """Records per split (val empty when num_val_im <= 0), idx_to_label, idx_to_predicate
     (background first) of `raw_dir` read as `cfg.source`."""
     from data_pipelines import vg150, vg_msdn
-    splits = [s for s in SPLITS if s != "val" or cfg.num_val_im > 0]
     opts = dict(num_val_im=cfg.num_val_im, filter_empty_rels=cfg.filter_empty_rels,
                 num_im=cfg.num_im, image_dir=cfg.image_dir)
     if cfg.source == "vg_msdn":
-        records = {s: vg_msdn.load_vg_msdn_split(raw_dir, s, **opts) for s in splits}
+        records = vg_msdn.load_vg_msdn_splits(raw_dir, **opts)
         cats = vg_msdn.load_categories(os.path.join(raw_dir, vg_msdn.CATEGORIES_NAME))
         labels = [vg150.BACKGROUND, *cats["object"]]
         predicates = [vg150.BACKGROUND, *cats["predicate"]]
     else:
         records = {s: vg150.load_vg150(raw_dir, s, filter_duplicate_rels=False,
                                        filter_non_overlap=cfg.filter_non_overlap, **opts)
-                   for s in splits}
+                   for s in SPLITS if s != "val" or cfg.num_val_im > 0}
         dicts = vg150.load_vg150_dicts(os.path.join(raw_dir, vg150.DICTS_NAME))
         labels, predicates = list(dicts.idx_to_label), list(dicts.idx_to_predicate)
         regions = load_regions(raw_dir)

@@ -267,37 +267,43 @@ def load_vg_msdn(json_path: str | os.PathLike, categories_path: str | os.PathLik
     return records
 
 
-def load_vg_msdn_split(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 5000,
-                       filter_empty_rels: bool = True, num_im: int = -1,
-                       image_dir: str = "images") -> list[SceneGraphRecord]:
-    """One split of a VG-MSDN directory, cut as `vg150.load_vg150` cuts VG150's.
+def load_vg_msdn_splits(data_dir: str | os.PathLike, *, num_val_im: int = 5000,
+                        filter_empty_rels: bool = True, num_im: int = -1,
+                        image_dir: str = "images") -> dict[str, list[SceneGraphRecord]]:
+    """{"train", "val", "test": records} of a VG-MSDN directory, cut as `vg150.load_vg150`
+    cuts VG150's splits; each json file is read once.
 
     MSDN has no validation file, so "val" is the first `num_val_im` images of train.json (our
-    writer puts the val records there first) and "train" the rest; "test" is test.json. Images
-    without relations are dropped when filter_empty_rels; `num_im` > -1 truncates before the
-    val/train cut (neural-motifs' order). Image files are `<data_dir>/<image_dir>/<entry path>`
-    (`image_dir` may be absolute; F-Net's layout keeps them in `images/`), and each must exist.
+    writer puts the val records there first; empty when num_val_im <= 0) and "train" the rest;
+    "test" is test.json. Images without relations are dropped when filter_empty_rels; `num_im`
+    > -1 truncates each file before the val/train cut (neural-motifs' order). Image files are
+    `<data_dir>/<image_dir>/<entry path>` (`image_dir` may be absolute; F-Net's layout keeps
+    them in `images/`), and each must exist.
     """
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     data_dir = os.fspath(data_dir)
-    json_path = os.path.join(data_dir, "test.json" if split == "test" else "train.json")
     image_root = os.path.join(data_dir, image_dir)
-    records = load_vg_msdn(json_path, image_root=image_root)
-    if filter_empty_rels:
-        kept = [r for r in records if np.asarray(r.relations).size]
-        if len(kept) < len(records):
-            print(f"{json_path}: dropped {len(records) - len(kept)} images with no relations "
-                  "(filter_empty_rels)")
-        records = kept
-    if num_im > -1:
-        records = records[:num_im]
-    if num_val_im > 0 and split != "test":
-        records = records[:num_val_im] if split == "val" else records[num_val_im:]
-    for r in records:
-        r.split = split
-        if not os.path.isfile(r.image_path):
-            raise DataFormatError(json_path, f"path (image id {r.image_id})",
-                                  f"an image file under {image_root} (image_dir={image_dir!r})",
-                                  f"no such file {r.image_path}")
-    return records
+    out: dict[str, list[SceneGraphRecord]] = {}
+    for name in ("train", "test"):
+        json_path = os.path.join(data_dir, f"{name}.json")
+        records = load_vg_msdn(json_path, image_root=image_root)
+        if filter_empty_rels:
+            kept = [r for r in records if np.asarray(r.relations).size]
+            if len(kept) < len(records):
+                print(f"{json_path}: dropped {len(records) - len(kept)} images with no "
+                      "relations (filter_empty_rels)")
+            records = kept
+        if num_im > -1:
+            records = records[:num_im]
+        for r in records:
+            if not os.path.isfile(r.image_path):
+                raise DataFormatError(json_path, f"path (image id {r.image_id})",
+                                      f"an image file under {image_root} "
+                                      f"(image_dir={image_dir!r})", f"no such file {r.image_path}")
+        if name == "test":
+            out["test"] = records
+        else:
+            n_val = max(num_val_im, 0)
+            out["val"], out["train"] = records[:n_val], records[n_val:]
+            for r in out["val"]:
+                r.split = "val"
+    return out

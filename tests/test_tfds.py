@@ -187,17 +187,17 @@ def test_vg_msdn_source_errors_name_the_file(built, tmp_path):
 
     from data_pipelines.dataset import DataConfig, prepare_dataset
     from data_pipelines.errors import DataFormatError
-    from data_pipelines.vg_msdn import load_vg_msdn_split
+    from data_pipelines.vg_msdn import load_vg_msdn_splits
     root = built[0]
     msdn = tmp_path / "msdn"
     shutil.copytree(root / "raw" / "msdn", msdn)
     with pytest.raises(DataFormatError) as e:  # default image_dir: msdn/images, not there
-        load_vg_msdn_split(msdn, "val", num_val_im=2)
+        load_vg_msdn_splits(msdn, num_val_im=2)
     assert e.value.file == str(msdn / "train.json") and e.value.field.startswith("path")
     assert str(msdn / "images" / "1.jpg") in str(e.value)
     os.remove(msdn / "test.json")
     with pytest.raises(DataFormatError, match="test.json"):
-        load_vg_msdn_split(msdn, "test", image_dir=str(root / "raw" / "VG_100K"))
+        load_vg_msdn_splits(msdn, image_dir=str(root / "raw" / "VG_100K"))
     with pytest.raises(ValueError, match="train.json, test.json, categories.json"):
         prepare_dataset(DataConfig(name="vg_msdn"))
     with pytest.raises(ValueError, match="vg150"):
