@@ -3,6 +3,7 @@
     python -m data_pipelines.prepare                      # synthetic data, default preset
     python -m data_pipelines.prepare --num-train 200 --num-val 20 --num-test 50
     python -m data_pipelines.prepare --data-dir /data/vg150   # a local VG150 directory
+    python -m data_pipelines.prepare --source vg_msdn --data-dir /data/vg_msdn   # VG-MSDN
 
 Prints a table (images per split, classes, predicates, relations, most / least frequent
 predicates, zero-shot triplets) and writes the same numbers as JSON (`--json`, default
@@ -76,7 +77,12 @@ def _atomic_json(path: str, obj: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_pipelines.prepare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="", help="local VG150 directory (default: synthetic)")
+    p.add_argument("--data-dir", default="",
+                   help="local VG150 or VG-MSDN directory (default: synthetic data)")
+    p.add_argument("--source", choices=("vg150", "vg_msdn"), default="vg150",
+                   help="what --data-dir holds")
+    p.add_argument("--image-dir", default="",
+                   help="images, relative to --data-dir or absolute (default VG_100K / images)")
     p.add_argument("--cache-dir", default="", help="default ~/.cache/sgg_jax")
     p.add_argument("--tfds-dir", default="")
     p.add_argument("--preset", default="default")
@@ -85,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-test", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None, help="synthetic long side")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-val-im", type=int, default=5000, help="VG150 validation images")
+    p.add_argument("--num-val-im", type=int, default=5000,
+                   help="validation images (the first of VG150's / VG-MSDN's training split)")
     p.add_argument("--top", type=int, default=5, help="predicates listed at each end")
     p.add_argument("--json", default="", help="summary path (default: in the TFDS directory)")
     a = p.parse_args(argv)
@@ -93,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from absl import logging as absl_logging
     tfds.disable_progress_bar()  # the table below is the output; keep the terminal readable
     absl_logging.set_verbosity(absl_logging.ERROR)
-    config = DataConfig(name="vg150" if a.data_dir else "synthetic", data_dir=a.data_dir,
+    config = DataConfig(name=a.source if a.data_dir else "synthetic", data_dir=a.data_dir,
+                        image_dir=a.image_dir,
                         cache_dir=a.cache_dir, tfds_dir=a.tfds_dir, num_train=a.num_train,
                         num_val=a.num_val, num_test=a.num_test, image_size=a.image_size,
                         seed=a.seed, preset=a.preset, num_val_im=a.num_val_im)
