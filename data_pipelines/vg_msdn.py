@@ -4,7 +4,9 @@ Directory layout:
 - `train.json`, `test.json`: one entry per image
   {path, width, height, id, objects: [{box: [x1, y1, x2, y2], class: name}],
    relationships: [{sub_id, obj_id, predicate: name}], regions: [{box, phrase: [words]}]}
-  with boxes in original pixels and sub_id / obj_id 0-based indices into `objects`.
+  with boxes in original pixels and sub_id / obj_id 0-based indices into `objects`; `path` is
+  the image file relative to the image folder (MSDN / F-Net: `<VG image id>.jpg` under
+  `images/`); `id` may be absent (then the number in `path`, see `image_id_of`).
   (MSDN has no validation file: our writer puts val records into train.json, val first.)
 - `categories.json` {object: [names], predicate: [names]}: class k (1-based) is name k-1.
 - `dict.json` {idx2word: [words], word2idx: {word: index}} over the region phrases (0-based; the
@@ -171,11 +173,17 @@ def parse_graph_entry(entry: Mapping[str, Any], *, path: str, field: str, box_ke
     return record, n_clipped
 
 
-def image_id_of(entry: Any, i: int, path: str) -> int:
-    """The entry's "id" (or "image_id"), else its position in the file."""
+def image_id_of(entry: Any, i: int, path: str, from_file_name: bool = False) -> int:
+    """The entry's "id" (or "image_id"); else, with from_file_name, the number its image file
+    is named by (MSDN's json names VG images `<image_id>.jpg` and may carry no id); else its
+    position in the file."""
     if not isinstance(entry, Mapping):
         raise DataFormatError(path, f"[{i}]", "an object per image", type(entry).__name__)
-    value = entry.get("id", entry.get("image_id", i))
+    fallback = i
+    stem = os.path.splitext(os.path.basename(str(entry.get("path", ""))))[0]
+    if from_file_name and stem.isdigit():
+        fallback = int(stem)
+    value = entry.get("id", entry.get("image_id", fallback))
     if isinstance(value, bool) or not isinstance(value, int):
         raise DataFormatError(path, f"[{i}].id", "an integer image id", repr(value))
     return value
@@ -227,7 +235,7 @@ def load_vg_msdn(json_path: str | os.PathLike, categories_path: str | os.PathLik
     records, clipped, dropped_regions, no_boxes = [], 0, 0, 0
     for i, entry in enumerate(data):
         field = f"[{i}]"
-        image_id = image_id_of(entry, i, json_path)
+        image_id = image_id_of(entry, i, json_path, from_file_name=True)
         rec, n = parse_graph_entry(entry, path=json_path, field=field, box_key="box",
                                    class_of=class_of, predicate_of=predicate_of,
                                    num_predicates=len(cats["predicate"]),

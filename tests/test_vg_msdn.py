@@ -134,3 +134,11 @@ def test_image_size_from_image_or_error(tmp_path):
     Image.new("RGB", (120, 70)).save(tmp_path / "imgs" / "1.jpg")
     got = vg_msdn.load_vg_msdn(p, image_root=str(tmp_path / "imgs"))
     assert (got[0].width, got[0].height) == (120, 70)
+
+
+def test_image_id_from_the_file_name_when_the_entry_has_none(tmp_path):
+    entries = [_entry(path="VG_100K/2343728.jpg"), _entry(path="x.jpg")]
+    for e in entries:
+        del e["id"]
+    got = vg_msdn.load_vg_msdn(_write(tmp_path, entries))
+    assert [r.image_id for r in got] == [2343728, 1]  # the number in the name, else position
