@@ -12,8 +12,8 @@ Presets (`--config configs/msdn.py:<preset>`):
              from its train.json / test.json, names from categories.json). Point
              --config.data.data_dir at the VG-MSDN directory; images are read from
              <data_dir>/images/<entry path> (F-Net's layout) unless --config.data.image_dir says
-             otherwise (relative to data_dir, or absolute). Validation: the first
-             data.num_val_im images of train.json (MSDN has no validation file).
+             otherwise (relative to data_dir, or absolute). Trains on all of train.json
+             as MSDN does (data.num_val_im=0; N > 0 holds out its first N images as val).
 
 Stages (MSDN's "RPNs, then the full model"; each checkpointed, a re-run resumes where it
 stopped): `detector` trains the Faster R-CNN whose detections are SGDet's objects (docs/
@@ -90,6 +90,9 @@ def get_config(arg: str | None = None):
         # MSDN trains and tests on its own VG-MSDN split, not VG150: data_dir is a VG-MSDN
         # directory (train.json, test.json, categories.json, images/; see the docstring).
         c.data.name = "vg_msdn"
+        # MSDN trains on all of train.json (it has no validation split; evaluation reads the
+        # test split). --config.data.num_val_im=N holds out train.json's first N images as val.
+        c.data.num_val_im = 0
         # VGG16 trunk at 592 px: MSDN's region anchors span small phrases to whole scenes.
         c.model.region_rpn.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
         c.model.region_rpn.channels = 512

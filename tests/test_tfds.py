@@ -212,14 +212,15 @@ def test_msdn_vg_preset_reads_a_vg_msdn_copy(built, tmp_path):
     root, recs = built[0], built[1]
     config = load_config("msdn", "vg", **{
         "data.data_dir": str(root / "raw" / "msdn"), "data.image_dir": "../VG_100K",
-        "data.num_val_im": 2, "data.cache_dir": str(tmp_path), "input.batch_size": 2,
+        "data.cache_dir": str(tmp_path), "input.batch_size": 2,
         "input.worker_count": 0, "input.image_size": 64, "input.flip_prob": 0.0})
     assert config.data.name == "vg_msdn"
     data = data_lib.prepare(config)
-    assert data.split_sizes == {"train": 6, "val": 2, "test": 3}
+    # MSDN trains on all of train.json (the fixture's val images first, then its train images).
+    assert data.split_sizes == {"train": 8, "test": 3}
     batch = next(iter(data_lib.train_loader(config, data, mesh_lib.make_mesh(1), seed=0)))
     assert batch.images.shape == (2, 64, 64, 3)
-    by_id = {r.image_id: r for r in recs["train"]}
+    by_id = {r.image_id: r for r in recs["val"] + recs["train"]}
     for b, image_id in enumerate(np.asarray(batch.image_ids).tolist()):
         r = by_id[image_id]  # a training image, with all its objects and regions
         assert int(np.asarray(batch.box_mask[b]).sum()) == len(r.labels)
