@@ -8,20 +8,26 @@ import sgg_jax.ops.conv as conv_op
 from sgg_jax.ops.conv import conv_general_dilated
 
 
-@pytest.mark.parametrize("k,stride,pad,hw,winograd", [
-    (1, 1, 0, (9, 10), 0), (1, 2, 0, (9, 10), 0), (3, 1, 1, (9, 10), 0),
-    (3, 2, 1, (9, 10), 0), (2, 1, 0, (9, 10), 0),
+@pytest.mark.parametrize("k,stride,pad,hw,winograd,few", [
+    (1, 1, 0, (9, 10), 0, 64), (1, 2, 0, (9, 10), 0, 64), (3, 1, 1, (9, 10), 0, 64),
+    (2, 1, 0, (9, 10), 0, 64),
+    # strided k x k: few input channels (space-to-depth kernel gradient) or many (im2col input
+    # gradient); the stem's 7x7/2 pad 3, a stride-3 3x3 with uneven padding
+    (3, 2, 1, (9, 10), 0, 64), (3, 2, 1, (9, 10), 0, 1), (7, 2, 3, (9, 10), 0, 64),
+    (3, 3, (0, 2), (9, 10), 0, 64), (3, 3, (0, 2), (9, 10), 0, 1),
     # Winograd F(m x m, 3x3), m = 2 or 4: sizes that leave partial last tiles, a single pixel
-    (3, 1, 1, (9, 10), 2), (3, 1, 1, (1, 1), 2), (3, 1, 1, (9, 10), 4), (3, 1, 1, (6, 7), 4)])
-def test_value_and_gradients_match_lax(k, stride, pad, hw, winograd, monkeypatch):
+    (3, 1, 1, (9, 10), 2, 64), (3, 1, 1, (1, 1), 2, 64), (3, 1, 1, (9, 10), 4, 64),
+    (3, 1, 1, (6, 7), 4, 64)])
+def test_value_and_gradients_match_lax(k, stride, pad, hw, winograd, few, monkeypatch):
     monkeypatch.setattr(conv_op, "WINOGRAD_MIN_CHANNELS", 1 if winograd else 1 << 30)
     monkeypatch.setattr(conv_op, "WINOGRAD_MIN_PIXELS_PER_CHANNEL", 0)
     monkeypatch.setattr(conv_op, "WINOGRAD_TILE", winograd or 2)
+    monkeypatch.setattr(conv_op, "STRIDED_FEW_CHANNELS", few)   # 5 input channels below
     tol = 5e-5 if winograd == 4 else 1e-5   # F(4x4)'s transforms (up to 8x) round more
     rng = np.random.default_rng(k * 10 + stride)
     x = jnp.asarray(rng.standard_normal((2, *hw, 5)), jnp.float32)   # odd sizes: strided edges
     w = jnp.asarray(rng.standard_normal((k, k, 5, 7)), jnp.float32)
-    args = dict(window_strides=(stride, stride), padding=[(pad, pad)] * 2,
+    args = dict(window_strides=(stride, stride), padding=[pad if isinstance(pad, tuple) else (pad, pad)] * 2,
                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
     ref = lambda x, w: jax.lax.conv_general_dilated(x, w, **args)
     ours = lambda x, w: conv_general_dilated(x, w, **args)

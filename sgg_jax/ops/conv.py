@@ -18,8 +18,13 @@ matrix-product speed.
   (n^2 products V^T dM, then G^T dU G). XLA:CPU's direct conv runs the FPN's 3x3 256 -> 256 at
   128x128 at ~40 GFLOP/s; this is ~3x faster there (benchmarks/conv.py has the per-layer
   table against XLA and torch/oneDNN).
-- other k x k kernels: the forward and the input gradient stay XLA convolutions; the kernel
-  gradient is k*k dots, dW[i, j] = sum over pixels of the input window shifted by (i, j)
+- strided k x k kernels (the stem's 7x7/2, the stride-2 3x3s; `STRIDED_GRADIENT_DOTS`): XLA's
+  forward; with few input channels the kernel gradient over the s x s space-to-depth input
+  (ceil(k/s)^2 dots instead of k*k), otherwise the input gradient by im2col (one dot of the
+  cotangent with the kernel, folded back onto the input by the transpose of the window
+  slicing) and the kernel gradient as below.
+- other (stride-1) k x k kernels: the forward and the input gradient stay XLA convolutions;
+  the kernel gradient is k*k dots, dW[i, j] = sum over pixels of the input window shifted by (i, j)
   (outer product with) the output cotangent.
 Anything else (dilation, groups, other layouts) falls back to `lax.conv_general_dilated`.
 Results equal XLA's up to float rounding (F(4x4, 3x3): ~1e-5 relative in float32, see
@@ -112,6 +117,63 @@ def _is_winograd(x, w, strides, pads) -> bool:
     return (w.shape[:2] == (3, 3) and strides == (1, 1) and pads == ((1, 1), (1, 1))
             and min(w.shape[2], w.shape[3]) >= WINOGRAD_MIN_CHANNELS
             and b * h * wd >= WINOGRAD_MIN_PIXELS_PER_CHANNEL * max(w.shape[2], w.shape[3]))
+
+
+# Strided k x k convs (the stem's 7x7/2, the stride-2 3x3s): XLA:CPU's forward is on par with
+# torch/oneDNN and stays (an im2col forward measured 1.3-3.5x slower: materialising the windows
+# costs more than the dot). The gradients, split by input channels (benchmarks/conv.py and
+# component timings in docs/detector.md):
+# - Cin < STRIDED_FEW_CHANNELS (the 3-channel stem): each of the k*k kernel-gradient dots is
+#   bound by reading the whole cotangent, so the space-to-depth form's ceil(k/s)^2 taps win
+#   (7x7/2: 16 instead of 49; ~1.4x); the input gradient stays XLA's (the detector never
+#   needs the image's).
+# - otherwise (3x3/2 at 128-512 channels): space-to-depth's 4 taps over 4C channels do 16/9 of
+#   the flops and measured 1.6x slower than the 9 strided dots, which stay; the input gradient
+#   by im2col beats XLA's conv over the stride-dilated cotangent by 1.1-1.5x.
+# STRIDED_GRADIENT_DOTS = False restores the plain path (XLA input gradient, k*k dots).
+STRIDED_GRADIENT_DOTS = True
+STRIDED_FEW_CHANNELS = 64
+
+
+def _im2col(x, kh, kw, strides, pads):
+    """x [B, H, W, C] -> [B, Ho, Wo, kh * kw * C]: the conv's input windows, tap-major (HWIO)."""
+    b, h, wd, c = x.shape
+    sh, sw = strides
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    ho = (xp.shape[1] - kh) // sh + 1
+    wo = (xp.shape[2] - kw) // sw + 1
+    return jnp.concatenate([
+        jax.lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+                      (1, sh, sw, 1)) for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def _im2col_input_grad(x, w, dy, strides, pads, precision):
+    """dx of a strided conv: dy W^T per window position (one dot), folded back onto x by the
+    transpose of the window slicing (interior pads and adds, fused by XLA)."""
+    kh, kw, _, d = w.shape
+    _, fold = jax.vjp(lambda xx: _im2col(xx, kh, kw, strides, pads), x)
+    dcols = jnp.einsum("bhwd,kd->bhwk", dy, w.reshape(-1, d), precision=precision)
+    return fold(dcols.astype(x.dtype))[0]
+
+
+def _space_to_depth_kernel_grad(x, dy, kh, kw, strides, pads, precision):
+    """dw of a stride-s k x k conv as a stride-1 ceil(k/s)^2-tap conv over the s x s
+    space-to-depth input (s^2 C channels): one copy of the input, ceil(k/s)^2 contiguous
+    windows and dots instead of k^2 strided ones (7x7/2: 16 instead of 49). Kernel tap
+    (s a + p) is window a, phase p; taps past k (the zero-padded kernel) are dropped."""
+    b, h, wd, c = x.shape
+    (sh, sw), (ho, wo) = strides, dy.shape[1:3]
+    th, tw = -(-kh // sh), -(-kw // sw)
+    hp, wp = sh * (ho + th - 1), sw * (wo + tw - 1)
+    xp = jnp.pad(x, ((0, 0), (pads[0][0], max(0, hp - h - pads[0][0])),
+                     (pads[1][0], max(0, wp - wd - pads[1][0])), (0, 0)))[:, :hp, :wp]
+    xs = xp.reshape(b, hp // sh, sh, wp // sw, sw, c).transpose(0, 1, 3, 2, 4, 5)
+    xs = xs.reshape(b, hp // sh, wp // sw, sh * sw * c)
+    g = jnp.stack([jnp.stack([
+        jnp.einsum("bhwk,bhwd->kd", xs[:, a:a + ho, e:e + wo], dy,
+                   precision=precision).reshape(sh, sw, c, -1)
+        for e in range(tw)], 1) for a in range(th)])            # [th, sh, tw, sw, c, d]
+    return g.reshape(th * sh, tw * sw, c, -1)[:kh, :kw]
 
 
 def _comb(coefs, xs):
@@ -220,10 +282,10 @@ def _conv_bwd(strides, pads, precision, res, dy):
         xs = _subsample(x, strides)
         dw = jnp.einsum("bhwc,bhwd->cd", xs, dy, precision=precision)[None, None]
         dxs = jnp.einsum("bhwd,cd->bhwc", dy, w[0, 0], precision=precision)
-        if strides != (1, 1):
-            dx = jnp.zeros_like(x).at[:, ::strides[0], ::strides[1]].set(dxs.astype(x.dtype))
-        else:
-            dx = dxs.astype(x.dtype)
+        # stride s: dxs goes to every s-th pixel, zeros between (an interior pad, not a scatter)
+        dx = jax.lax.pad(dxs.astype(x.dtype), jnp.zeros((), x.dtype), [
+            (0, 0, 0), *((0, n - 1 - (m - 1) * s, s - 1) for n, m, s in
+                         zip(x.shape[1:3], dxs.shape[1:3], strides)), (0, 0, 0)])
         return dx, dw.astype(w.dtype)
     if _is_winograd(x, w, strides, pads):
         # dx: the input gradient of a stride-1 pad-1 3x3 conv is the same conv of dy with the
@@ -234,6 +296,14 @@ def _conv_bwd(strides, pads, precision, res, dy):
         du = _bdot(_winograd_input(x, m), _winograd_output_t(dy, m), ((1,), (1,)), precision)
         return dx.astype(x.dtype), _winograd_kernel_t(du, m).astype(w.dtype)
     kh, kw = w.shape[:2]
+    xla_dx = lambda: jax.vjp(lambda xx: _xla(xx, w, strides, pads, precision), x)[1](dy)[0]
+    if strides != (1, 1) and STRIDED_GRADIENT_DOTS:
+        if x.shape[3] < STRIDED_FEW_CHANNELS:
+            dw = _space_to_depth_kernel_grad(x, dy, kh, kw, strides, pads, precision)
+            return xla_dx(), dw.astype(w.dtype)
+        dx = _im2col_input_grad(x, w, dy, strides, pads, precision)
+    else:
+        dx = xla_dx()
     ho, wo = dy.shape[1:3]
     sh, sw = strides
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
@@ -245,8 +315,6 @@ def _conv_bwd(strides, pads, precision, res, dy):
 
     dw = jnp.stack([jnp.stack([jnp.einsum("bhwc,bhwd->cd", window(i, j), dy, precision=precision)
                                for j in range(kw)]) for i in range(kh)])
-    _, vjp_x = jax.vjp(lambda xx: _xla(xx, w, strides, pads, precision), x)
-    (dx,) = vjp_x(dy)
     return dx, dw.astype(w.dtype)
 
 
