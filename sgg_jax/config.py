@@ -118,7 +118,8 @@ def get_base_config() -> ml_collections.ConfigDict:
         num_pictures=4,
         checkpoint="",  # for --config.mode=eval: a workdir or a checkpoint directory
     ))
-    c.predict = ml_collections.ConfigDict(dict(images="", output="", top_relations=20))
+    c.predict = ml_collections.ConfigDict(dict(images="", output="", top_relations=20,
+                                               top_regions=5))
     c.distributed = ml_collections.ConfigDict(dict(
         coordinator_address="", num_processes=0, process_id=-1, initialize=False))
     return c

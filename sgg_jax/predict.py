@@ -12,7 +12,8 @@ own `decode_resize` (with its DCT-domain draft), so a photo sees exactly the pix
 images saw. Boxes come back as canvas / scale, clipped to the original image (after its EXIF
 orientation is applied). Relations are ranked under the graph constraint: one predicate per
 ordered pair (the best non-background one), triplet score = subject score x object score x
-predicate score, highest first.
+predicate score, highest first. Models that caption regions (MSDN) add their top region
+proposals, best first, with each region's caption text (`select_regions`).
 """
 from __future__ import annotations
 
@@ -197,6 +198,28 @@ def _round(x: Any, digits: int) -> np.ndarray:
     return np.round(np.asarray(x, np.float64), digits)
 
 
+def caption_text(tokens: np.ndarray, idx_to_word: Sequence[str]) -> str:
+    """One caption's token ids -> its words between <start> and <end> (or padding), joined."""
+    from sgg_jax.evaluation.captions import tokens_to_words
+    return " ".join(tokens_to_words(tokens, idx_to_word))
+
+
+def select_regions(boxes: np.ndarray, mask: np.ndarray, scores: np.ndarray, tokens: np.ndarray,
+                   idx_to_word: Sequence[str], top_k: int
+                   ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One image's caption regions -> the top `top_k` valid ones, best first (stable on ties).
+
+    boxes [Q,4] (any coordinates; returned as given), mask [Q] bool, scores [Q],
+    tokens [Q,L] caption ids. Returns (boxes [R,4], scores [R], caption texts), R <= top_k.
+    """
+    valid = np.flatnonzero(np.asarray(mask, bool).reshape(-1))
+    sc = np.asarray(scores, np.float64).reshape(-1)
+    order = valid[np.argsort(-sc[valid], kind="stable")][:max(int(top_k), 0)]
+    toks = np.asarray(tokens).reshape(sc.shape[0], -1)
+    return (np.asarray(boxes, np.float64).reshape(-1, 4)[order], sc[order],
+            [caption_text(toks[q], idx_to_word) for q in order])
+
+
 @dataclasses.dataclass
 class SceneGraph:
     """One image's scene graph in its original pixel coordinates.
@@ -207,6 +230,8 @@ class SceneGraph:
     rel_scores [K] = subject x object x predicate score, rel_predicate_scores [K].
     class_names / predicate_names: the vocabularies (index 0 = background).
     `image` (not serialised) is the original RGB image, used by `draw()`.
+    Caption regions (models that caption, MSDN; None otherwise), best first: region_boxes
+    [R,4] x1y1x2y2 original pixels, region_scores [R], region_captions (R strings).
     """
 
     width: int
@@ -222,6 +247,14 @@ class SceneGraph:
     predicate_names: list[str]
     image_path: str | None = None
     image: Image.Image | None = dataclasses.field(default=None, repr=False, compare=False)
+    region_boxes: np.ndarray | None = None
+    region_scores: np.ndarray | None = None
+    region_captions: list[str] | None = None
+
+    @property
+    def has_regions(self) -> bool:
+        """Whether this graph carries caption regions (possibly none kept)."""
+        return self.region_boxes is not None
 
     @property
     def names(self) -> list[str]:
@@ -243,23 +276,29 @@ class SceneGraph:
                           predicate_score=float(ps))
                      for (s, o), p, sc, ps in zip(self.rel_pairs, self.rel_predicates,
                                                   self.rel_scores, self.rel_predicate_scores)]
-        return dict(format=FORMAT,
-                    image=dict(path=self.image_path, width=int(self.width),
-                               height=int(self.height)),
-                    objects=objects, relations=relations,
-                    vocab=dict(classes=list(self.class_names),
-                               predicates=list(self.predicate_names)))
+        d = dict(format=FORMAT,
+                 image=dict(path=self.image_path, width=int(self.width),
+                            height=int(self.height)),
+                 objects=objects, relations=relations)
+        if self.has_regions:
+            d["regions"] = [dict(box=[float(v) for v in b], score=float(s), caption=str(c))
+                            for b, s, c in zip(np.asarray(self.region_boxes).reshape(-1, 4),
+                                               np.asarray(self.region_scores).reshape(-1),
+                                               self.region_captions or [])]
+        d["vocab"] = dict(classes=list(self.class_names), predicates=list(self.predicate_names))
+        return d
 
     def to_json(self) -> str:
         """JSON text: {format, image {path, width, height}, objects [{box, label, name,
         score}], relations [{subject, object, predicate, name, score, predicate_score}],
-        vocab {classes, predicates}}; subject/object index `objects`. One object or relation
+        regions [{box, score, caption}] (only for models that caption regions), vocab
+        {classes, predicates}}; subject/object index `objects`. One object, relation or region
         per line."""
         d = self.to_dict()
         one = lambda x: json.dumps(x, allow_nan=False, ensure_ascii=False)  # noqa: E731
 
         def value(key: str, v: Any) -> str:
-            if key in ("objects", "relations") and v:
+            if key in ("objects", "relations", "regions") and v:
                 return "[\n" + ",\n".join(f"    {one(x)}" for x in v) + "\n  ]"
             if isinstance(v, dict):
                 return "{\n" + ",\n".join(f"    {one(k)}: {one(x)}" for k, x in v.items()) + \
@@ -279,6 +318,20 @@ class SceneGraph:
                                np.int64).reshape(len(rels), 2)
             if n and (pairs.min(initial=0) < 0 or pairs.max(initial=0) >= n):
                 raise ValueError("relation subject/object outside the objects list")
+            regions: dict[str, Any] = {}
+            if d.get("regions") is not None:
+                regs = d["regions"]
+                if not isinstance(regs, list):
+                    raise ValueError(f"regions: expected a list, got {type(regs).__name__}")
+                captions = [r["caption"] for r in regs]
+                if not all(isinstance(c, str) for c in captions):
+                    raise ValueError("regions: every caption must be a string")
+                regions = dict(
+                    region_boxes=np.asarray([r["box"] for r in regs],
+                                            np.float64).reshape(len(regs), 4),
+                    region_scores=np.asarray([r["score"] for r in regs],
+                                             np.float64).reshape(len(regs)),
+                    region_captions=captions)
             return cls(width=int(d["image"]["width"]), height=int(d["image"]["height"]),
                        boxes=boxes, labels=np.asarray([o["label"] for o in objs], np.int64),
                        scores=np.asarray([o["score"] for o in objs], np.float64),
@@ -289,7 +342,7 @@ class SceneGraph:
                            [r.get("predicate_score", r["score"]) for r in rels], np.float64),
                        class_names=list(d["vocab"]["classes"]),
                        predicate_names=list(d["vocab"]["predicates"]),
-                       image_path=d["image"].get("path"))
+                       image_path=d["image"].get("path"), **regions)
         except (KeyError, TypeError, ValueError) as e:
             raise DataFormatError(source, None, f"a {FORMAT} document", repr(e)) from e
 
@@ -323,11 +376,14 @@ class SceneGraph:
 
 def build_scene_graph(out: dict[str, np.ndarray], b: int, loaded: LoadedImage,
                       class_names: Sequence[str], predicate_names: Sequence[str],
-                      top_k: int) -> SceneGraph:
+                      top_k: int, idx_to_word: Sequence[str] | None = None,
+                      top_regions: int = 5) -> SceneGraph:
     """Row `b` of an SGDet output dict -> SceneGraph in `loaded`'s original pixels.
 
     Keeps the valid detections (box_mask), sorted by score (stable), and re-indexes the pairs;
-    pairs touching an invalid detection or a self pair are ignored.
+    pairs touching an invalid detection or a self pair are ignored. When `out` has captions
+    (MSDN) and `idx_to_word` is given, the top `top_regions` valid regions by score come with
+    their caption text (`select_regions`).
     """
     w, h = loaded.image.size
     mask = np.asarray(out["box_mask"][b], bool)
@@ -343,13 +399,20 @@ def build_scene_graph(out: dict[str, np.ndarray], b: int, loaded: LoadedImage,
     valid = (np.asarray(out["pair_mask"][b], bool) & inside.all(1) & mask[safe].all(1)
              & (safe[:, 0] != safe[:, 1]))
     rp, pred, tscore, pscore = rank_triplets(scores, safe, out["rel_scores"][b], valid, top_k)
+    regions: dict[str, Any] = {}
+    if "captions" in out and idx_to_word is not None:
+        rb, rs, rc = select_regions(out["region_boxes"][b], out["region_mask"][b],
+                                    out["region_scores"][b], out["captions"][b], idx_to_word,
+                                    top_regions)
+        regions = dict(region_boxes=_round(boxes_to_original(rb, loaded.scale, w, h), 2),
+                       region_scores=_round(rs, 6), region_captions=rc)
     return SceneGraph(
         width=w, height=h, boxes=_round(boxes, 2),
         labels=np.asarray(out["labels"][b], np.int64)[order], scores=_round(scores[order], 6),
         rel_pairs=new_index[rp].reshape(-1, 2), rel_predicates=pred,
         rel_scores=_round(tscore, 6), rel_predicate_scores=_round(pscore, 6),
         class_names=list(class_names), predicate_names=list(predicate_names),
-        image_path=loaded.path, image=loaded.image)
+        image_path=loaded.path, image=loaded.image, **regions)
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,14 +452,17 @@ class Predictor:
 
     sgdet_fn(images uint8 [B,S,S,3], image_sizes int [B,2] (h, w)) -> dict of numpy arrays
     (boxes [B,D,4] canvas pixels, box_mask, labels, scores, rel_pairs [B,M,2], pair_mask,
-    rel_scores [B,M,P+1]); batches are always padded to `batch_size` (fixed shapes, one compile).
+    rel_scores [B,M,P+1]; captioning models also region_boxes [B,Q,4], region_mask,
+    region_scores [B,Q] and captions [B,Q,L], kept when `idx_to_word`, the caption vocabulary,
+    is given); batches are always padded to `batch_size` (fixed shapes, one compile).
     `io_threads`: threads that decode inputs and draw / write outputs in `predict_many`.
     """
 
     def __init__(self, sgdet_fn: SgdetFn, *, image_size: int, batch_size: int,
                  class_names: Sequence[str], predicate_names: Sequence[str],
                  top_relations: int = 20, max_drawn_relations: int | None = None,
-                 io_threads: int = 4):
+                 io_threads: int = 4, idx_to_word: Sequence[str] | None = None,
+                 top_regions: int = 5):
         if image_size < 1 or batch_size < 1:
             raise ValueError(f"Predictor: image_size and batch_size must be >= 1, got "
                              f"{image_size}, {batch_size}")
@@ -408,6 +474,8 @@ class Predictor:
         self.top_relations = int(top_relations)
         self.max_drawn_relations = max_drawn_relations
         self.io_threads = int(io_threads)
+        self.idx_to_word = list(idx_to_word) if idx_to_word else None
+        self.top_regions = int(top_regions)
 
     def _run(self, loaded: Sequence[LoadedImage]) -> list[SceneGraph]:
         """One padded batch (the last real image repeats into the padding rows)."""
@@ -417,7 +485,8 @@ class Predictor:
         sizes = np.array([li.content_hw for li in rows], np.int32)
         out = {k: np.asarray(v) for k, v in self.sgdet_fn(images, sizes).items()}
         return [build_scene_graph(out, b, loaded[b], self.class_names, self.predicate_names,
-                                  self.top_relations) for b in range(n)]
+                                  self.top_relations, self.idx_to_word, self.top_regions)
+                for b in range(n)]
 
     def predict_batch(self, images: Sequence[ImageInput]) -> list[SceneGraph]:
         """Scene graphs of several images (any number; run in padded batches)."""
@@ -540,22 +609,27 @@ def _restore(checkpoint: str, config: Any) -> tuple[Any, Any]:
 
 
 def load(checkpoint: str | os.PathLike, config: Any = None, *,
-         top_relations: int | None = None, batch_size: int | None = None) -> Predictor:
+         top_relations: int | None = None, batch_size: int | None = None,
+         top_regions: int | None = None) -> Predictor:
     """A `Predictor` from a training workdir or a stage's checkpoint directory.
 
     `config`: the run's ml_collections config (optional when the run saved its own);
-    top_relations / batch_size default to config.predict.top_relations and
-    config.input.eval_batch_size.
+    top_relations / batch_size / top_regions default to config.predict.top_relations,
+    config.input.eval_batch_size and config.predict.top_regions. Runs with a caption
+    vocabulary (MSDN: `exp.data.idx_to_word`) also give their top regions' captions.
     """
     from sgg_jax import inference
     exp, params = _restore(os.fspath(checkpoint), config)
     cfg = exp.config
+    if top_regions is None:
+        top_regions = int(cfg.predict.get("top_regions", 5))
     return Predictor(
         inference.make_sgdet_fn(exp, params), image_size=int(cfg.input.image_size),
         batch_size=int(batch_size or cfg.input.eval_batch_size),
         class_names=list(exp.data.idx_to_label), predicate_names=list(exp.data.idx_to_predicate),
         top_relations=int(top_relations if top_relations is not None
-                          else cfg.predict.top_relations))
+                          else cfg.predict.top_relations),
+        idx_to_word=getattr(exp.data, "idx_to_word", None), top_regions=int(top_regions))
 
 
 def run_cli(config: Any, checkpoint: str, images: str, output: str) -> int:
@@ -572,7 +646,8 @@ def run_cli(config: Any, checkpoint: str, images: str, output: str) -> int:
     # The run's own config (saved with it) fixes the model and canvas; the command line's
     # config chooses how many relations to keep and the batch size.
     predictor = load(checkpoint, config, top_relations=int(config.predict.top_relations),
-                     batch_size=int(config.input.eval_batch_size))
+                     batch_size=int(config.input.eval_batch_size),
+                     top_regions=int(config.predict.get("top_regions", 5)))
     summary = predictor.predict_many(images, output)
     print(f"{summary.line()} -> {output}", file=sys.stderr)
     return summary.exit_code

@@ -9,8 +9,12 @@ Layout of `draw_scene_graph`'s result:
     subject's colour (a->b and b->a side by side), with an arrow head at the object and a
     label "r<rank> predicate" on it, 40% of the way from the subject or, where that covers an
     earlier tag, at another point along the line;
-  * bottom: a white legend listing the drawn relations ("r1  #0 man  -riding->  #3 horse  0.412")
-    and then the drawn objects with their scores.
+  * caption regions (graphs of captioning models, MSDN): the top `max_regions` regions drawn
+    under the objects as thin dashed boxes in REGION_COLOR (one colour for all, unlike the
+    objects' solid boxes) with a tag "c<rank>" at their bottom-left corner;
+  * bottom: a white legend listing the drawn relations ("r1  #0 man  -riding->  #3 horse  0.412"),
+    then the drawn objects with their scores, then (with regions) "Region captions (top N of
+    M)" and one line per drawn region: "c1  <caption>  <score>".
 The result is max(k*W, legend width) wide and k*H + legend height tall; the image occupies the
 top-left k*W x k*H pixels.
 """
@@ -32,6 +36,9 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 MIN_LONG_SIDE = 512
 DEFAULT_MAX_RELATIONS = 10
 DEFAULT_MAX_OBJECTS = 12
+DEFAULT_MAX_REGIONS = 5
+# Caption regions: one colour for all (not in PALETTE, so never an object's), dashed boxes.
+REGION_COLOR: tuple[int, int, int] = (255, 0, 102)
 
 
 def color(i: int) -> tuple[int, int, int]:
@@ -127,13 +134,30 @@ def _arrow(draw: ImageDraw.ImageDraw, p0: np.ndarray, p1: np.ndarray,
     draw.polygon([tuple(p1), tuple(back + perp), tuple(back - perp)], fill=fill)
 
 
+def _dashed_rectangle(draw: ImageDraw.ImageDraw, box: Sequence[float],
+                      fill: tuple[int, int, int], width: int, dash: int) -> None:
+    """A rectangle outline of dashes `dash` px long with `dash` px gaps."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    for a, b in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)),
+                 ((x1, y2), (x1, y1))):
+        p0, p1 = np.asarray(a), np.asarray(b)
+        n = float(np.hypot(*(p1 - p0)))
+        for t0 in np.arange(0.0, max(n, 1e-6), 2 * dash):
+            t1 = min(t0 + dash, n)
+            q0 = p0 + (p1 - p0) * (t0 / max(n, 1e-6))
+            q1 = p0 + (p1 - p0) * (t1 / max(n, 1e-6))
+            draw.line([tuple(q0), tuple(q1)], fill=fill, width=width)
+
+
 def draw_scene_graph(image: Image.Image, graph: Any, max_relations: int | None = None,
-                     max_objects: int | None = None) -> Image.Image:
+                     max_objects: int | None = None,
+                     max_regions: int | None = None) -> Image.Image:
     """Returns a new RGB image: `image` with `graph`'s objects and relations, and a legend.
 
     `graph` is a `sgg_jax.predict.SceneGraph` (boxes in `image`'s pixels); the top
     `max_relations` relations (default 10) and the objects they use plus the best others up to
-    `max_objects` (default 12) are drawn. See the module docstring for the layout.
+    `max_objects` (default 12) are drawn, and of a graph with caption regions the first
+    `max_regions` (default 5) regions. See the module docstring for the layout.
     """
     image = image.convert("RGB")
     w0, h0 = image.size
@@ -152,7 +176,18 @@ def draw_scene_graph(image: Image.Image, graph: Any, max_relations: int | None =
     names = graph.names
     col = {i: color(i) for i in objs}
 
+    has_regions = getattr(graph, "region_boxes", None) is not None
+    region_boxes = np.asarray(graph.region_boxes if has_regions else np.zeros((0, 4)),
+                              np.float64).reshape(-1, 4)
+    n_reg = min(len(region_boxes),
+                DEFAULT_MAX_REGIONS if max_regions is None else int(max_regions))
+
     draw = ImageDraw.Draw(image)
+    # Regions first, so that objects, relations and all tags are drawn over them.
+    reg_width = max(1, st.line_width // 2)
+    for q in reversed(range(n_reg)):
+        _dashed_rectangle(draw, region_boxes[q] * k, REGION_COLOR, reg_width,
+                          dash=3 * st.line_width + 2)
     for i in reversed(objs):  # the first (in the top relations, best) on top
         draw.rectangle([float(v) for v in boxes[i]], outline=col[i], width=st.line_width)
     centres = {i: np.array([(boxes[i, 0] + boxes[i, 2]) / 2, (boxes[i, 1] + boxes[i, 3]) / 2])
@@ -196,6 +231,14 @@ def draw_scene_graph(image: Image.Image, graph: Any, max_relations: int | None =
                 corners.append((mid[0] - tw / 2, mid[1] - th / 2 + dy))
         rect = place(text, corners)
         _draw_tag(draw, rect, text, f_small, (255, 255, 255), st.pad, outline=col[s])
+    for q in range(n_reg):
+        text = f"c{q + 1}"
+        tw, th = _text_size(f_small, text)
+        x1, y1, x2, y2 = region_boxes[q] * k
+        step = th + 2 * st.pad
+        rect = place(text, [(x1, y2 - step), (x2 - tw - 2 * st.pad, y2 - step), (x1, y2),
+                            (x1, y2 - 2 * step), (x2 - tw - 2 * st.pad, y2)])
+        _draw_tag(draw, rect, text, f_small, REGION_COLOR, st.pad)
 
     # Legend under the image.
     lines: list[tuple[str, tuple[int, int, int]]] = []
@@ -211,6 +254,13 @@ def draw_scene_graph(image: Image.Image, graph: Any, max_relations: int | None =
         x1, y1, x2, y2 = (float(v) for v in graph.boxes[i])
         lines.append((f"#{i} {names[i]}  {float(graph.scores[i]):.3g}  "
                       f"[{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]", col[i]))
+    if has_regions:
+        lines.append((f"Region captions (top {n_reg} of {len(region_boxes)})" if n_reg
+                      else "Region captions: none", (0, 0, 0)))
+        for q in range(n_reg):
+            caption = graph.region_captions[q] or "(empty caption)"
+            lines.append((f"c{q + 1}  {caption}   {float(graph.region_scores[q]):.3g}",
+                          REGION_COLOR))
     line_h = _text_size(f, "Ag#[]")[1] + st.pad
     swatch = line_h - st.pad
     text_w = max(_text_size(f, t)[0] for t, _ in lines)

@@ -222,6 +222,97 @@ def test_json_schema_and_round_trip():
         P.SceneGraph.from_json('{"objects": []}', source="bad.json")
 
 
+WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "hat", "on", "man"]
+
+
+def captioned_output() -> dict:
+    """One image's SGDet output with captions (MSDN's contract, B = 1, Q = 5): rows 0-3 real
+    (scores 0.3, 0.8, 0.5, 0.8: a tie), row 4 padding with the highest score (must be dropped)."""
+    out = {k: v[:1] for k, v in FakeSgdet()(np.zeros((1, S, S, 3), np.uint8),
+                                             np.array([[S, S]])).items()}
+    out["region_boxes"] = np.array([[[0, 0, 32, 32], [32, 16, 96, 64], [8, 72, 120, 124],
+                                     [64, 0, 128, 40], [0, 0, 128, 128]]], np.float32)
+    out["region_mask"] = np.array([[True, True, True, True, False]])
+    out["region_scores"] = np.array([[0.3, 0.8, 0.5, 0.8, 0.99]], np.float32)
+    out["captions"] = np.array([[[1, 4, 5, 6, 2, 0],     # "a red hat"
+                                 [1, 8, 2, 7, 7, 7],     # "man" (ids after <end> ignored)
+                                 [1, 6, 7, 4, 8, 0],     # "hat on a man" (ends in padding)
+                                 [1, 2, 0, 0, 0, 0],     # "" (at once <end>)
+                                 [1, 99, 2, 0, 0, 0]]],  # padding row: never decoded
+                               np.int32)
+    return out
+
+
+def test_build_scene_graph_keeps_the_top_valid_regions_with_their_captions():
+    loaded = P.load_image(picture(256, 128), S)  # scale 0.5: original = canvas * 2
+    out = captioned_output()
+    sg = P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS, top_regions=3)
+    # By score, ties in row order (1 before 3), the padding row never; the top 3.
+    np.testing.assert_allclose(sg.region_scores, [0.8, 0.8, 0.5], atol=1e-6)
+    assert sg.region_captions == ["man", "", "hat on a man"]
+    np.testing.assert_allclose(sg.region_boxes, [[64, 32, 192, 128], [128, 0, 256, 80],
+                                                 [16, 128, 240, 128]])  # y clipped to h = 128
+    assert len(P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS,
+                                   top_regions=10).region_captions) == 4
+    # Without captions (or without a vocabulary) there are no regions, as before.
+    assert not P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4).has_regions
+    plain = {k: v for k, v in out.items() if k != "captions"}
+    assert P.build_scene_graph(plain, 0, loaded, CLASSES, PREDICATES, 4, WORDS).region_boxes \
+        is None
+
+
+def test_regions_round_trip_through_json_and_old_documents_still_load():
+    sg = P.build_scene_graph(captioned_output(), 0, P.load_image(picture(256, 128), S),
+                             CLASSES, PREDICATES, 4, WORDS, top_regions=3)
+    text = sg.to_json()
+    d = json.loads(text)
+    assert list(d) == ["format", "image", "objects", "relations", "regions", "vocab"]
+    assert d["format"] == P.FORMAT
+    assert d["regions"][0] == {"box": [64.0, 32.0, 192.0, 128.0], "score": 0.8,
+                               "caption": "man"}
+    assert sum(line.lstrip().startswith('{"box"') for line in text.splitlines()) == 3 + 3
+    back = P.SceneGraph.from_json(text)
+    assert back.to_dict() == d and back.region_captions == sg.region_captions
+    np.testing.assert_array_equal(back.region_boxes, sg.region_boxes)
+    # A document without "regions" (written before regions existed) loads without regions.
+    del d["regions"]
+    old = P.SceneGraph.from_dict(d)
+    assert not old.has_regions and "regions" not in old.to_dict()
+    np.testing.assert_array_equal(old.boxes, sg.boxes)
+    for bad in ([{"box": [1, 2, 3], "score": 0.5, "caption": "a"}], [{"box": [1, 2, 3, 4]}],
+                [{"box": [1, 2, 3, 4], "score": 0.5, "caption": 7}], {"box": [1, 2, 3, 4]},
+                ["a"]):
+        with pytest.raises(P.DataFormatError, match="g.json"):
+            P.SceneGraph.from_dict(dict(json.loads(text), regions=bad), source="g.json")
+
+
+def test_regions_are_drawn_dashed_in_their_colour_with_a_legend():
+    im = Image.new("RGB", (512, 512), (255, 255, 255))  # drawn at scale 1
+    loaded = P.load_image(im, S)
+    out = captioned_output()
+    out["box_mask"][:] = False  # no objects or relations: only the regions are drawn
+    sg = P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS, top_regions=2)
+    plain = P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4)
+    with_regions, without = sg.draw(), plain.draw()
+    assert with_regions.height > without.height and with_regions.width >= without.width
+    # The image area: without regions untouched; with them, region colour along the left edge
+    # of the best region (canvas [32, 16, 96, 64] -> [128, 64, 384, 256]), dashed (gaps).
+    np.testing.assert_array_equal(np.asarray(without)[:512, :512], np.asarray(im))
+    pix = np.asarray(with_regions)[:512, :512].astype(int)
+    is_region = (np.abs(pix - np.array(visualize.REGION_COLOR)).sum(-1) == 0)
+    edge = is_region[70:210, 126:131].any(1)  # above the "c1" tag at its bottom-left
+    assert 0.3 < edge.mean() < 0.9
+    assert not is_region[300:500, 10:500].any()  # below both regions and their tags
+    # Objects drawn as before when a graph has no regions: the same pixels as with regions off.
+    sg_objs = fake_predictor().predict(picture(300, 200))
+    ref = visualize.draw_scene_graph(sg_objs.image, sg_objs)
+    sg_objs.region_boxes, sg_objs.region_scores, sg_objs.region_captions = \
+        np.zeros((0, 4)), np.zeros(0), []
+    drawn = visualize.draw_scene_graph(sg_objs.image, sg_objs)
+    np.testing.assert_array_equal(np.asarray(drawn)[:200], np.asarray(ref)[:200])
+    assert drawn.height > ref.height  # the "Region captions: none" line
+
+
 def test_png_is_the_image_with_drawings_and_a_legend(tmp_path):
     w, h = 600, 400
     im = picture(w, h)
