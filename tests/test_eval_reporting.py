@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_pipelines import pipeline
 from sgg_jax.evaluation import SGGEvaluator
 from sgg_jax.predict import SceneGraph
 from sgg_jax.training import data as data_lib, eval_loop, pictures, reporting, trainer
@@ -24,6 +25,14 @@ from training_utils import load_config
 
 MODES = ("predcls", "sgcls", "sgdet")
 NUM_PICTURES = 3
+# The stand-in SGDet step's caption regions (an MSDN model's, canvas pixels): 3 real regions and
+# a padding row with the best score, which the pictures must not show.
+REGION_BOXES = np.array([[0, 0, 40, 30], [10, 20, 90, 100], [50, 50, 127, 127], [0, 0, 9, 9]],
+                        np.float32)
+REGION_MASK = np.array([True, True, True, False])
+REGION_SCORES = np.array([0.2, 0.9, 0.6, 1.0], np.float32)
+REGION_CAPTIONS = np.array([[1, 4, 5, 2, 0], [1, 6, 2, 9, 9], [1, 7, 8, 9, 2], [1, 4, 2, 0, 0]],
+                           np.int32)
 
 
 def _stand_in_outputs(b: int, n: int, p: int, code: int) -> dict:
@@ -85,11 +94,14 @@ def evaluated(tmp_path_factory):
 
     def sgdet_step(exp_):
         def step(params, images, image_sizes):
-            out = _stand_in_outputs(images.shape[0], 2, num_p, MODES.index("sgdet"))
-            return dict(out, boxes=jnp.zeros((images.shape[0], 2, 4)),
-                        det_boxes=jnp.zeros((images.shape[0], 2, 4)),
-                        box_mask=jnp.zeros((images.shape[0], 2), bool),
-                        det_labels=out["labels"], det_scores=out["scores"])
+            b = images.shape[0]
+            out = _stand_in_outputs(b, 2, num_p, MODES.index("sgdet"))
+            tile = lambda x: jnp.tile(jnp.asarray(x)[None], (b,) + (1,) * np.ndim(x))  # noqa
+            return dict(out, boxes=jnp.zeros((b, 2, 4)), det_boxes=jnp.zeros((b, 2, 4)),
+                        box_mask=jnp.zeros((b, 2), bool), det_labels=out["labels"],
+                        det_scores=out["scores"], region_boxes=tile(REGION_BOXES),
+                        region_mask=tile(REGION_MASK), region_scores=tile(REGION_SCORES),
+                        captions=tile(REGION_CAPTIONS))
         return step
 
     def examples(batch, scored):
@@ -205,8 +217,24 @@ def test_pictures_draw_the_first_images_prediction_and_ground_truth(evaluated):
         assert len(sg.rel_scores) == min(exp.config.predict.top_relations, len(score))
         assert sg_gt.labels.tolist() == gt["labels"].tolist()
         assert np.c_[sg_gt.rel_pairs, sg_gt.rel_predicates].tolist() == gt["relations"].tolist()
-        # The PNG is the two graphs drawn on the original image, exactly as their JSON says.
+        # The prediction's caption regions: the real ones by score, in original pixels, with
+        # their decoded captions; the ground truth's: its caption regions and their phrases.
+        words = exp.data.idx_to_word
+        scale = pipeline.canvas_geometry((sg.width, sg.height), exp.config.input.image_size)[0]
+        np.testing.assert_allclose(sg.region_scores, [0.9, 0.6, 0.2], atol=1e-6)
+        np.testing.assert_allclose(sg.region_boxes, np.clip(
+            REGION_BOXES[[1, 2, 0]] / scale, 0, [sg.width, sg.height] * 2), atol=0.01)
+        assert sg.region_captions == [words[6], f"{words[7]} {words[8]} {words[9]}",
+                                      f"{words[4]} {words[5]}"]
         record = source[k]
+        reference = [(" ".join(words[t] for t in toks if t > 2), box)
+                     for toks, box in zip(record["region_tokens"], record["region_boxes"])]
+        n_gt = min(len(reference), exp.config.input.max_regions)
+        assert sg_gt.has_regions and 0 < len(sg_gt.region_captions) <= n_gt
+        assert np.all(sg_gt.region_scores == 1)
+        for caption, box in zip(sg_gt.region_captions, sg_gt.region_boxes):
+            assert any(caption == c and np.allclose(box, b, atol=0.02) for c, b in reference)
+        # The PNG is the two graphs drawn on the original image, exactly as their JSON says.
         assert int(record["image_id"]) == ids[k]
         image = pictures.original_image(record, ids[k], None, None, 1.0)
         assert image.size == (sg.width, sg.height)

@@ -10,6 +10,9 @@ ground truth's order, so both drawings give an object the same number and colour
 `<dir>/<mode>_<image_id>_gt.json` (the ground truth in the same format, scores 1) and
 `<dir>/<mode>_<image_id>.png`: both graphs drawn by `sgg_jax.visualize.draw_scene_graph` from
 exactly those documents, prediction on the left and ground truth on the right (`compose`).
+For captioning models (MSDN, SGDet) the prediction also carries its top region proposals with
+their captions and the ground truth its caption regions with their phrases (`Example.pred_regions`
+/ `gt_regions`, built by `regions` for the pictured images only).
 Files are written atomically.
 """
 from __future__ import annotations
@@ -31,12 +34,27 @@ GAP = 16  # white pixels between the two drawings
 
 @dataclasses.dataclass
 class Example:
-    """One picture's inputs: the evaluator's dicts (original pixels) and the image."""
+    """One picture's inputs: the evaluator's dicts (original pixels) and the image; for
+    captioning models also the predicted and ground-truth caption regions (`regions`)."""
 
     image_id: int
     groundtruth: Mapping[str, np.ndarray]
     prediction: Mapping[str, np.ndarray]
     image: Image.Image
+    pred_regions: Mapping[str, Any] | None = None
+    gt_regions: Mapping[str, Any] | None = None
+
+
+def regions(boxes: np.ndarray, mask: np.ndarray, scores: np.ndarray, tokens: np.ndarray,
+            idx_to_word: Sequence[str], top_k: int, scale: float,
+            image: Image.Image) -> dict[str, Any]:
+    """One image's caption regions (canvas boxes [Q,4], mask [Q], scores [Q], token ids [Q,L])
+    -> {"region_boxes" (original pixels, clipped), "region_scores", "region_captions"}: the
+    top `top_k` valid ones by score (`predict.select_regions`), SceneGraph fields."""
+    rb, rs, rc = predict.select_regions(boxes, mask, scores, tokens, idx_to_word, top_k)
+    w, h = image.size
+    return dict(region_boxes=np.round(predict.boxes_to_original(rb, scale, w, h), 2),
+                region_scores=np.round(rs, 6), region_captions=rc)
 
 
 def picture_mode(modes: Sequence[str]) -> str | None:
@@ -58,11 +76,13 @@ def original_image(record: Mapping[str, Any] | None, image_id: int, canvas: np.n
 
 def prediction_graph(prediction: Mapping[str, np.ndarray], image: Image.Image,
                      class_names: Sequence[str], predicate_names: Sequence[str],
-                     top_relations: int, keep_order: bool = False) -> predict.SceneGraph:
+                     top_relations: int, keep_order: bool = False,
+                     regions: Mapping[str, Any] | None = None) -> predict.SceneGraph:
     """The evaluator's prediction dict (boxes in original pixels, every scored pair) as a
     SceneGraph: relations ranked by `predict.rank_triplets` (graph constraint, as `--mode
     predict`), the top `top_relations`; objects sorted by score, or in their own order with
-    `keep_order` (PredCls / SGCls: the ground truth's order, so both drawings share colours)."""
+    `keep_order` (PredCls / SGCls: the ground truth's order, so both drawings share colours);
+    `regions`: caption-region fields (`regions`), kept as given."""
     scores = np.asarray(prediction["scores"], np.float64).reshape(-1)
     n = scores.shape[0]
     order = np.arange(n) if keep_order else np.argsort(-scores, kind="stable")
@@ -78,13 +98,14 @@ def prediction_graph(prediction: Mapping[str, np.ndarray], image: Image.Image,
         scores=np.round(scores[order], 6), rel_pairs=new_index[rp].reshape(-1, 2),
         rel_predicates=pred, rel_scores=np.round(tscore, 6),
         rel_predicate_scores=np.round(pscore, 6), class_names=list(class_names),
-        predicate_names=list(predicate_names), image=image)
+        predicate_names=list(predicate_names), image=image, **(regions or {}))
 
 
 def groundtruth_graph(groundtruth: Mapping[str, np.ndarray], image: Image.Image,
-                      class_names: Sequence[str], predicate_names: Sequence[str]
-                      ) -> predict.SceneGraph:
-    """The ground truth as a SceneGraph (objects in their order, every relation, scores 1)."""
+                      class_names: Sequence[str], predicate_names: Sequence[str],
+                      regions: Mapping[str, Any] | None = None) -> predict.SceneGraph:
+    """The ground truth as a SceneGraph (objects in their order, every relation, scores 1;
+    `regions`: its caption regions, as `prediction_graph`'s)."""
     rels = np.asarray(groundtruth["relations"], np.int64).reshape(-1, 3)
     n, r = len(groundtruth["labels"]), len(rels)
     return predict.SceneGraph(
@@ -93,7 +114,7 @@ def groundtruth_graph(groundtruth: Mapping[str, np.ndarray], image: Image.Image,
         labels=np.asarray(groundtruth["labels"], np.int64), scores=np.ones(n),
         rel_pairs=rels[:, :2], rel_predicates=rels[:, 2], rel_scores=np.ones(r),
         rel_predicate_scores=np.ones(r), class_names=list(class_names),
-        predicate_names=list(predicate_names), image=image)
+        predicate_names=list(predicate_names), image=image, **(regions or {}))
 
 
 def compose(left: Image.Image, right: Image.Image, titles: tuple[str, str]) -> Image.Image:
@@ -127,8 +148,10 @@ def write_pictures(directory: str, mode: str, examples: Sequence[Example],
     for ex in examples:
         stem = os.path.join(directory, f"{mode}_{ex.image_id}")
         pred = prediction_graph(ex.prediction, ex.image, class_names, predicate_names,
-                                top_relations, keep_order=mode != "sgdet")
-        gt = groundtruth_graph(ex.groundtruth, ex.image, class_names, predicate_names)
+                                top_relations, keep_order=mode != "sgdet",
+                                regions=ex.pred_regions)
+        gt = groundtruth_graph(ex.groundtruth, ex.image, class_names, predicate_names,
+                               regions=ex.gt_regions)
         atomic_write_bytes(stem + ".json", (pred.to_json() + "\n").encode("utf-8"))
         atomic_write_bytes(stem + "_gt.json", (gt.to_json() + "\n").encode("utf-8"))
         buf = io.BytesIO()

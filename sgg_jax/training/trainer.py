@@ -403,7 +403,8 @@ def evaluate(exp: Experiment, params: Any, split: str | None = None,
                 for evaluator in evaluators.values():
                     evaluator.add(gt, pred)
                 if mode == picture_mode and len(shown) < num_pictures:
-                    shown.append(_picture_example(exp, split, len(shown), full_batch, gt, pred))
+                    shown.append(_picture_example(exp, split, len(shown), full_batch, gt, pred,
+                                                  scored))
                 seen += 1
         for (protocol, m), evaluator in evaluators.items():
             reporting.store_metrics(results, protocol, m, evaluator.compute())
@@ -423,16 +424,31 @@ def evaluate(exp: Experiment, params: Any, split: str | None = None,
 
 
 def _picture_example(exp: Experiment, split: str, index: int, batch: Any, gt: dict,
-                     pred: dict) -> pictures_lib.Example:
+                     pred: dict, scored: dict | None = None) -> pictures_lib.Example:
     """A picture's inputs: the evaluator's dicts and the original image (the split's record
-    `index`, which the eval loader reads in order, or the canvas content scaled back)."""
+    `index`, which the eval loader reads in order, or the canvas content scaled back). When
+    the step's output `scored` has captions (MSDN SGDet), also the top
+    `config.predict.top_regions` predicted regions with their captions and the ground-truth
+    caption regions with their phrases (this image's rows only, decoded on the host)."""
     image_id = int(gt["image_id"])
     row = int(np.flatnonzero(np.asarray(batch.image_ids) == image_id)[0])
     source = exp.data.sources[split]
     record = source[index] if index < len(source) else None
+    scale = float(batch.scales[row])
     image = pictures_lib.original_image(record, image_id, batch.images[row],
-                                        batch.image_sizes[row], float(batch.scales[row]))
-    return pictures_lib.Example(image_id, gt, pred, image)
+                                        batch.image_sizes[row], scale)
+    if scored is None or "captions" not in scored:
+        return pictures_lib.Example(image_id, gt, pred, image)
+    words = exp.data.idx_to_word
+    pred_regions = pictures_lib.regions(
+        scored["region_boxes"][row], scored["region_mask"][row], scored["region_scores"][row],
+        scored["captions"][row], words, int(exp.config.predict.get("top_regions", 5)), scale,
+        image)
+    gt_mask = np.asarray(batch.region_mask[row], bool)
+    gt_regions = pictures_lib.regions(  # every ground-truth region, in its order (scores 1)
+        batch.region_boxes[row], gt_mask, gt_mask.astype(np.float64), batch.region_tokens[row],
+        words, gt_mask.shape[0], scale, image)
+    return pictures_lib.Example(image_id, gt, pred, image, pred_regions, gt_regions)
 
 
 # ----------------------------------------------------------------------------------------------
