@@ -118,8 +118,10 @@ def get_base_config() -> ml_collections.ConfigDict:
         num_pictures=4,
         checkpoint="",  # for --config.mode=eval: a workdir or a checkpoint directory
     ))
+    # Captioning models (MSDN): the top_regions best caption regions shown per image, after
+    # greedy NMS at IoU region_nms (1 = none) so that they are not copies of one box.
     c.predict = ml_collections.ConfigDict(dict(images="", output="", top_relations=20,
-                                               top_regions=5))
+                                               top_regions=5, region_nms=0.5))
     c.distributed = ml_collections.ConfigDict(dict(
         coordinator_address="", num_processes=0, process_id=-1, initialize=False))
     return c

@@ -205,19 +205,32 @@ def caption_text(tokens: np.ndarray, idx_to_word: Sequence[str]) -> str:
 
 
 def select_regions(boxes: np.ndarray, mask: np.ndarray, scores: np.ndarray, tokens: np.ndarray,
-                   idx_to_word: Sequence[str], top_k: int
+                   idx_to_word: Sequence[str], top_k: int, nms_iou: float = 1.0
                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One image's caption regions -> the top `top_k` valid ones, best first (stable on ties).
 
     boxes [Q,4] (any coordinates; returned as given), mask [Q] bool, scores [Q],
-    tokens [Q,L] caption ids. Returns (boxes [R,4], scores [R], caption texts), R <= top_k.
+    tokens [Q,L] caption ids. `nms_iou` < 1: a region whose IoU with a better kept one exceeds
+    it is skipped (greedy NMS, as dense captioning shows its regions; MSDN's refined proposals
+    often converge on one object). Returns (boxes [R,4], scores [R], caption texts), R <= top_k.
     """
+    from sgg_jax.evaluation.boxes import box_iou
     valid = np.flatnonzero(np.asarray(mask, bool).reshape(-1))
     sc = np.asarray(scores, np.float64).reshape(-1)
-    order = valid[np.argsort(-sc[valid], kind="stable")][:max(int(top_k), 0)]
+    bx = np.asarray(boxes, np.float64).reshape(-1, 4)
+    ranked = valid[np.argsort(-sc[valid], kind="stable")]
+    if nms_iou < 1.0:
+        iou = box_iou(bx[ranked], bx[ranked], convention="continuous")
+        keep: list[int] = []
+        for j in range(len(ranked)):
+            if len(keep) >= top_k:
+                break
+            if not keep or iou[j, keep].max() <= nms_iou:
+                keep.append(j)
+        ranked = ranked[keep]
+    order = ranked[:max(int(top_k), 0)]
     toks = np.asarray(tokens).reshape(sc.shape[0], -1)
-    return (np.asarray(boxes, np.float64).reshape(-1, 4)[order], sc[order],
-            [caption_text(toks[q], idx_to_word) for q in order])
+    return bx[order], sc[order], [caption_text(toks[q], idx_to_word) for q in order]
 
 
 @dataclasses.dataclass
@@ -377,13 +390,13 @@ class SceneGraph:
 def build_scene_graph(out: dict[str, np.ndarray], b: int, loaded: LoadedImage,
                       class_names: Sequence[str], predicate_names: Sequence[str],
                       top_k: int, idx_to_word: Sequence[str] | None = None,
-                      top_regions: int = 5) -> SceneGraph:
+                      top_regions: int = 5, region_nms: float = 1.0) -> SceneGraph:
     """Row `b` of an SGDet output dict -> SceneGraph in `loaded`'s original pixels.
 
     Keeps the valid detections (box_mask), sorted by score (stable), and re-indexes the pairs;
     pairs touching an invalid detection or a self pair are ignored. When `out` has captions
-    (MSDN) and `idx_to_word` is given, the top `top_regions` valid regions by score come with
-    their caption text (`select_regions`).
+    (MSDN) and `idx_to_word` is given, the top `top_regions` valid regions by score (after
+    greedy NMS at IoU `region_nms`; 1 = none) come with their caption text (`select_regions`).
     """
     w, h = loaded.image.size
     mask = np.asarray(out["box_mask"][b], bool)
@@ -403,7 +416,7 @@ def build_scene_graph(out: dict[str, np.ndarray], b: int, loaded: LoadedImage,
     if "captions" in out and idx_to_word is not None:
         rb, rs, rc = select_regions(out["region_boxes"][b], out["region_mask"][b],
                                     out["region_scores"][b], out["captions"][b], idx_to_word,
-                                    top_regions)
+                                    top_regions, region_nms)
         regions = dict(region_boxes=_round(boxes_to_original(rb, loaded.scale, w, h), 2),
                        region_scores=_round(rs, 6), region_captions=rc)
     return SceneGraph(
@@ -462,7 +475,7 @@ class Predictor:
                  class_names: Sequence[str], predicate_names: Sequence[str],
                  top_relations: int = 20, max_drawn_relations: int | None = None,
                  io_threads: int = 4, idx_to_word: Sequence[str] | None = None,
-                 top_regions: int = 5):
+                 top_regions: int = 5, region_nms: float = 1.0):
         if image_size < 1 or batch_size < 1:
             raise ValueError(f"Predictor: image_size and batch_size must be >= 1, got "
                              f"{image_size}, {batch_size}")
@@ -476,6 +489,7 @@ class Predictor:
         self.io_threads = int(io_threads)
         self.idx_to_word = list(idx_to_word) if idx_to_word else None
         self.top_regions = int(top_regions)
+        self.region_nms = float(region_nms)
 
     def _run(self, loaded: Sequence[LoadedImage]) -> list[SceneGraph]:
         """One padded batch (the last real image repeats into the padding rows)."""
@@ -485,7 +499,8 @@ class Predictor:
         sizes = np.array([li.content_hw for li in rows], np.int32)
         out = {k: np.asarray(v) for k, v in self.sgdet_fn(images, sizes).items()}
         return [build_scene_graph(out, b, loaded[b], self.class_names, self.predicate_names,
-                                  self.top_relations, self.idx_to_word, self.top_regions)
+                                  self.top_relations, self.idx_to_word, self.top_regions,
+                                  self.region_nms)
                 for b in range(n)]
 
     def predict_batch(self, images: Sequence[ImageInput]) -> list[SceneGraph]:
@@ -610,26 +625,30 @@ def _restore(checkpoint: str, config: Any) -> tuple[Any, Any]:
 
 def load(checkpoint: str | os.PathLike, config: Any = None, *,
          top_relations: int | None = None, batch_size: int | None = None,
-         top_regions: int | None = None) -> Predictor:
+         top_regions: int | None = None, region_nms: float | None = None) -> Predictor:
     """A `Predictor` from a training workdir or a stage's checkpoint directory.
 
     `config`: the run's ml_collections config (optional when the run saved its own);
-    top_relations / batch_size / top_regions default to config.predict.top_relations,
-    config.input.eval_batch_size and config.predict.top_regions. Runs with a caption
-    vocabulary (MSDN: `exp.data.idx_to_word`) also give their top regions' captions.
+    top_relations / batch_size / top_regions / region_nms default to
+    config.predict.top_relations, config.input.eval_batch_size, config.predict.top_regions and
+    config.predict.region_nms. Runs with a caption vocabulary (MSDN: `exp.data.idx_to_word`)
+    also give their top regions' captions.
     """
     from sgg_jax import inference
     exp, params = _restore(os.fspath(checkpoint), config)
     cfg = exp.config
     if top_regions is None:
         top_regions = int(cfg.predict.get("top_regions", 5))
+    if region_nms is None:
+        region_nms = float(cfg.predict.get("region_nms", 1.0))
     return Predictor(
         inference.make_sgdet_fn(exp, params), image_size=int(cfg.input.image_size),
         batch_size=int(batch_size or cfg.input.eval_batch_size),
         class_names=list(exp.data.idx_to_label), predicate_names=list(exp.data.idx_to_predicate),
         top_relations=int(top_relations if top_relations is not None
                           else cfg.predict.top_relations),
-        idx_to_word=getattr(exp.data, "idx_to_word", None), top_regions=int(top_regions))
+        idx_to_word=getattr(exp.data, "idx_to_word", None), top_regions=int(top_regions),
+        region_nms=float(region_nms))
 
 
 def run_cli(config: Any, checkpoint: str, images: str, output: str) -> int:
@@ -647,7 +666,8 @@ def run_cli(config: Any, checkpoint: str, images: str, output: str) -> int:
     # config chooses how many relations to keep and the batch size.
     predictor = load(checkpoint, config, top_relations=int(config.predict.top_relations),
                      batch_size=int(config.input.eval_batch_size),
-                     top_regions=int(config.predict.get("top_regions", 5)))
+                     top_regions=int(config.predict.get("top_regions", 5)),
+                     region_nms=float(config.predict.get("region_nms", 1.0)))
     summary = predictor.predict_many(images, output)
     print(f"{summary.line()} -> {output}", file=sys.stderr)
     return summary.exit_code

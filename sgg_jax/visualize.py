@@ -10,8 +10,9 @@ Layout of `draw_scene_graph`'s result:
     label "r<rank> predicate" on it, 40% of the way from the subject or, where that covers an
     earlier tag, at another point along the line;
   * caption regions (graphs of captioning models, MSDN): the top `max_regions` regions drawn
-    under the objects as thin dashed boxes in REGION_COLOR (one colour for all, unlike the
-    objects' solid boxes) with a tag "c<rank>" at their bottom-left corner;
+    under the objects as dashed boxes, near-black and white dashes (REGION_COLOR, one style
+    for all, unlike the objects' solid coloured boxes), with a near-black tag "c<rank>" near
+    their bottom-left corner;
   * bottom: a white legend listing the drawn relations ("r1  #0 man  -riding->  #3 horse  0.412"),
     then the drawn objects with their scores, then (with regions) "Region captions (top N of
     M)" and one line per drawn region: "c1  <caption>  <score>".
@@ -37,8 +38,10 @@ MIN_LONG_SIDE = 512
 DEFAULT_MAX_RELATIONS = 10
 DEFAULT_MAX_OBJECTS = 12
 DEFAULT_MAX_REGIONS = 5
-# Caption regions: one colour for all (not in PALETTE, so never an object's), dashed boxes.
-REGION_COLOR: tuple[int, int, int] = (255, 0, 102)
+# Caption regions: near-black dashes with white gaps (readable on dark and light images, and
+# unlike any object's solid PALETTE colour), near-black tags; one style for all regions.
+REGION_COLOR: tuple[int, int, int] = (20, 20, 20)
+REGION_GAP_COLOR: tuple[int, int, int] = (255, 255, 255)
 
 
 def color(i: int) -> tuple[int, int, int]:
@@ -135,18 +138,16 @@ def _arrow(draw: ImageDraw.ImageDraw, p0: np.ndarray, p1: np.ndarray,
 
 
 def _dashed_rectangle(draw: ImageDraw.ImageDraw, box: Sequence[float],
-                      fill: tuple[int, int, int], width: int, dash: int) -> None:
-    """A rectangle outline of dashes `dash` px long with `dash` px gaps."""
+                      colors: Sequence[tuple[int, int, int]], width: int, dash: int) -> None:
+    """A rectangle outline of `dash` px long dashes cycling through `colors`."""
     x1, y1, x2, y2 = (float(v) for v in box)
     for a, b in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)),
                  ((x1, y2), (x1, y1))):
         p0, p1 = np.asarray(a), np.asarray(b)
-        n = float(np.hypot(*(p1 - p0)))
-        for t0 in np.arange(0.0, max(n, 1e-6), 2 * dash):
-            t1 = min(t0 + dash, n)
-            q0 = p0 + (p1 - p0) * (t0 / max(n, 1e-6))
-            q1 = p0 + (p1 - p0) * (t1 / max(n, 1e-6))
-            draw.line([tuple(q0), tuple(q1)], fill=fill, width=width)
+        n = max(float(np.hypot(*(p1 - p0))), 1e-6)
+        for j, t0 in enumerate(np.arange(0.0, n, dash)):
+            q0, q1 = p0 + (p1 - p0) * (t0 / n), p0 + (p1 - p0) * (min(t0 + dash, n) / n)
+            draw.line([tuple(q0), tuple(q1)], fill=colors[j % len(colors)], width=width)
 
 
 def draw_scene_graph(image: Image.Image, graph: Any, max_relations: int | None = None,
@@ -184,10 +185,9 @@ def draw_scene_graph(image: Image.Image, graph: Any, max_relations: int | None =
 
     draw = ImageDraw.Draw(image)
     # Regions first, so that objects, relations and all tags are drawn over them.
-    reg_width = max(1, st.line_width // 2)
     for q in reversed(range(n_reg)):
-        _dashed_rectangle(draw, region_boxes[q] * k, REGION_COLOR, reg_width,
-                          dash=3 * st.line_width + 2)
+        _dashed_rectangle(draw, region_boxes[q] * k, (REGION_COLOR, REGION_GAP_COLOR),
+                          st.line_width, dash=3 * st.line_width + 2)
     for i in reversed(objs):  # the first (in the top relations, best) on top
         draw.rectangle([float(v) for v in boxes[i]], outline=col[i], width=st.line_width)
     centres = {i: np.array([(boxes[i, 0] + boxes[i, 2]) / 2, (boxes[i, 1] + boxes[i, 3]) / 2])

@@ -254,6 +254,10 @@ def test_build_scene_graph_keeps_the_top_valid_regions_with_their_captions():
                                                  [16, 128, 240, 128]])  # y clipped to h = 128
     assert len(P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS,
                                    top_regions=10).region_captions) == 4
+    # Greedy NMS: rows 1 and 3 overlap with IoU 768 / 4864 = 0.158 (canvas), no other pair does.
+    caps = [P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS, top_regions=10,
+                                region_nms=t).region_captions for t in (0.15, 0.16)]
+    assert caps == [["man", "hat on a man", "a red hat"], ["man", "", "hat on a man", "a red hat"]]
     # Without captions (or without a vocabulary) there are no regions, as before.
     assert not P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4).has_regions
     plain = {k: v for k, v in out.items() if k != "captions"}

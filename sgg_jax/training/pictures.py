@@ -47,11 +47,13 @@ class Example:
 
 def regions(boxes: np.ndarray, mask: np.ndarray, scores: np.ndarray, tokens: np.ndarray,
             idx_to_word: Sequence[str], top_k: int, scale: float,
-            image: Image.Image) -> dict[str, Any]:
+            image: Image.Image, nms_iou: float = 1.0) -> dict[str, Any]:
     """One image's caption regions (canvas boxes [Q,4], mask [Q], scores [Q], token ids [Q,L])
     -> {"region_boxes" (original pixels, clipped), "region_scores", "region_captions"}: the
-    top `top_k` valid ones by score (`predict.select_regions`), SceneGraph fields."""
-    rb, rs, rc = predict.select_regions(boxes, mask, scores, tokens, idx_to_word, top_k)
+    top `top_k` valid ones by score after NMS at `nms_iou` (`predict.select_regions`),
+    SceneGraph fields."""
+    rb, rs, rc = predict.select_regions(boxes, mask, scores, tokens, idx_to_word, top_k,
+                                        nms_iou)
     w, h = image.size
     return dict(region_boxes=np.round(predict.boxes_to_original(rb, scale, w, h), 2),
                 region_scores=np.round(rs, 6), region_captions=rc)

@@ -428,8 +428,9 @@ def _picture_example(exp: Experiment, split: str, index: int, batch: Any, gt: di
     """A picture's inputs: the evaluator's dicts and the original image (the split's record
     `index`, which the eval loader reads in order, or the canvas content scaled back). When
     the step's output `scored` has captions (MSDN SGDet), also the top
-    `config.predict.top_regions` predicted regions with their captions and the ground-truth
-    caption regions with their phrases (this image's rows only, decoded on the host)."""
+    `config.predict.top_regions` predicted regions (NMS at `config.predict.region_nms`) with
+    their captions and the ground-truth caption regions with their phrases (this image's rows
+    only, decoded on the host)."""
     image_id = int(gt["image_id"])
     row = int(np.flatnonzero(np.asarray(batch.image_ids) == image_id)[0])
     source = exp.data.sources[split]
@@ -439,11 +440,11 @@ def _picture_example(exp: Experiment, split: str, index: int, batch: Any, gt: di
                                         batch.image_sizes[row], scale)
     if scored is None or "captions" not in scored:
         return pictures_lib.Example(image_id, gt, pred, image)
-    words = exp.data.idx_to_word
+    words, pcfg = exp.data.idx_to_word, exp.config.predict
     pred_regions = pictures_lib.regions(
         scored["region_boxes"][row], scored["region_mask"][row], scored["region_scores"][row],
-        scored["captions"][row], words, int(exp.config.predict.get("top_regions", 5)), scale,
-        image)
+        scored["captions"][row], words, int(pcfg.get("top_regions", 5)), scale, image,
+        float(pcfg.get("region_nms", 1.0)))
     gt_mask = np.asarray(batch.region_mask[row], bool)
     gt_regions = pictures_lib.regions(  # every ground-truth region, in its order (scores 1)
         batch.region_boxes[row], gt_mask, gt_mask.astype(np.float64), batch.region_tokens[row],
