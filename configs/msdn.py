@@ -5,7 +5,7 @@ Presets (`--config configs/msdn.py:<preset>`):
              stages, MSDN's box heads included, and reports PredCls / SGCls / SGDet recalls,
              phrase detection, the box mAP of the detector's and of the refined SGDet boxes and
              region-caption BLEU-4 ("given regions": ground-truth region boxes), with a few
-             prediction pictures; ~13 min from nothing on an idle 2-core CPU (docs/models.md).
+             prediction pictures; 10m30 from nothing on an idle 2-core CPU (docs/models.md).
   tiny       a seconds-long smoke run (tests; box heads in the relations stage only).
   vg         the published setup: MSDN's sizes on a local VG-MSDN copy (data.name="vg_msdn",
              MSDN's own 150-object / 50-predicate split; objects, relations and caption regions
