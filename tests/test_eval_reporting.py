@@ -254,3 +254,32 @@ def test_picture_mode_prefers_the_most_complete_mode():
     assert pictures.picture_mode(["predcls", "sgcls"]) == "sgcls"
     assert pictures.picture_mode(["predcls"]) == "predcls"
     assert pictures.picture_mode(["phrdet"]) is None
+
+
+def test_max_images_stops_running_the_model(tmp_path):
+    """eval.max_images bounds both what is scored and how many batches go through the model."""
+    config = load_config("imp", "tiny", **{
+        "data.cache_dir": str(tmp_path / "cache"), "train.data_parallel": 1,
+        "eval.modes": "predcls", "eval.max_images": 5})
+    exp = trainer.setup(config, str(tmp_path / "run"))
+    num_p, num_c = exp.data.num_predicates, exp.data.num_classes
+    batches, scored_ids = [], []
+    real = eval_loop.batch_to_examples
+
+    def score_step(model, mode, model_state=None):
+        return lambda params, batch: _stand_in_outputs(
+            batch.boxes.shape[0], batch.boxes.shape[1], num_p, 0)
+
+    def examples(batch, scored):  # host side: once per batch the model ran on
+        batches.append(1)
+        for gt, _ in real(batch, scored):
+            scored_ids.append(gt["image_id"])
+            yield gt, synthetic_prediction(gt, "predcls", num_c, num_p)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(eval_loop, "make_score_step", score_step)
+        mp.setattr(eval_loop, "batch_to_examples", examples)
+        trainer.evaluate(exp, {})
+    per_batch = int(config.input.eval_batch_size)
+    assert len(batches) == -(-5 // per_batch) < -(-len(exp.data.sources["test"]) // per_batch)
+    assert len(scored_ids) >= 5

@@ -388,6 +388,8 @@ def evaluate(exp: Experiment, params: Any, split: str | None = None,
         limit = int(cfg.eval.max_images)
         for host_batch in tqdm(loader, desc=f"eval[{mode}]", unit="batch",
                                disable=jax.process_index() != 0, dynamic_ncols=True):
+            if 0 <= limit <= seen:  # every process counts the same gathered images
+                break
             scored = eval_loop.gather_to_host(score(params, mesh_lib.to_global(host_batch, exp.mesh)))
             full_batch = eval_loop.gather_to_host(mesh_lib.to_global(host_batch, exp.mesh))
             for gt, pred in eval_loop.batch_to_examples(full_batch, scored):
@@ -481,6 +483,8 @@ def evaluate_captions(exp: Experiment, params: Any, split: str | None = None) ->
     for host_batch in tqdm(data_lib.eval_loader(cfg, exp.data, exp.mesh, split or cfg.eval.split),
                            desc="eval[captions]", unit="batch",
                            disable=jax.process_index() != 0, dynamic_ncols=True):
+        if 0 <= limit <= seen:
+            break
         batch = mesh_lib.to_global(host_batch, exp.mesh)
         caps = eval_loop.gather_to_host(step(params, batch))
         full = eval_loop.gather_to_host(batch)
