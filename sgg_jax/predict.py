@@ -233,6 +233,17 @@ def select_regions(boxes: np.ndarray, mask: np.ndarray, scores: np.ndarray, toke
     return bx[order], sc[order], [caption_text(toks[q], idx_to_word) for q in order]
 
 
+def region_fields(boxes: np.ndarray, mask: np.ndarray, scores: np.ndarray, tokens: np.ndarray,
+                  idx_to_word: Sequence[str], top_k: int, scale: float,
+                  size: tuple[int, int], nms_iou: float = 1.0) -> dict[str, Any]:
+    """`select_regions` on canvas boxes -> the SceneGraph region fields: region_boxes in
+    original pixels (`boxes_to_original`, clipped to size = (width, height)), region_scores,
+    region_captions."""
+    rb, rs, rc = select_regions(boxes, mask, scores, tokens, idx_to_word, top_k, nms_iou)
+    return dict(region_boxes=_round(boxes_to_original(rb, scale, *size), 2),
+                region_scores=_round(rs, 6), region_captions=rc)
+
+
 @dataclasses.dataclass
 class SceneGraph:
     """One image's scene graph in its original pixel coordinates.
@@ -414,11 +425,9 @@ def build_scene_graph(out: dict[str, np.ndarray], b: int, loaded: LoadedImage,
     rp, pred, tscore, pscore = rank_triplets(scores, safe, out["rel_scores"][b], valid, top_k)
     regions: dict[str, Any] = {}
     if "captions" in out and idx_to_word is not None:
-        rb, rs, rc = select_regions(out["region_boxes"][b], out["region_mask"][b],
-                                    out["region_scores"][b], out["captions"][b], idx_to_word,
-                                    top_regions, region_nms)
-        regions = dict(region_boxes=_round(boxes_to_original(rb, loaded.scale, w, h), 2),
-                       region_scores=_round(rs, 6), region_captions=rc)
+        regions = region_fields(out["region_boxes"][b], out["region_mask"][b],
+                                out["region_scores"][b], out["captions"][b], idx_to_word,
+                                top_regions, loaded.scale, (w, h), region_nms)
     return SceneGraph(
         width=w, height=h, boxes=_round(boxes, 2),
         labels=np.asarray(out["labels"][b], np.int64)[order], scores=_round(scores[order], 6),

@@ -240,14 +240,20 @@ def test_regions_send_messages(setup):
 # Captioner
 
 
+def _random_captioner(vocab: int, length: int, seed: int, std: float):
+    """A tiny captioner, region features [2, 3, 5] and N(0, std) weights (seeded)."""
+    cap = msdn.RegionCaptioner(vocab_size=vocab, hidden_dim=8)
+    feats = jnp.asarray(np.random.default_rng(seed).normal(size=(2, 3, 5)), jnp.float32)
+    shapes = jax.eval_shape(lambda f: cap.init(jax.random.PRNGKey(0), f,
+                                               jnp.zeros((2, 3, length), jnp.int32)), feats)
+    rng = np.random.default_rng(seed + 1)
+    variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, std, s.shape), s.dtype), shapes)
+    return cap, feats, variables
+
+
 @pytest.fixture(scope="module")
 def captioner():
-    cap = msdn.RegionCaptioner(vocab_size=V, hidden_dim=8)
-    feats = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 5)), jnp.float32)
-    shapes = jax.eval_shape(lambda f: cap.init(jax.random.PRNGKey(0), f,
-                                               jnp.zeros((2, 3, L), jnp.int32)), feats)
-    rng = np.random.default_rng(1)
-    variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.5, s.shape), s.dtype), shapes)
+    cap, feats, variables = _random_captioner(V, L, seed=0, std=0.5)
     greedy = jax.jit(lambda v, f: cap.apply(v, f, L, method=cap.greedy))
     teacher = jax.jit(lambda v, f, t: cap.apply(v, f, t, method=cap.teacher_logits))
     return variables, feats, greedy, teacher
@@ -297,7 +303,7 @@ def _caption_log_probs(teacher, variables, feats, caps):
     scored = np.zeros(caps.shape, bool)
     for idx in np.ndindex(caps.shape[:-1]):
         end = np.flatnonzero(caps[idx] == msdn.END)
-        scored[idx][1:(end[0] if end.size else L - 1) + 1] = True
+        scored[idx][1:(end[0] if end.size else caps.shape[-1] - 1) + 1] = True
     return np.where(scored, picked, 0.0).sum(-1)
 
 
@@ -305,13 +311,8 @@ def test_beam_search_is_exact_when_wide_and_greedy_when_one():
     """Beam width 1 is greedy; a beam wide enough to keep every hypothesis returns the most
     probable caption of all (enumerated here, scored by teacher forcing)."""
     v, length = 6, 5  # specials + 2 words; 4 decoded positions -> 4^4 word/<end> sequences
-    cap = msdn.RegionCaptioner(vocab_size=v, hidden_dim=8)
-    feats = jnp.asarray(np.random.default_rng(2).normal(size=(2, 3, 5)), jnp.float32)
-    shapes = jax.eval_shape(lambda f: cap.init(jax.random.PRNGKey(0), f,
-                                               jnp.zeros((2, 3, length), jnp.int32)), feats)
-    rng = np.random.default_rng(3)
     # Large weights, no word bias: varied captions whose scores depend on the LSTM states.
-    variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 2.0, s.shape), s.dtype), shapes)
+    cap, feats, variables = _random_captioner(v, length, seed=2, std=2.0)
     variables["params"]["decoder"]["word_logits"]["bias"] = jnp.zeros(v)
     decode = jax.jit(lambda vv, f, k: cap.apply(vv, f, length, k, method=cap.decode),
                      static_argnums=2)

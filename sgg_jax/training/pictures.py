@@ -12,7 +12,7 @@ ground truth's order, so both drawings give an object the same number and colour
 exactly those documents, prediction on the left and ground truth on the right (`compose`).
 For captioning models (MSDN, SGDet) the prediction also carries its top region proposals with
 their captions and the ground truth its caption regions with their phrases (`Example.pred_regions`
-/ `gt_regions`, built by `regions` for the pictured images only).
+/ `gt_regions`, built by `predict.region_fields` for the pictured images only).
 Files are written atomically.
 """
 from __future__ import annotations
@@ -35,7 +35,8 @@ GAP = 16  # white pixels between the two drawings
 @dataclasses.dataclass
 class Example:
     """One picture's inputs: the evaluator's dicts (original pixels) and the image; for
-    captioning models also the predicted and ground-truth caption regions (`regions`)."""
+    captioning models also the predicted and ground-truth caption regions
+    (`predict.region_fields`)."""
 
     image_id: int
     groundtruth: Mapping[str, np.ndarray]
@@ -43,20 +44,6 @@ class Example:
     image: Image.Image
     pred_regions: Mapping[str, Any] | None = None
     gt_regions: Mapping[str, Any] | None = None
-
-
-def regions(boxes: np.ndarray, mask: np.ndarray, scores: np.ndarray, tokens: np.ndarray,
-            idx_to_word: Sequence[str], top_k: int, scale: float,
-            image: Image.Image, nms_iou: float = 1.0) -> dict[str, Any]:
-    """One image's caption regions (canvas boxes [Q,4], mask [Q], scores [Q], token ids [Q,L])
-    -> {"region_boxes" (original pixels, clipped), "region_scores", "region_captions"}: the
-    top `top_k` valid ones by score after NMS at `nms_iou` (`predict.select_regions`),
-    SceneGraph fields."""
-    rb, rs, rc = predict.select_regions(boxes, mask, scores, tokens, idx_to_word, top_k,
-                                        nms_iou)
-    w, h = image.size
-    return dict(region_boxes=np.round(predict.boxes_to_original(rb, scale, w, h), 2),
-                region_scores=np.round(rs, 6), region_captions=rc)
 
 
 def picture_mode(modes: Sequence[str]) -> str | None:
@@ -84,7 +71,7 @@ def prediction_graph(prediction: Mapping[str, np.ndarray], image: Image.Image,
     SceneGraph: relations ranked by `predict.rank_triplets` (graph constraint, as `--mode
     predict`), the top `top_relations`; objects sorted by score, or in their own order with
     `keep_order` (PredCls / SGCls: the ground truth's order, so both drawings share colours);
-    `regions`: caption-region fields (`regions`), kept as given."""
+    `regions`: caption-region fields (`predict.region_fields`), kept as given."""
     scores = np.asarray(prediction["scores"], np.float64).reshape(-1)
     n = scores.shape[0]
     order = np.arange(n) if keep_order else np.argsort(-scores, kind="stable")

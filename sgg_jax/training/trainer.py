@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sgg_jax import models as models_lib
+from sgg_jax import predict as predict_lib
 from sgg_jax.evaluation import DetectionEvaluator
 from sgg_jax.io_utils import write_json_atomic
 from sgg_jax.training import data as data_lib
@@ -443,14 +444,14 @@ def _picture_example(exp: Experiment, split: str, index: int, batch: Any, gt: di
     if scored is None or "captions" not in scored:
         return pictures_lib.Example(image_id, gt, pred, image)
     words, pcfg = exp.data.idx_to_word, exp.config.predict
-    pred_regions = pictures_lib.regions(
+    pred_regions = predict_lib.region_fields(
         scored["region_boxes"][row], scored["region_mask"][row], scored["region_scores"][row],
-        scored["captions"][row], words, int(pcfg.get("top_regions", 5)), scale, image,
+        scored["captions"][row], words, int(pcfg.get("top_regions", 5)), scale, image.size,
         float(pcfg.get("region_nms", 1.0)))
     gt_mask = np.asarray(batch.region_mask[row], bool)
-    gt_regions = pictures_lib.regions(  # every ground-truth region, in its order (scores 1)
+    gt_regions = predict_lib.region_fields(  # every ground-truth region, in order (scores 1)
         batch.region_boxes[row], gt_mask, gt_mask.astype(np.float64), batch.region_tokens[row],
-        words, gt_mask.shape[0], scale, image)
+        words, gt_mask.shape[0], scale, image.size)
     return pictures_lib.Example(image_id, gt, pred, image, pred_regions, gt_regions)
 
 
