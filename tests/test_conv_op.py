@@ -64,3 +64,45 @@ def test_winograd_only_where_configured():
     assert "conv_general_dilated" in prims(2, c)
     assert "conv_general_dilated" in prims(1, c - 1)
     assert "conv_general_dilated" in prims(1, c, enough - 1)
+
+
+@pytest.mark.parametrize("k,stride,padding", [(1, 1, "SAME"), (1, 2, "SAME"), (1, 1, "VALID"),
+                                              (3, 1, "SAME"), (3, 2, "SAME"), (3, 2, "VALID")])
+def test_string_padding_matches_lax_and_takes_the_fast_path(k, stride, padding):
+    """Flax's nn.Conv passes its default padding "SAME" as a string: it must mean lax's pads
+    (values and both gradients), and a 1x1 conv must still become dots, not an XLA conv."""
+    rng = np.random.default_rng(k + 10 * stride)
+    x = jnp.asarray(rng.standard_normal((2, 9, 10, 5)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, 5, 7)), jnp.float32)
+    args = dict(window_strides=(stride, stride), padding=padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, **args)
+    ours = lambda x, w: conv_general_dilated(x, w, **args)
+    np.testing.assert_allclose(jax.jit(ours)(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    loss = lambda f: (lambda x, w: jnp.sum(jnp.sin(f(x, w))))
+    for g_ours, g_ref in zip(jax.jit(jax.grad(loss(ours), (0, 1)))(x, w),
+                             jax.jit(jax.grad(loss(ref), (0, 1)))(x, w)):
+        np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-4)
+    if k == 1:
+        assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(loss(ours), (0, 1)))(x, w))
+
+
+def test_fpn_and_rpn_head_have_no_xla_convs(monkeypatch):
+    """Every conv of the FPN and the RPN head (1x1 laterals and predictors declared with Flax's
+    default "SAME" padding, 3x3 outputs) runs as dots forward and backward once Winograd
+    applies to its size -- an XLA conv left there is the slow kernel gradient this op avoids."""
+    from sgg_jax.models.detection.fpn import FPN
+    from sgg_jax.models.detection.rpn import RPNHead
+
+    monkeypatch.setattr(conv_op, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_op, "WINOGRAD_MIN_PIXELS_PER_CHANNEL", 0)
+    feats = [jnp.ones((1, 16 // 2 ** i, 16 // 2 ** i, 4 * 2 ** i)) for i in range(4)]
+    fpn = FPN(channels=8)
+    p = fpn.init(jax.random.PRNGKey(0), feats)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(
+        lambda p, f: sum(o.sum() for o in fpn.apply(p, f)), (0, 1)))(p, feats))
+    head = RPNHead(channels=8, num_anchors=3)
+    levels = fpn.apply(p, feats)
+    ph = head.init(jax.random.PRNGKey(1), levels)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(
+        lambda p, f: sum(jax.tree.leaves(jax.tree.map(jnp.sum, head.apply(p, f)))), (0, 1)))(ph, levels))

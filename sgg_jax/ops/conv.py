@@ -48,7 +48,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """`lax.conv_general_dilated` with matrix-product gradients for plain NHWC / HWIO convs."""
     plain = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and feature_group_count == 1
              and batch_group_count == 1 and _ones(lhs_dilation) and _ones(rhs_dilation)
-             and not isinstance(padding, str) and preferred_element_type is None)
+             and preferred_element_type is None)
+    if plain and isinstance(padding, str):
+        # "SAME" / "VALID" (Flax's nn.Conv default is "SAME"): the explicit pads lax would use,
+        # so 1x1 and 3x3 convs declared with string padding take the fast paths too
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     if not plain:
         return jax.lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
