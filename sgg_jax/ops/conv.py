@@ -174,10 +174,20 @@ def _space_to_depth_kernel_grad(x, dy, kh, kw, strides, pads, precision):
     xs = xp.reshape(b, hp // sh, sh, wp // sw, sw, c).transpose(0, 1, 3, 2, 4, 5)
     xs = xs.reshape(b, hp // sh, wp // sw, sh * sw * c)
     g = jnp.stack([jnp.stack([
-        jnp.einsum("bhwk,bhwd->kd", xs[:, a:a + ho, e:e + wo], dy,
-                   precision=precision).reshape(sh, sw, c, -1)
+        _pixel_outer(xs[:, a:a + ho, e:e + wo], dy, precision).reshape(sh, sw, c, -1)
         for e in range(tw)], 1) for a in range(th)])            # [th, sh, tw, sw, c, d]
     return g.reshape(th * sh, tw * sw, c, -1)[:kh, :kw]
+
+
+def _pixel_outer(x, dy, precision):
+    """sum over pixels of x (outer product) dy: [B, H, W, C], [B, H, W, D] -> [C, D], the kernel
+    gradient of one tap. The matrix-product kernel wants the left operand with the pixels minor,
+    so XLA copies that operand to [C, P] first; the operand with fewer channels goes on the left
+    (the smaller copy: a bottleneck's 256 -> 64 conv copies its 64-channel cotangent, not its
+    256-channel input) and the small [D, C] result is transposed instead."""
+    if dy.shape[-1] < x.shape[-1]:
+        return jnp.einsum("bhwd,bhwc->dc", dy, x, precision=precision).T
+    return jnp.einsum("bhwc,bhwd->cd", x, dy, precision=precision)
 
 
 def _comb(coefs, xs):
@@ -284,7 +294,7 @@ def _conv_bwd(strides, pads, precision, res, dy):
     x, w = res
     if _is_pointwise(w, pads):
         xs = _subsample(x, strides)
-        dw = jnp.einsum("bhwc,bhwd->cd", xs, dy, precision=precision)[None, None]
+        dw = _pixel_outer(xs, dy, precision)[None, None]
         dxs = jnp.einsum("bhwd,cd->bhwc", dy, w[0, 0], precision=precision)
         # stride s: dxs goes to every s-th pixel, zeros between (an interior pad, not a scatter)
         dx = jax.lax.pad(dxs.astype(x.dtype), jnp.zeros((), x.dtype), [
@@ -317,7 +327,7 @@ def _conv_bwd(strides, pads, precision, res, dy):
                                                  j + (wo - 1) * sw + 1, xp.shape[3]),
                              (1, sh, sw, 1))
 
-    dw = jnp.stack([jnp.stack([jnp.einsum("bhwc,bhwd->cd", window(i, j), dy, precision=precision)
+    dw = jnp.stack([jnp.stack([_pixel_outer(window(i, j), dy, precision)
                                for j in range(kw)]) for i in range(kh)])
     return dx, dw.astype(w.dtype)
 
