@@ -27,6 +27,7 @@ both sides run under the same allocator settings; the JSON records them.
 
   python benchmarks/detector.py [--size 512] [--batch 2] [--classes 150] [--repeats 3]
       [--torch-python /path/to/python-with-torch] [--skip-torch] [--tuned-malloc]
+      [--order interleaved|blocked]
       [--output result.json]
 """
 from __future__ import annotations
@@ -253,16 +254,23 @@ def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def interleaved(runners: dict, what: str, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds of `what` per runner; repetitions alternate between the runners. Runners
-    that already ran `what` once (ours: while compiling) get no extra warm-up call."""
+def measure(runners: dict, what: str, repeats: int, order: str = "interleaved",
+            warmup: int = 1) -> dict:
+    """Median seconds of `what` per runner. `order="interleaved"`: repetitions alternate
+    between the runners (ours, theirs, ours, ...), so a load that comes and goes hits both;
+    `"blocked"`: each runner's repetitions back to back, as a training loop runs its steps.
+    Runners that already ran `what` once (ours: while compiling) get no extra warm-up call."""
     for r in runners.values():
         for _ in range(0 if getattr(r, "warm", False) else warmup):
             getattr(r, what)()
     times = {k: [] for k in runners}
-    for _ in range(repeats):
+    if order == "blocked":
         for k, r in runners.items():
-            times[k].append(getattr(r, what)())
+            times[k] = [getattr(r, what)() for _ in range(repeats)]
+    else:
+        for _ in range(repeats):
+            for k, r in runners.items():
+                times[k].append(getattr(r, what)())
     return {k: {"median_s": statistics.median(v), "all_s": [round(t, 3) for t in v]}
             for k, v in times.items()}
 
@@ -278,6 +286,10 @@ def main() -> None:
                     help="python with torch + torchvision for the peer (default: $TORCH_PYTHON, "
                          "else this interpreter when it has torch)")
     ap.add_argument("--only", choices=("both", "inference", "training"), default="both")
+    ap.add_argument("--order", choices=("interleaved", "blocked"), default="interleaved",
+                    help="interleaved: ours, theirs, ours, ... (robust to a changing load); "
+                         "blocked: each side's repetitions back to back (a training loop's "
+                         "steady state; see the module docstring)")
     ap.add_argument("--tuned-malloc", action="store_true",
                     help="run both sides with TUNED_MALLOC's glibc settings (see above)")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
@@ -301,7 +313,7 @@ def main() -> None:
     if python:
         runners["torchvision"] = TorchRunner(python, args.size, args.batch, args.classes, settings)
     result = {"size": args.size, "batch": args.batch, "classes": args.classes,
-              "repeats": args.repeats, "device": str(jax.devices()[0]),
+              "repeats": args.repeats, "order": args.order, "device": str(jax.devices()[0]),
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "settings": settings,
               "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
               "compile_s": {"inference": runners["ours"].compile_s_inference,
@@ -310,7 +322,8 @@ def main() -> None:
               "loadavg_start": load_start}
     kinds = ("inference", "training") if args.only == "both" else (args.only,)
     for kind in kinds:
-        result[kind] = interleaved(runners, "infer" if kind == "inference" else "train", args.repeats)
+        result[kind] = measure(runners, "infer" if kind == "inference" else "train", args.repeats,
+                               args.order)
     result["loadavg_end"] = _loadavg()
     if python:
         runners["torchvision"].close()
@@ -327,7 +340,7 @@ def main() -> None:
     emit_json(result, args.output or None)
     print_table(rows, ["model"] + [f"{k} img/s" for k in kinds],
                 title=f"Faster R-CNN R50-FPN, {args.size} px, batch {args.batch}, "
-                      f"{args.classes + 1} logits; load average {load_start} -> {result['loadavg_end']}")
+                      f"{args.classes + 1} logits, {args.order}; load average {load_start} -> {result['loadavg_end']}")
 
 
 if __name__ == "__main__":

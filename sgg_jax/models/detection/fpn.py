@@ -5,7 +5,8 @@ names (conv1, bn1, layer{L}_{b}), adding layer4, so the same torchvision weight 
 The pyramid: 1x1 lateral convs (`fpn_inner{i}`), nearest top-down upsampling, 3x3 output
 convs (`fpn_layer{i}`), and P6 = P5 subsampled by 2 (torchvision's LastLevelMaxPool, k=1 s=2).
 Every convolution uses `sgg_jax.ops.conv.conv_general_dilated` (same results; its gradients are
-matrix products, which makes training several times faster on CPU than XLA's conv gradients).
+matrix products, which makes training several times faster on CPU than XLA's conv gradients),
+and the stem's max pool `sgg_jax.ops.pool.max_pool` (same results; elementwise gradient).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 
 from sgg_jax.models.backbone import Bottleneck, FrozenBatchNorm, _group_norm, normalize_images
 from sgg_jax.ops.conv import conv_general_dilated as fast_conv
+from sgg_jax.ops.pool import max_pool
 
 FPN_STRIDES = (4, 8, 16, 32, 64)
 
@@ -37,7 +39,7 @@ class ResNet50Body(nn.Module):
                     dtype=self.dtype, name="conv1", conv_general_dilated=fast_conv)(x)
         x = (FrozenBatchNorm(dtype=self.dtype, name="bn1") if self.norm == "frozen_bn"
              else _group_norm(w(64), self.dtype, "bn1"))(x)
-        x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(nn.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         outs = []
         for layer, (width, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2),
                                                         (512, 3, 2))):
