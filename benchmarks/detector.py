@@ -36,8 +36,10 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -132,6 +134,9 @@ class OursRunner:
             upd, state = opt.update(g, state, params)
             return optax.apply_updates(params, upd), state, loss
 
+        self.variables = variables
+        self._proposals = lambda: jax.jit(functools.partial(model.apply, proposals_only=True))(
+            variables, imgs, sizes)[1]
         self._infer = lambda: infer(variables, imgs, sizes)
         # a copy: the train step donates (consumes) its params, inference keeps `variables`
         self.params = jax.tree.map(jnp.copy, variables["params"])
@@ -144,6 +149,10 @@ class OursRunner:
         self.train()
         self.compile_s_training = time.perf_counter() - t1
         self.warm = True  # both calls ran once above
+
+    def proposals_per_image(self) -> list[int]:
+        """Valid RPN proposals per image at inference (the RoIs the box head really scores)."""
+        return [int(n) for n in np.asarray(self._proposals()).sum(1)]
 
     def infer(self) -> float:
         t = time.perf_counter()
@@ -162,9 +171,30 @@ class OursRunner:
 # torchvision side: a worker process (it may be another interpreter, e.g. a venv with torch)
 
 
-def _torch_worker(size: int, batch: int, classes: int) -> None:
-    """Builds torchvision's detector, then runs one `infer` / `train` per stdin line and answers
-    each with its wall time (JSON lines on stdout)."""
+def export_weights(variables, path: str) -> int:
+    """Our detector's parameters as a torchvision-named state dict in an .npz (no pickle), so
+    torchvision's side runs the same network: with their own random init the two detectors
+    would do different work (torchvision's init leaves ~260 proposals per image after its RPN
+    NMS here, ours keeps all 1000, so its box head would score a quarter of our RoIs)."""
+    from sgg_jax import weights as W
+
+    sd = W.export_state_dict(
+        jax_to_numpy(variables), W.torchvision_fasterrcnn_rules(),
+        {"roi_heads.box_head.fc6.weight": lambda k: W.fc_hwc_to_chw(k, 256)})
+    W.save_npz(sd, path)
+    return len(sd)
+
+
+def jax_to_numpy(tree):
+    import jax
+
+    return jax.tree.map(np.asarray, tree)
+
+
+def _torch_worker(size: int, batch: int, classes: int, weights: str = "") -> None:
+    """Builds torchvision's detector (with `weights`, an .npz state dict, loaded strictly when
+    given), then runs one `infer` / `train` per stdin line and answers each with its wall time
+    (JSON lines on stdout)."""
     import torch
     import torchvision
     from torchvision.models.detection import FasterRCNN
@@ -196,7 +226,14 @@ def _torch_worker(size: int, batch: int, classes: int) -> None:
     assert list(anchor_gen.aspect_ratios[0]) == s["aspect_ratios"]
     pooler = model.roi_heads.box_roi_pool
     assert pooler.output_size == (s["roi_output_size"],) * 2 and pooler.sampling_ratio == s["sampling_ratio"]
+    if weights:
+        with np.load(weights) as f:
+            model.load_state_dict({k: torch.from_numpy(f[k]) for k in f.files}, strict=True)
     x = [torch.from_numpy(im).permute(2, 0, 1).float() / 255.0 for im in images]
+    model.eval()
+    with torch.no_grad():
+        image_list, _ = model.transform(x)
+        proposals, _ = model.rpn(image_list, model.backbone(image_list.tensors))
     targets = [{"boxes": torch.from_numpy(bx), "labels": torch.from_numpy(lb).long()}
                for bx, lb in zip(boxes, labels)]
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -215,7 +252,9 @@ def _torch_worker(size: int, batch: int, classes: int) -> None:
         opt.step()
 
     print(json.dumps({"ready": True, "torch": torch.__version__, "torchvision": torchvision.__version__,
-                      "torch_threads": torch.get_num_threads()}), flush=True)
+                      "torch_threads": torch.get_num_threads(),
+                      "weights": weights or "torchvision's random init",
+                      "proposals_per_image": [len(p) for p in proposals]}), flush=True)
     for line in sys.stdin:
         fn = {"infer": infer, "train": train}[line.strip()]
         t = time.perf_counter()
@@ -226,9 +265,11 @@ def _torch_worker(size: int, batch: int, classes: int) -> None:
 class TorchRunner(JsonLineWorker):
     """Drives a `_torch_worker` process (torchvision's side, in the torch interpreter)."""
 
-    def __init__(self, python: str, size: int, batch: int, classes: int, settings: dict):
+    def __init__(self, python: str, size: int, batch: int, classes: int, settings: dict,
+                 weights: str = ""):
         super().__init__([python, os.path.abspath(__file__), "--torch-worker", "--size",
-                          str(size), "--batch", str(batch), "--classes", str(classes)],
+                          str(size), "--batch", str(batch), "--classes", str(classes),
+                          "--weights", weights],
                          "benchmarks/detector.py torchvision worker", json.dumps(settings))
 
     def infer(self) -> float:
@@ -292,11 +333,15 @@ def main() -> None:
                          "steady state; see the module docstring)")
     ap.add_argument("--tuned-malloc", action="store_true",
                     help="run both sides with TUNED_MALLOC's glibc settings (see above)")
+    ap.add_argument("--torch-own-init", action="store_true",
+                    help="torchvision keeps its own random init instead of our weights (the "
+                         "two detectors then do different amounts of work)")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--weights", default="", help=argparse.SUPPRESS)
     ap.add_argument("--output", default="")
     args = ap.parse_args()
     if args.torch_worker:
-        _torch_worker(args.size, args.batch, args.classes)
+        _torch_worker(args.size, args.batch, args.classes, args.weights)
         return
     if args.tuned_malloc:
         reexec_with_tuned_malloc()
@@ -311,7 +356,15 @@ def main() -> None:
     runners = {"ours": OursRunner(images, boxes, labels, args.classes)}
     python = None if args.skip_torch else _torch_python(args.torch_python)
     if python:
-        runners["torchvision"] = TorchRunner(python, args.size, args.batch, args.classes, settings)
+        weights = ""
+        if not args.torch_own_init:
+            tmp = tempfile.mkdtemp(prefix="sgg_jax_bench_")
+            weights = os.path.join(tmp, "ours_as_torchvision.npz")
+            export_weights(runners["ours"].variables, weights)
+        runners["torchvision"] = TorchRunner(python, args.size, args.batch, args.classes, settings,
+                                             weights)
+        if weights:
+            shutil.rmtree(os.path.dirname(weights), ignore_errors=True)
     result = {"size": args.size, "batch": args.batch, "classes": args.classes,
               "repeats": args.repeats, "order": args.order, "device": str(jax.devices()[0]),
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "settings": settings,
@@ -319,6 +372,7 @@ def main() -> None:
               "compile_s": {"inference": runners["ours"].compile_s_inference,
                             "training": runners["ours"].compile_s_training},
               "torchvision": runners["torchvision"].info if python else None,
+              "ours_proposals_per_image": runners["ours"].proposals_per_image(),
               "loadavg_start": load_start}
     kinds = ("inference", "training") if args.only == "both" else (args.only,)
     for kind in kinds:

@@ -118,6 +118,15 @@ def fc_chw_to_hwc(w: np.ndarray, channels: int) -> np.ndarray:
     return np.transpose(w.reshape(out, channels, side, side), (2, 3, 1, 0)).reshape(n, out)
 
 
+def fc_hwc_to_chw(kernel: np.ndarray, channels: int) -> np.ndarray:
+    """Inverse of `fc_chw_to_hwc`: Dense kernel (H*W*C, out) -> (out, C*H*W) Linear weight."""
+    n, out = kernel.shape
+    side = int(round(np.sqrt(n // channels)))
+    if side * side * channels != n:
+        raise WeightImportError(f"fc_hwc: {n} inputs is not s x s x {channels}")
+    return np.transpose(kernel.reshape(side, side, channels, out), (3, 2, 0, 1)).reshape(out, n)
+
+
 def _rpn2_weight(w: np.ndarray) -> np.ndarray:
     """neural-motifs RPN 1x1 conv (6A, C, 1, 1) [per anchor: bg, fg, dx, dy, dw, dh] -> objectness."""
     a = w.shape[0] // 6
@@ -342,8 +351,13 @@ def _to_dict(tree: Mapping) -> dict:
     return {k: _to_dict(v) if hasattr(v, "items") else v for k, v in tree.items()}
 
 
-def export_state_dict(variables: Mapping, rules: Sequence[Rule]) -> StateDict:
-    """Inverse of `import_weights` for the invertible transforms (used by the round-trip test)."""
+def export_state_dict(variables: Mapping, rules: Sequence[Rule],
+                      inverses: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None
+                      ) -> StateDict:
+    """Inverse of `import_weights` for the invertible transforms (the round-trip test; our
+    weights into torchvision's detector in benchmarks/detector.py). `inverses` gives the
+    inverse of a rule whose transform is a function, by its source name (e.g. fc6's
+    `fc_hwc_to_chw`)."""
     inverse = {"id": lambda w: w, "conv": lambda w: np.transpose(w, (3, 2, 0, 1)),
                "dense": np.transpose}
     out = {}
@@ -352,6 +366,9 @@ def export_state_dict(variables: Mapping, rules: Sequence[Rule]) -> StateDict:
         for k in r.target:
             node = node[k]
         w = np.asarray(node)
+        if inverses and r.source in inverses:
+            out[r.source] = np.asarray(inverses[r.source](w))
+            continue
         if not isinstance(r.transform, str) or r.transform not in inverse:
             raise WeightImportError(f"export_state_dict: transform of {r.source!r} is not invertible here")
         out[r.source] = inverse[r.transform](w)

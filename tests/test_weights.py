@@ -113,6 +113,13 @@ def test_fc6_chw_flatten_matches_torch_order():
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
     # and through the rule: Dense(in, out) takes the transposed Linear weight
     assert W.Rule(("x",), "y", "dense").apply(w).shape == (c * 49, out)
+    # the inverse (export of our fc6 into a torchvision-named state dict) gives w back exactly
+    np.testing.assert_array_equal(W.fc_hwc_to_chw(kernel, c), w)
+    exported = W.export_state_dict({"params": {"fc6": {"kernel": kernel}}},
+                                   [W.Rule(("params", "fc6", "kernel"), "fc6.weight",
+                                           lambda v: W.fc_chw_to_hwc(v, c))],
+                                   {"fc6.weight": lambda k: W.fc_hwc_to_chw(k, c)})
+    np.testing.assert_array_equal(exported["fc6.weight"], w)
 
 
 @pytest.mark.parametrize("norm_layers", [3])
