@@ -1,28 +1,36 @@
-"""Faster R-CNN throughput: our ResNet-50-FPN detector vs torchvision's, same settings.
+"""Faster R-CNN throughput: our ResNet-50-FPN detector vs torchvision's, same network.
 
 Images/s = batch / median wall time of one inference call and of one training step (forward,
 backward, SGD-momentum update), both jitted on our side. torchvision's detector (when a Python
 with torch + torchvision is available: this interpreter, or `--torch-python PATH`) runs in a
-worker process that is driven call by call from here, so our and its repetitions interleave
-(ours, theirs, ours, theirs, ...) and the ratios come from the same time window on a shared
-machine. Only one side computes at a time.
+worker process that is driven call by call from here; only one side computes at a time.
+`--order interleaved` (default) alternates the repetitions (ours, theirs, ours, ...), so a load
+that comes and goes hits both; `--order blocked` runs each side's repetitions back to back, as
+a training loop runs its steps. On this 2-core VM the order matters for us: a call of ours right
+after a torch call page-faults its fresh buffers more slowly (training 8.4 s vs 6.0 s after an
+idle pause, same process; with the `--tuned-malloc` settings, which keep freed memory in the
+process, both are 6.3 s), so quote the order with the ratio.
 
-The two detectors are configured to do the same work (all printed under "settings"):
+The two detectors run the same network on the same work (all printed under "settings"):
 torchvision's `fasterrcnn_resnet50_fpn` as built by `torchvision.models.detection` (ResNet-50
-+ FPN via `_resnet_fpn_extractor`, all 5 backbone stages trainable, random weights), but with
-`FrozenBatchNorm2d` as ours (torchvision's weights=None default would use training-mode
-BatchNorm), its transform pinned to min_size = max_size = the image size (it would otherwise
-upscale to 800 px), and the RPN / RoI-head sizes set explicitly to ours (pre/post-NMS top-n,
-NMS thresholds, sampled anchors / RoIs, score threshold, detections per image, C + 1 classes).
-Differences that remain: torchvision's class-wise NMS sees every (RoI, class) pair above the
-score threshold while ours keeps the best `box_nms_candidates` (1000) first (fixed shapes), and
-our NMS / top-k always run at their full fixed size.
++ FPN via `_resnet_fpn_extractor`, all 5 backbone stages trainable) with `FrozenBatchNorm2d` as
+ours (torchvision's weights=None default would use training-mode BatchNorm), its transform
+pinned to min_size = max_size = the image size (it would otherwise upscale to 800 px), the RPN /
+RoI-head sizes set explicitly to ours (pre/post-NMS top-n, NMS thresholds, sampled anchors /
+RoIs, score threshold, detections per image, C + 1 classes), and our randomly initialised
+weights loaded into it (`export_weights`: `sgg_jax.weights`' torchvision mapping, an .npz,
+`load_state_dict(strict=True)`). With its own random init torchvision's RPN keeps ~260
+proposals per image after NMS where ours keeps 1000, so its box head would score a quarter of
+our RoIs (`--torch-own-init` measures that anyway); the JSON records both sides' proposal
+counts. Differences that remain: torchvision's class-wise NMS sees every (RoI, class) pair above
+the score threshold while ours keeps the best `box_nms_candidates` (1000) first (fixed shapes),
+and our NMS / top-k always run at their full fixed size.
 
-Allocator: with `--tuned-malloc` the script re-runs itself with glibc malloc settings
-(`TUNED_MALLOC`) that keep freed memory in the process, so buffers over the mmap threshold are
-reused instead of being mapped and page-faulted afresh at every call (XLA:CPU allocates each
-call's temporaries and outputs anew; on this machine a fresh 33 MB buffer costs more to fault
-in than an elementwise pass over it). The torchvision worker inherits the same environment, so
+Allocator: with `--tuned-malloc` the script re-runs itself with the glibc settings
+`TUNED_MALLOC` (one arena, no mmap for large blocks, no trimming), so freed memory stays in the
+process and is reused instead of being mapped and page-faulted afresh at every call (XLA:CPU
+allocates each call's temporaries and outputs anew: ~500k minor faults and ~1.3 s of system
+time per training step by default). The torchvision worker inherits the same environment, so
 both sides run under the same allocator settings; the JSON records them.
 
   python benchmarks/detector.py [--size 512] [--batch 2] [--classes 150] [--repeats 3]
@@ -47,9 +55,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import JsonLineWorker  # noqa: E402
 
-# glibc malloc: one arena, no mmap for big blocks, never give memory back to the OS.
-TUNED_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 32),
-                "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
+# glibc malloc: one arena, no mmap for any block (glibc caps MALLOC_MMAP_THRESHOLD_ at 32 MB,
+# so a larger threshold is ignored; XLA's per-call buffers are GBs), never give memory back to
+# the OS, and transparent huge pages for the heap. Measured: training-step minor faults 500k ->
+# 0, system time 1.3 s -> 0.02 s.
+TUNED_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                "MALLOC_TRIM_THRESHOLD_": str(1 << 36), "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 def reexec_with_tuned_malloc() -> None:
@@ -368,7 +379,8 @@ def main() -> None:
     result = {"size": args.size, "batch": args.batch, "classes": args.classes,
               "repeats": args.repeats, "order": args.order, "device": str(jax.devices()[0]),
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "settings": settings,
-              "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+              "malloc_env": {k: v for k, v in os.environ.items()
+                             if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"},
               "compile_s": {"inference": runners["ours"].compile_s_inference,
                             "training": runners["ours"].compile_s_training},
               "torchvision": runners["torchvision"].info if python else None,
