@@ -182,24 +182,14 @@ class OursRunner:
 # torchvision side: a worker process (it may be another interpreter, e.g. a venv with torch)
 
 
-def export_weights(variables, path: str) -> int:
+def export_weights(variables, path: str) -> None:
     """Our detector's parameters as a torchvision-named state dict in an .npz (no pickle), so
     torchvision's side runs the same network: with their own random init the two detectors
     would do different work (torchvision's init leaves ~260 proposals per image after its RPN
     NMS here, ours keeps all 1000, so its box head would score a quarter of our RoIs)."""
     from sgg_jax import weights as W
 
-    sd = W.export_state_dict(
-        jax_to_numpy(variables), W.torchvision_fasterrcnn_rules(),
-        {"roi_heads.box_head.fc6.weight": lambda k: W.fc_hwc_to_chw(k, 256)})
-    W.save_npz(sd, path)
-    return len(sd)
-
-
-def jax_to_numpy(tree):
-    import jax
-
-    return jax.tree.map(np.asarray, tree)
+    W.save_npz(W.export_state_dict(variables, W.torchvision_fasterrcnn_rules()), path)
 
 
 def _torch_worker(size: int, batch: int, classes: int, weights: str = "") -> None:

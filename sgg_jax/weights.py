@@ -158,6 +158,8 @@ class Rule:
     target: tuple[str, ...]
     source: str
     transform: str | Callable[[np.ndarray], np.ndarray] = "id"
+    # for `export_state_dict` when `transform` is a function (named transforms have theirs there)
+    inverse: Callable[[np.ndarray], np.ndarray] | None = None
 
     def apply(self, w: np.ndarray) -> np.ndarray:
         fn = TRANSFORMS[self.transform] if isinstance(self.transform, str) else self.transform
@@ -175,8 +177,9 @@ def conv_rules(flax: Sequence[str], torch: str, bias: bool = True) -> list[Rule]
     return rules
 
 
-def dense_rules(flax: Sequence[str], torch: str, transform: Any = "dense") -> list[Rule]:
-    return [Rule(("params", *flax, "kernel"), f"{torch}.weight", transform),
+def dense_rules(flax: Sequence[str], torch: str, transform: Any = "dense",
+                inverse: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Rule]:
+    return [Rule(("params", *flax, "kernel"), f"{torch}.weight", transform, inverse),
             Rule(("params", *flax, "bias"), f"{torch}.bias")]
 
 
@@ -244,7 +247,8 @@ def torchvision_fasterrcnn_rules(fpn_channels: int = 256) -> list[Rule]:
     rules += conv_rules(("rpn", "cls_logits"), "rpn.head.cls_logits")
     rules += conv_rules(("rpn", "bbox_pred"), "rpn.head.bbox_pred")
     rules += dense_rules(("roi_head", "fc6"), "roi_heads.box_head.fc6",
-                         lambda w: fc_chw_to_hwc(w, fpn_channels))
+                         lambda w: fc_chw_to_hwc(w, fpn_channels),
+                         lambda k: fc_hwc_to_chw(k, fpn_channels))
     rules += dense_rules(("roi_head", "fc7"), "roi_heads.box_head.fc7")
     rules += dense_rules(("roi_head", "cls_score"), "roi_heads.box_predictor.cls_score")
     rules += dense_rules(("roi_head", "bbox_pred"), "roi_heads.box_predictor.bbox_pred")
@@ -351,13 +355,10 @@ def _to_dict(tree: Mapping) -> dict:
     return {k: _to_dict(v) if hasattr(v, "items") else v for k, v in tree.items()}
 
 
-def export_state_dict(variables: Mapping, rules: Sequence[Rule],
-                      inverses: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None
-                      ) -> StateDict:
-    """Inverse of `import_weights` for the invertible transforms (the round-trip test; our
-    weights into torchvision's detector in benchmarks/detector.py). `inverses` gives the
-    inverse of a rule whose transform is a function, by its source name (e.g. fc6's
-    `fc_hwc_to_chw`)."""
+def export_state_dict(variables: Mapping, rules: Sequence[Rule]) -> StateDict:
+    """Inverse of `import_weights` for the invertible transforms: named ones, and functions
+    whose rule gives its `inverse` (used by the round-trip test, and to load our weights into
+    torchvision's detector in benchmarks/detector.py)."""
     inverse = {"id": lambda w: w, "conv": lambda w: np.transpose(w, (3, 2, 0, 1)),
                "dense": np.transpose}
     out = {}
@@ -366,8 +367,8 @@ def export_state_dict(variables: Mapping, rules: Sequence[Rule],
         for k in r.target:
             node = node[k]
         w = np.asarray(node)
-        if inverses and r.source in inverses:
-            out[r.source] = np.asarray(inverses[r.source](w))
+        if r.inverse is not None:
+            out[r.source] = np.asarray(r.inverse(w))
             continue
         if not isinstance(r.transform, str) or r.transform not in inverse:
             raise WeightImportError(f"export_state_dict: transform of {r.source!r} is not invertible here")

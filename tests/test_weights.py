@@ -116,9 +116,8 @@ def test_fc6_chw_flatten_matches_torch_order():
     # the inverse (export of our fc6 into a torchvision-named state dict) gives w back exactly
     np.testing.assert_array_equal(W.fc_hwc_to_chw(kernel, c), w)
     exported = W.export_state_dict({"params": {"fc6": {"kernel": kernel}}},
-                                   [W.Rule(("params", "fc6", "kernel"), "fc6.weight",
-                                           lambda v: W.fc_chw_to_hwc(v, c))],
-                                   {"fc6.weight": lambda k: W.fc_hwc_to_chw(k, c)})
+                                   W.dense_rules(("fc6",), "fc6", lambda v: W.fc_chw_to_hwc(v, c),
+                                                 lambda k: W.fc_hwc_to_chw(k, c))[:1])
     np.testing.assert_array_equal(exported["fc6.weight"], w)
 
 

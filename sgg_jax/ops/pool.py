@@ -36,11 +36,6 @@ def _pad(x, padding):
     return jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
 
 
-def _out_hw(x, window, strides, padding):
-    return tuple((n + lo + hi - k) // s + 1
-                 for n, k, s, (lo, hi) in zip(x.shape[1:3], window, strides, padding))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x, window, strides, padding):
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1),
