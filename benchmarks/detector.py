@@ -6,10 +6,7 @@ with torch + torchvision is available: this interpreter, or `--torch-python PATH
 worker process that is driven call by call from here; only one side computes at a time.
 `--order interleaved` (default) alternates the repetitions (ours, theirs, ours, ...), so a load
 that comes and goes hits both; `--order blocked` runs each side's repetitions back to back, as
-a training loop runs its steps. On this 2-core VM the order matters for us: a call of ours right
-after a torch call page-faults its fresh buffers more slowly (training 8.4 s vs 6.0 s after an
-idle pause, same process; with the `--tuned-malloc` settings, which keep freed memory in the
-process, both are 6.3 s), so quote the order with the ratio.
+a training loop runs its steps. Quote the order with the ratio.
 
 The two detectors run the same network on the same work (all printed under "settings"):
 torchvision's `fasterrcnn_resnet50_fpn` as built by `torchvision.models.detection` (ResNet-50
@@ -26,15 +23,18 @@ counts. Differences that remain: torchvision's class-wise NMS sees every (RoI, c
 the score threshold while ours keeps the best `box_nms_candidates` (1000) first (fixed shapes),
 and our NMS / top-k always run at their full fixed size.
 
-Allocator: with `--tuned-malloc` the script re-runs itself with the glibc settings
-`TUNED_MALLOC` (one arena, no mmap for large blocks, no trimming), so freed memory stays in the
-process and is reused instead of being mapped and page-faulted afresh at every call (XLA:CPU
-allocates each call's temporaries and outputs anew: ~500k minor faults and ~1.3 s of system
-time per training step by default). The torchvision worker inherits the same environment, so
-both sides run under the same allocator settings; the JSON records them.
+Allocator (`--allocator`, recorded in the JSON): XLA:CPU allocates each call's temporaries and
+outputs anew, and glibc maps and page-faults blocks above 32 MB afresh at every call (~490k
+minor faults and ~1.3 s of system time per training step; more when another process churns
+memory beside it: with glibc's defaults a call of ours right after a torch call took 8.4 s
+instead of 6.0 s). `entry-point` (default) runs each side as its library runs it: ours with
+`sgg_jax.runtime.tune_host_allocator()`, which `python -m sgg_jax.main` applies (freed memory
+kept for reuse), torchvision with glibc's defaults. `default`: glibc's defaults on both sides.
+`both`: the tuned allocator on both sides (the torch worker calls the same function).
 
   python benchmarks/detector.py [--size 512] [--batch 2] [--classes 150] [--repeats 3]
-      [--torch-python /path/to/python-with-torch] [--skip-torch] [--tuned-malloc]
+      [--torch-python /path/to/python-with-torch] [--skip-torch]
+      [--allocator entry-point|default|both]
       [--order interleaved|blocked]
       [--output result.json]
 """
@@ -54,20 +54,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import JsonLineWorker  # noqa: E402
-
-# glibc malloc: one arena, no mmap for any block (glibc caps MALLOC_MMAP_THRESHOLD_ at 32 MB,
-# so a larger threshold is ignored; XLA's per-call buffers are GBs), never give memory back to
-# the OS, and transparent huge pages for the heap. Measured: training-step minor faults 500k ->
-# 0, system time 1.3 s -> 0.02 s.
-TUNED_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-                "MALLOC_TRIM_THRESHOLD_": str(1 << 36), "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-
-
-def reexec_with_tuned_malloc() -> None:
-    """Restarts this script with `TUNED_MALLOC` in the environment (glibc reads it at start)."""
-    if any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
-
 
 def synthetic_batch(batch: int, size: int, num_classes: int, gt: int = 8, seed: int = 0):
     """Random uint8 images and `gt` random boxes per image (labels 1..C)."""
@@ -192,10 +178,14 @@ def export_weights(variables, path: str) -> None:
     W.save_npz(W.export_state_dict(variables, W.torchvision_fasterrcnn_rules()), path)
 
 
-def _torch_worker(size: int, batch: int, classes: int, weights: str = "") -> None:
+def _torch_worker(size: int, batch: int, classes: int, weights: str = "",
+                  tune_allocator: bool = False) -> None:
     """Builds torchvision's detector (with `weights`, an .npz state dict, loaded strictly when
     given), then runs one `infer` / `train` per stdin line and answers each with its wall time
-    (JSON lines on stdout)."""
+    (JSON lines on stdout). `tune_allocator`: our entry point's allocator settings here too."""
+    if tune_allocator:
+        from sgg_jax import runtime
+        runtime.tune_host_allocator()
     import torch
     import torchvision
     from torchvision.models.detection import FasterRCNN
@@ -267,10 +257,10 @@ class TorchRunner(JsonLineWorker):
     """Drives a `_torch_worker` process (torchvision's side, in the torch interpreter)."""
 
     def __init__(self, python: str, size: int, batch: int, classes: int, settings: dict,
-                 weights: str = ""):
+                 weights: str = "", tune_allocator: bool = False):
         super().__init__([python, os.path.abspath(__file__), "--torch-worker", "--size",
                           str(size), "--batch", str(batch), "--classes", str(classes),
-                          "--weights", weights],
+                          "--weights", weights] + (["--tune-allocator"] if tune_allocator else []),
                          "benchmarks/detector.py torchvision worker", json.dumps(settings))
 
     def infer(self) -> float:
@@ -332,20 +322,25 @@ def main() -> None:
                     help="interleaved: ours, theirs, ours, ... (robust to a changing load); "
                          "blocked: each side's repetitions back to back (a training loop's "
                          "steady state; see the module docstring)")
-    ap.add_argument("--tuned-malloc", action="store_true",
-                    help="run both sides with TUNED_MALLOC's glibc settings (see above)")
+    ap.add_argument("--allocator", choices=("entry-point", "default", "both"),
+                    default="entry-point",
+                    help="entry-point: ours with sgg_jax.runtime's tuned allocator (as "
+                         "python -m sgg_jax.main runs), torchvision with glibc's defaults; "
+                         "default: glibc's defaults on both sides; both: tuned on both sides")
     ap.add_argument("--torch-own-init", action="store_true",
                     help="torchvision keeps its own random init instead of our weights (the "
                          "two detectors then do different amounts of work)")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--weights", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--tune-allocator", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--output", default="")
     args = ap.parse_args()
     if args.torch_worker:
-        _torch_worker(args.size, args.batch, args.classes, args.weights)
+        _torch_worker(args.size, args.batch, args.classes, args.weights, args.tune_allocator)
         return
-    if args.tuned_malloc:
-        reexec_with_tuned_malloc()
+    from sgg_jax import runtime
+    tuned = {"ours": args.allocator != "default" and runtime.tune_host_allocator(),
+             "torchvision": args.allocator == "both"}
 
     import jax
 
@@ -363,12 +358,13 @@ def main() -> None:
             weights = os.path.join(tmp, "ours_as_torchvision.npz")
             export_weights(runners["ours"].variables, weights)
         runners["torchvision"] = TorchRunner(python, args.size, args.batch, args.classes, settings,
-                                             weights)
+                                             weights, tuned["torchvision"])
         if weights:
             shutil.rmtree(os.path.dirname(weights), ignore_errors=True)
     result = {"size": args.size, "batch": args.batch, "classes": args.classes,
               "repeats": args.repeats, "order": args.order, "device": str(jax.devices()[0]),
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "settings": settings,
+              "allocator": args.allocator, "allocator_tuned": tuned,
               "malloc_env": {k: v for k, v in os.environ.items()
                              if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"},
               "compile_s": {"inference": runners["ours"].compile_s_inference,
@@ -396,7 +392,7 @@ def main() -> None:
     emit_json(result, args.output or None)
     print_table(rows, ["model"] + [f"{k} img/s" for k in kinds],
                 title=f"Faster R-CNN R50-FPN, {args.size} px, batch {args.batch}, "
-                      f"{args.classes + 1} logits, {args.order}; load average {load_start} -> {result['loadavg_end']}")
+                      f"{args.classes + 1} logits, {args.order}, allocator {args.allocator}; load average {load_start} -> {result['loadavg_end']}")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # greedy NMS at IoU region_nms (1 = none) so that they are not copies of one box.
     c.predict = ml_collections.ConfigDict(dict(images="", output="", top_relations=20,
                                                top_regions=5, region_nms=0.5))
+    # Process settings applied by the entry point (sgg_jax/runtime.py): keep freed host memory
+    # for reuse instead of page-faulting XLA's per-call buffers afresh at every step (glibc;
+    # the process then holds its peak memory until it exits).
+    c.runtime = ml_collections.ConfigDict(dict(tune_host_allocator=True))
     c.distributed = ml_collections.ConfigDict(dict(
         coordinator_address="", num_processes=0, process_id=-1, initialize=False))
     return c

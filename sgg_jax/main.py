@@ -15,6 +15,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from sgg_jax import runtime
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Model config file, e.g. configs/imp.py[:preset].",
                                 lock_config=True)
@@ -50,6 +52,8 @@ def main(argv: list[str]) -> int:
         if FLAGS.checkpoint:
             config.eval.checkpoint = FLAGS.checkpoint
     workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
+    if config.runtime.tune_host_allocator:
+        runtime.tune_host_allocator()
     if config.mode == "predict":
         from sgg_jax import predict
         try:
