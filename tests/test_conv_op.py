@@ -106,3 +106,23 @@ def test_fpn_and_rpn_head_have_no_xla_convs(monkeypatch):
     ph = head.init(jax.random.PRNGKey(1), levels)
     assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(
         lambda p, f: sum(jax.tree.leaves(jax.tree.map(jnp.sum, head.apply(p, f)))), (0, 1)))(ph, levels))
+
+
+@pytest.mark.parametrize("k,stride,pad", [(1, 1, 0), (3, 1, 1), (3, 2, 1), (7, 2, 3)])
+def test_off_cpu_every_conv_is_xla_forward_and_backward(k, stride, pad, monkeypatch):
+    """On a GPU / TPU default backend the op is lax's conv itself (cuDNN / MXU convs and their
+    native gradients): the same jaxpr as `lax.conv_general_dilated`, no custom gradient. On the
+    CPU the same shapes take the matrix-product paths."""
+    x = jnp.ones((2, 16, 16, 64))
+    w = jnp.ones((k, k, 64, 64))
+
+    def grad_jaxpr(f):
+        loss = lambda x, w: f(x, w, (stride, stride), [(pad, pad)] * 2,
+                              dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
+        return str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w))
+
+    assert grad_jaxpr(conv_general_dilated) != grad_jaxpr(jax.lax.conv_general_dilated)
+    for backend in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda: backend)
+        assert not conv_op.matmul_gradients()
+        assert grad_jaxpr(conv_general_dilated) == grad_jaxpr(jax.lax.conv_general_dilated)

@@ -44,3 +44,15 @@ def test_max_pool_matches_flax_and_numpy(k, s, pad, hw, ties):
     ours = np.asarray(grad(max_pool))
     np.testing.assert_allclose(ours, np.asarray(grad(nn.max_pool)), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(ours, _numpy_grad(x, dy, k, s, pad), rtol=1e-6, atol=1e-6)
+
+
+def test_off_cpu_the_gradient_is_xla_select_and_scatter(monkeypatch):
+    """On a GPU / TPU default backend `max_pool` is flax's: the same jaxpr, value and gradient
+    (the native select-and-scatter); on the CPU the custom elementwise gradient replaces it."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 9, 4)), jnp.float32)
+    args = ((3, 3), (2, 2), ((1, 1), (1, 1)))
+    jaxpr = lambda f: str(jax.make_jaxpr(jax.grad(lambda x: (f(x, *args) ** 2).sum()))(x))
+    assert jaxpr(max_pool) != jaxpr(nn.max_pool)
+    for backend in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda: backend)
+        assert jaxpr(max_pool) == jaxpr(nn.max_pool)

@@ -26,7 +26,10 @@ matrix-product speed.
 - other (stride-1) k x k kernels: the forward and the input gradient stay XLA convolutions;
   the kernel gradient is k*k dots, dW[i, j] = sum over pixels of the input window shifted by (i, j)
   (outer product with) the output cotangent.
-Anything else (dilation, groups, other layouts) falls back to `lax.conv_general_dilated`.
+Anything else (dilation, groups, other layouts) falls back to `lax.conv_general_dilated`, and
+so does everything when the default backend is not the CPU (`matmul_gradients`): GPUs and TPUs
+have fast native convolutions and gradients (cuDNN, the TPU's MXU convs), which these matrix
+products would only slow down.
 Results equal XLA's up to float rounding (F(4x4, 3x3): ~1e-5 relative in float32, see
 `WINOGRAD_TILE`).
 """
@@ -46,7 +49,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          batch_group_count: int = 1, precision=None,
                          preferred_element_type=None):
     """`lax.conv_general_dilated` with matrix-product gradients for plain NHWC / HWIO convs."""
-    plain = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and feature_group_count == 1
+    plain = (matmul_gradients() and lhs.ndim == 4 and _is_nhwc(dimension_numbers) and feature_group_count == 1
              and batch_group_count == 1 and _ones(lhs_dilation) and _ones(rhs_dilation)
              and preferred_element_type is None)
     if plain and isinstance(padding, str):
@@ -60,6 +63,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     strides = tuple(int(s) for s in window_strides)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     return _conv(lhs, rhs, strides, pads, precision)
+
+
+def matmul_gradients() -> bool:
+    """Whether convolutions take the matrix-product paths: only on XLA:CPU (decided when the
+    caller is traced, as `pallas_kernels.roi_align.resolve_impl`)."""
+    return jax.default_backend() == "cpu"
 
 
 def _is_nhwc(dn) -> bool:

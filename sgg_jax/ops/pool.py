@@ -7,6 +7,8 @@ the gradient is, per window tap (kh * kw of them, in row-major order), "is this 
 window's maximum and no earlier tap was": the cotangent goes to that input by the transpose of
 the tap's strided slice (an interior pad, fused by XLA). The first maximal tap wins, as
 select-and-scatter's, so ties (the zeros after a ReLU) give the same gradient as `nn.max_pool`.
+Off the CPU (GPU, TPU) the plain reduce-window and its native select-and-scatter gradient are
+used, as `sgg_jax.ops.conv.matmul_gradients` decides for the convolutions.
 """
 from __future__ import annotations
 
@@ -16,10 +18,14 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from sgg_jax.ops.conv import matmul_gradients
+
 
 def max_pool(x: jnp.ndarray, window: Sequence[int], strides: Sequence[int],
              padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0))) -> jnp.ndarray:
     """`flax.linen.max_pool(x, window, strides, padding)` for NHWC `x` with explicit padding."""
+    if not matmul_gradients():
+        return _reduce_max(x, tuple(window), tuple(strides), tuple(padding))
     return _max_pool(x, tuple(int(k) for k in window), tuple(int(s) for s in strides),
                      tuple((int(lo), int(hi)) for lo, hi in padding))
 
@@ -36,10 +42,14 @@ def _pad(x, padding):
     return jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x, window, strides, padding):
+def _reduce_max(x, window, strides, padding):
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1),
                                  ((0, 0), *padding, (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, padding):
+    return _reduce_max(x, window, strides, padding)
 
 
 def _max_pool_fwd(x, window, strides, padding):
