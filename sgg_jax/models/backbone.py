@@ -24,14 +24,12 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sgg_jax.ops.conv import conv_general_dilated as fast_conv
+# Every backbone conv is `ops.conv.Conv` (same parameters and results up to float rounding as
+# `nn.Conv`; CPU gradients as matrix products, lax's own conv on GPU / TPU). Measured forward +
+# backward on this 2-core CPU: small_resnet_s8 at batch 8, 128 px 1.68x faster, VGG16 at batch
+# 2, 256 px 3.46x, ResNet-50 C4 1.02x.
+from sgg_jax.ops.conv import Conv
 from sgg_jax.ops.pool import max_pool
-
-# Every backbone conv: `nn.Conv` (same parameters and results up to float rounding) whose CPU
-# gradients are matrix products (`sgg_jax.ops.conv`; lax's own conv on GPU / TPU). Measured
-# forward + backward on this 2-core CPU: small_resnet_s8 at batch 8, 128 px 1.68x faster, VGG16
-# at batch 2, 256 px 3.46x, ResNet-50 C4 1.02x.
-Conv = functools.partial(nn.Conv, conv_general_dilated=fast_conv)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -191,7 +189,6 @@ class Bottleneck(nn.Module):
     stride: int = 1
     norm: str = "frozen_bn"
     dtype: Any = jnp.float32
-    conv_general_dilated: Any = fast_conv  # sgg_jax.ops.conv's (CPU gradients as dots); None: lax's
 
     def _norm(self, c: int, name: str) -> nn.Module:
         if self.norm == "frozen_bn":
@@ -201,15 +198,38 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         out_c = 4 * self.channels
-        conv = lambda c, k, s, name: nn.Conv(c, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2,
-                                             use_bias=False, dtype=self.dtype, name=name,
-                                             conv_general_dilated=self.conv_general_dilated)
+        conv = lambda c, k, s, name: Conv(c, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2,
+                                          use_bias=False, dtype=self.dtype, name=name)
         y = nn.relu(self._norm(self.channels, "bn1")(conv(self.channels, 1, 1, "conv1")(x)))
         y = nn.relu(self._norm(self.channels, "bn2")(conv(self.channels, 3, self.stride, "conv2")(y)))
         y = self._norm(out_c, "bn3")(conv(out_c, 1, 1, "conv3")(y))
         if self.stride != 1 or x.shape[-1] != out_c:
             x = self._norm(out_c, "downsample_bn")(conv(out_c, 1, self.stride, "downsample_conv")(x))
         return nn.relu(x + y)
+
+
+# torchvision's layer1..layer4: (bottleneck width, blocks, stride of the first block).
+RESNET50_LAYERS = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
+
+
+def resnet_stem(x: jnp.ndarray, channels: int, norm: str, dtype: Any) -> jnp.ndarray:
+    """torchvision's stem (conv1 7x7/2, bn1, ReLU, 3x3/2 max pool), called inside a compact
+    ResNet module so its layers are named conv1 / bn1 there (the weight-import names)."""
+    x = Conv(channels, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, dtype=dtype,
+             name="conv1")(x)
+    x = (FrozenBatchNorm(dtype=dtype, name="bn1") if norm == "frozen_bn"
+         else _group_norm(channels, dtype, "bn1"))(x)
+    return max_pool(nn.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+
+
+def resnet_layer(x: jnp.ndarray, layer: int, width: int, blocks: int, stride: int, norm: str,
+                 dtype: Any) -> jnp.ndarray:
+    """torchvision's layer{layer + 1}: `blocks` bottlenecks named layer{layer + 1}_{b}, the
+    first with `stride` (called inside a compact ResNet module)."""
+    for b in range(blocks):
+        x = Bottleneck(width, stride=stride if b == 0 else 1, norm=norm, dtype=dtype,
+                       name=f"layer{layer + 1}_{b}")(x)
+    return x
 
 
 class ResNet50(nn.Module):
@@ -232,20 +252,9 @@ class ResNet50(nn.Module):
         if self.norm not in ("frozen_bn", "group"):
             raise ValueError(f"ResNet50.norm: expected 'frozen_bn' or 'group', got {self.norm!r}")
         w = lambda c: max(1, int(round(c * self.width_multiplier)))
-        x = normalize_images(images, self.dtype)
-        x = Conv(w(64), (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                 dtype=self.dtype, name="conv1")(x)
-        if self.norm == "frozen_bn":
-            x = FrozenBatchNorm(dtype=self.dtype, name="bn1")(x)
-        else:
-            x = _group_norm(w(64), self.dtype, "bn1")(x)
-        x = nn.relu(x)
-        x = max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-        # torchvision layer1 (3 blocks, stride 1), layer2 (4, stride 2), layer3 (6, stride 2).
-        for layer, (width, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2))):
-            for b in range(blocks):
-                x = Bottleneck(w(width), stride=stride if b == 0 else 1, norm=self.norm,
-                               dtype=self.dtype, name=f"layer{layer + 1}_{b}")(x)
+        x = resnet_stem(normalize_images(images, self.dtype), w(64), self.norm, self.dtype)
+        for layer, (width, blocks, stride) in enumerate(RESNET50_LAYERS[:3]):
+            x = resnet_layer(x, layer, w(width), blocks, stride, self.norm, self.dtype)
         return x, self.stride
 
 

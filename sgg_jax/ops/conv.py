@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -63,6 +64,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     strides = tuple(int(s) for s in window_strides)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     return _conv(lhs, rhs, strides, pads, precision)
+
+
+# `nn.Conv` with this op: the conv every model layer uses (same parameters as `nn.Conv`).
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 def matmul_gradients() -> bool:

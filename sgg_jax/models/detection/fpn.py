@@ -1,12 +1,12 @@
 """ResNet-50 body with C2..C5 outputs and a feature pyramid (P2..P6), torchvision-style.
 
-The body reuses the shared backbone's blocks (`Bottleneck`, `FrozenBatchNorm`) and parameter
-names (conv1, bn1, layer{L}_{b}), adding layer4, so the same torchvision weight mapping applies.
-The pyramid: 1x1 lateral convs (`fpn_inner{i}`), nearest top-down upsampling, 3x3 output
-convs (`fpn_layer{i}`), and P6 = P5 subsampled by 2 (torchvision's LastLevelMaxPool, k=1 s=2).
-Every convolution uses `sgg_jax.ops.conv.conv_general_dilated` (same results; its gradients are
-matrix products, which makes training several times faster on CPU than XLA's conv gradients),
-and the stem's max pool `sgg_jax.ops.pool.max_pool` (same results; elementwise gradient).
+The body is the shared backbone's stem and layers (`resnet_stem`, `resnet_layer`, with
+`RESNET50_LAYERS`) and parameter names (conv1, bn1, layer{L}_{b}), adding layer4, so the same
+torchvision weight mapping applies. The pyramid: 1x1 lateral convs (`fpn_inner{i}`), nearest
+top-down upsampling, 3x3 output convs (`fpn_layer{i}`), and P6 = P5 subsampled by 2
+(torchvision's LastLevelMaxPool, k=1 s=2). Every convolution is `sgg_jax.ops.conv.Conv` (same
+results as `nn.Conv`; on the CPU its gradients are matrix products, several times faster than
+XLA's conv gradients), and the stem's max pool `sgg_jax.ops.pool.max_pool`.
 """
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sgg_jax.models.backbone import Bottleneck, FrozenBatchNorm, _group_norm, normalize_images
-from sgg_jax.ops.conv import conv_general_dilated as fast_conv
-from sgg_jax.ops.pool import max_pool
+from sgg_jax.models.backbone import RESNET50_LAYERS, normalize_images, resnet_layer, resnet_stem
+from sgg_jax.ops.conv import Conv
 
 FPN_STRIDES = (4, 8, 16, 32, 64)
 
@@ -34,19 +33,10 @@ class ResNet50Body(nn.Module):
         if self.norm not in ("frozen_bn", "group"):
             raise ValueError(f"ResNet50Body.norm: expected 'frozen_bn' or 'group', got {self.norm!r}")
         w = lambda c: max(1, int(round(c * self.width_multiplier)))
-        x = normalize_images(images, self.dtype)
-        x = nn.Conv(w(64), (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                    dtype=self.dtype, name="conv1", conv_general_dilated=fast_conv)(x)
-        x = (FrozenBatchNorm(dtype=self.dtype, name="bn1") if self.norm == "frozen_bn"
-             else _group_norm(w(64), self.dtype, "bn1"))(x)
-        x = max_pool(nn.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        x = resnet_stem(normalize_images(images, self.dtype), w(64), self.norm, self.dtype)
         outs = []
-        for layer, (width, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2),
-                                                        (512, 3, 2))):
-            for b in range(blocks):
-                x = Bottleneck(w(width), stride=stride if b == 0 else 1, norm=self.norm,
-                               dtype=self.dtype, conv_general_dilated=fast_conv,
-                               name=f"layer{layer + 1}_{b}")(x)
+        for layer, (width, blocks, stride) in enumerate(RESNET50_LAYERS):
+            x = resnet_layer(x, layer, w(width), blocks, stride, self.norm, self.dtype)
             outs.append(x)
         return outs
 
@@ -69,17 +59,16 @@ class FPN(nn.Module):
 
     @nn.compact
     def __call__(self, feats: list[jnp.ndarray]) -> list[jnp.ndarray]:
-        inner = [nn.Conv(self.channels, (1, 1), dtype=self.dtype, name=f"fpn_inner{i}",
-                         conv_general_dilated=fast_conv)(f)
+        inner = [Conv(self.channels, (1, 1), dtype=self.dtype, name=f"fpn_inner{i}")(f)
                  for i, f in enumerate(feats)]
         top = inner[-1]
         outs = [None] * len(feats)
-        outs[-1] = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                           name=f"fpn_layer{len(feats) - 1}", conv_general_dilated=fast_conv)(top)
+        outs[-1] = Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                        name=f"fpn_layer{len(feats) - 1}")(top)
         for i in range(len(feats) - 2, -1, -1):
             top = inner[i] + upsample_nearest(top, inner[i].shape[1:3])
-            outs[i] = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                              name=f"fpn_layer{i}", conv_general_dilated=fast_conv)(top)
+            outs[i] = Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                           name=f"fpn_layer{i}")(top)
         outs.append(outs[-1][:, ::2, ::2])
         return outs
 

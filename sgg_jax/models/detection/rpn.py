@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from sgg_jax.models.detection import _ops
-from sgg_jax.ops.conv import conv_general_dilated as fast_conv
+from sgg_jax.ops.conv import Conv
 
 
 class RPNHead(nn.Module):
@@ -25,12 +25,11 @@ class RPNHead(nn.Module):
     @nn.compact
     def __call__(self, features: Sequence[jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray]:
         init = nn.initializers.normal(0.01)
-        conv = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=init,
-                       dtype=self.dtype, name="conv", conv_general_dilated=fast_conv)
-        cls = nn.Conv(self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype, name="cls_logits",
-                      conv_general_dilated=fast_conv)
-        box = nn.Conv(self.num_anchors * 4, (1, 1), kernel_init=init, dtype=self.dtype,
-                      name="bbox_pred", conv_general_dilated=fast_conv)
+        conv = Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=init,
+                    dtype=self.dtype, name="conv")
+        cls = Conv(self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype, name="cls_logits")
+        box = Conv(self.num_anchors * 4, (1, 1), kernel_init=init, dtype=self.dtype,
+                   name="bbox_pred")
         logits, deltas = [], []
         for f in features:
             t = nn.relu(conv(f))
