@@ -3,7 +3,9 @@
 Presets (`--config configs/imp.py:<preset>`):
   (default)  synthetic data, small ResNet (stride 8), dnorm edge loss, minutes on a laptop CPU.
   tiny       a seconds-long smoke run (tests).
-  vg         the published setup on a local Visual Genome VG150 copy (--config.data.data_dir=...).
+  vg         the published setup on a local Visual Genome VG150 copy (--config.data.data_dir=...),
+             from pretrained weights (--config.model.backbone_weights=..., and
+             --config.model.detector.weights=... for SGDet; docs/models.md, "Presets").
 """
 from sgg_jax.config import apply_preset, get_base_config
 

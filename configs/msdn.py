@@ -61,7 +61,7 @@ def get_config(arg: str | None = None):
     c.train.stage_order = "detector,regions,objects,relations"
     c.train.stages.regions = stage(
         num_steps=200, trainable=("region_rpn",), losses=("region_proposal",),
-        learning_rate=3e-3, warmup_steps=20)
+        learning_rate=3e-3, warmup_steps=20, kind="regions")
     c.train.stages.objects = stage(
         num_steps=300, trainable=("backbone",) + _ALL_BUT_BACKBONE,
         losses=("object", "caption") + _BOX_HEADS, learning_rate=2e-3, warmup_steps=50)

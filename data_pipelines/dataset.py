@@ -13,7 +13,9 @@ All go through the same TFDS builder (tfds_sgg); later calls reuse what is on di
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from data_pipelines import tfds_sgg
+from data_pipelines.facts import DatasetFacts
 from data_pipelines.pipeline import InputConfig, flip_predicate_pairs, make_loader
 from data_pipelines.statistics import DatasetStatistics
 
@@ -78,6 +81,42 @@ class DataConfig:
         return cls(**kw)
 
 
+class SplitGroundTruth:
+    """Every ground-truth object, relation and caption region of one split's images, by image
+    id, read from the stored examples: the input pipeline's limits (max_objects,
+    max_relations, max_regions, max_phrase_len) do not apply. Evaluation scores against this,
+    so what a model could not see counts as missed, as in neural-motifs."""
+
+    def __init__(self, source: Any):
+        self._source = source
+        self._index: dict[int, int] | None = None
+
+    def _ids(self) -> dict[int, int]:
+        if self._index is None:
+            self._index = {int(self._source[i]["image_id"]): i for i in range(len(self._source))}
+        return self._index
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __contains__(self, image_id: int) -> bool:
+        return int(image_id) in self._ids()
+
+    def __getitem__(self, image_id: int) -> dict[str, np.ndarray]:
+        """{image_id, boxes [G,4] float64 original pixels, labels [G] int64, relations [R,3]
+        int64, region_boxes [Q,4] float64, region_tokens [Q,T] int32} of one image."""
+        index = self._ids().get(int(image_id))
+        if index is None:
+            raise KeyError(f"image id {image_id} is not in this split")
+        ex = self._source[index]
+        return dict(image_id=int(image_id),
+                    boxes=np.asarray(ex["boxes"], np.float64).reshape(-1, 4),
+                    labels=np.asarray(ex["labels"], np.int64).reshape(-1),
+                    relations=np.asarray(ex["relations"], np.int64).reshape(-1, 3),
+                    region_boxes=np.asarray(ex["region_boxes"], np.float64).reshape(-1, 4),
+                    region_tokens=np.asarray(ex["region_tokens"], np.int32))
+
+
 @dataclasses.dataclass
 class PreparedDataset:
     """A built dataset: data sources per split plus everything models / evaluators need."""
@@ -111,6 +150,24 @@ class PreparedDataset:
     def flip_predicate_map(self) -> tuple[tuple[int, int], ...]:
         """Left/right predicate pairs of this dataset (swapped by horizontal flips)."""
         return flip_predicate_pairs(self.idx_to_predicate)
+
+    @functools.cached_property
+    def facts(self) -> DatasetFacts:
+        """Vocabularies, statistics and zero-shot triplets (what a run saves with itself)."""
+        return DatasetFacts(
+            idx_to_label=tuple(self.idx_to_label), idx_to_predicate=tuple(self.idx_to_predicate),
+            idx_to_word=tuple(self.idx_to_word), statistics=self.statistics,
+            zero_shot_triplets=self.zero_shot_triplets, zero_shot_source=self.zero_shot_source,
+            source=f"{self.config.name}: {self.raw_dir}")
+
+    def ground_truth(self, split: str) -> SplitGroundTruth:
+        """The split's full ground truth by image id (built once per split)."""
+        if split not in self.sources:
+            raise ValueError(f"split {split!r} not in this dataset ({sorted(self.sources)})")
+        cache = self.__dict__.setdefault("_ground_truth", {})
+        if split not in cache:
+            cache[split] = SplitGroundTruth(self.sources[split])
+        return cache[split]
 
     def loader(self, split: str, config: InputConfig, **kwargs: Any):
         """`pipeline.make_loader` for a split, with this dataset's flip map (when the config
@@ -166,6 +223,32 @@ _REAL_SOURCES = {  # name -> what its data_dir holds (for the error when it is u
 }
 
 
+def raw_fingerprint(raw_dir: str, builder_config: Any) -> str:
+    """A hash of everything that decides a build's content: the raw directory, the builder's
+    options (source, image folder, filters) and the size and modification time of every file
+    in the raw directory and its subdirectories (annotation files), with the image folder's
+    modification time and entry count (adding or removing images changes them). A build is
+    reused only while this is unchanged."""
+    image_dir = builder_config.image_dir
+    image_dir = image_dir if os.path.isabs(image_dir) else os.path.join(raw_dir, image_dir)
+    image_dir = os.path.normpath(image_dir)
+    files = []
+    for root in [raw_dir] + sorted(os.path.join(raw_dir, d) for d in os.listdir(raw_dir)):
+        if not os.path.isdir(root) or os.path.normpath(root) == image_dir:
+            continue
+        for name in sorted(os.listdir(root)):
+            path = os.path.join(root, name)
+            if os.path.isfile(path):
+                st = os.stat(path)
+                files.append([os.path.relpath(path, raw_dir), st.st_size, st.st_mtime_ns])
+    images = None
+    if os.path.isdir(image_dir):
+        images = [image_dir, os.stat(image_dir).st_mtime_ns, len(os.listdir(image_dir))]
+    doc = dict(raw_dir=raw_dir, config=builder_config.name, source=builder_config.source,
+               image_dir=builder_config.image_dir, files=files, images=images)
+    return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 def prepare_dataset(config: DataConfig | Mapping[str, Any], progress: bool = True
                     ) -> PreparedDataset:
     """Generates (synthetic) and builds (TFDS + statistics) as needed, then opens the dataset."""
@@ -184,16 +267,18 @@ def prepare_dataset(config: DataConfig | Mapping[str, Any], progress: bool = Tru
     else:
         raise ValueError(f"DataConfig.name: expected 'synthetic', 'vg150' or 'vg_msdn', got "
                          f"{config.name!r}")
+    builder_config = tfds_sgg.make_config(
+        num_val_im=num_val_im, filter_empty_rels=config.filter_empty_rels,
+        filter_non_overlap=config.filter_non_overlap, num_im=config.num_im,
+        image_dir=image_dir, source=source)
+    fingerprint = raw_fingerprint(raw_dir, builder_config)
+    builder_config = dataclasses.replace(builder_config, fingerprint=fingerprint)
     if config.tfds_dir:
         tfds_dir = os.path.abspath(os.path.expanduser(config.tfds_dir))
     else:
-        tag = hashlib.sha1(raw_dir.encode()).hexdigest()[:8]
         tfds_dir = os.path.join(_cache_root(config), "tfds",
-                                f"{os.path.basename(raw_dir.rstrip(os.sep))}-{tag}")
-    builder = tfds_sgg.build_dataset(raw_dir, tfds_dir, tfds_sgg.make_config(
-        num_val_im=num_val_im, filter_empty_rels=config.filter_empty_rels,
-        filter_non_overlap=config.filter_non_overlap, num_im=config.num_im,
-        image_dir=image_dir, source=source))
+                                f"{os.path.basename(raw_dir.rstrip(os.sep))}-{fingerprint[:12]}")
+    builder = tfds_sgg.build_dataset(raw_dir, tfds_dir, builder_config)
     meta = tfds_sgg.read_metadata(builder)
     zs = meta.get("zero_shot_triplets")
     return PreparedDataset(

@@ -68,6 +68,8 @@ class SggBuilderConfig(tfds.core.BuilderConfig):
     num_im: int = -1
     image_dir: str = "VG_100K"
     source: str = "vg150"
+    # `dataset.raw_fingerprint` of the raw files this build reads (stored in its metadata).
+    fingerprint: str = ""
 
 
 SOURCES = ("vg150", "vg_msdn")
@@ -243,7 +245,7 @@ class SceneGraphDataset(tfds.core.GeneratorBasedBuilder):
             source=cfg.source, idx_to_label=idx_to_label, idx_to_predicate=idx_to_predicate,
             idx_to_word=idx_to_word, zero_shot_triplets=zero_shot,
             zero_shot_source=zs_source, num_regions_images=num_regions_images,
-            split_sizes={s: len(r) for s, r in records.items()},
+            split_sizes={s: len(r) for s, r in records.items()}, fingerprint=cfg.fingerprint,
             options=dict(num_val_im=cfg.num_val_im, filter_empty_rels=cfg.filter_empty_rels,
                          filter_non_overlap=cfg.filter_non_overlap, num_im=cfg.num_im))
         with open(os.path.join(self.data_path, METADATA_NAME), "w", encoding="utf-8") as f:
@@ -339,7 +341,10 @@ def build_dataset(raw_dir: str | os.PathLike, tfds_dir: str | os.PathLike,
     """Builds (once) the array_record dataset of a VG150 or VG-MSDN directory (config.source);
     returns the builder.
 
-    Raises ValueError if `tfds_dir` already holds this config built from another raw directory.
+    The config's `fingerprint` (`dataset.raw_fingerprint`: raw files' sizes and times, options)
+    is stored in the build's metadata. Raises ValueError if `tfds_dir` already holds this config
+    built from another raw directory, or from raw files whose fingerprint differs (edited
+    since).
     """
     raw_dir = os.path.abspath(os.fspath(raw_dir))
     if not os.path.isdir(raw_dir):
@@ -351,6 +356,12 @@ def build_dataset(raw_dir: str | os.PathLike, tfds_dir: str | os.PathLike,
             raise ValueError(
                 f"{builder.data_dir} was built from {meta['raw_dir']}, not {raw_dir}; use another"
                 " tfds_dir (or delete it to rebuild)")
+        fingerprint = config.fingerprint if config is not None else ""
+        if fingerprint and meta.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"{builder.data_dir} was built from {raw_dir} as it was then; its files (or the "
+                "image folder) have changed since. Delete that directory to rebuild, or use "
+                "another tfds_dir")
         return builder
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=raw_dir))

@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
 
 def load(checkpoint: Any, config: Any = None, **kwargs: Any) -> "Predictor":
-    """A `sgg_jax.predict.Predictor` from a training workdir or a stage's checkpoint directory:
-    `load(dir).predict(image)` -> SceneGraph; `.predict_many(paths, output_dir)`."""
+    """A `sgg_jax.predict.Predictor` from a training workdir or a stage's checkpoint directory
+    (the run directory alone suffices): `load(dir).predict(image)` -> SceneGraph;
+    `.predict_many(paths, output_dir)`. `config`: evaluation-only changes, e.g.
+    {"predict.top_relations": 50} (see `sgg_jax.predict.load`)."""
     from sgg_jax import predict
     return predict.load(checkpoint, config, **kwargs)

@@ -11,12 +11,31 @@ import ml_collections
 
 def stage(*, num_steps: int, trainable: tuple[str, ...], losses: tuple[str, ...],
           learning_rate: float, warmup_steps: int = 0, optimizer: str = "adam",
-          schedule: str = "cosine", restore_from: str | None = None) -> ml_collections.ConfigDict:
-    """One training stage: which parameter groups train, on which losses, and how long."""
+          schedule: str = "cosine", kind: str = "relation", mode: str = "",
+          restore_from: str = "", restore_into: str = "", restore_groups: tuple[str, ...] = (),
+          optimizers: dict | None = None, update: str = "joint") -> ml_collections.ConfigDict:
+    """One training stage: which parameter groups train, on which losses, and how long.
+
+    kind: "relation" (the relation model), "detector", or a model's auxiliary network's kind
+      (MSDN: "regions"). mode: a relation stage's training mode ("" = the run's: sgcls when
+      eval.modes has it, else predcls).
+    restore_from: before a fresh stage starts, load groups from another run (its last finished
+      stage) or a stage directory, into group `restore_into` ("" = top level); restore_groups:
+      which ("" = all both have).
+    optimizers: several optimizers, {name: dict(trainable=..., losses=..., learning_rate=...,
+      ...)} (fields left out are the stage's), applied jointly or alternating (`update`);
+      sgg_jax/training/optim.py.
+    """
     return ml_collections.ConfigDict(dict(
         num_steps=num_steps, trainable=",".join(trainable), losses=",".join(losses),
         learning_rate=learning_rate, warmup_steps=warmup_steps, optimizer=optimizer,
-        schedule=schedule, restore_from=restore_from or ""))
+        schedule=schedule, kind=kind, mode=mode, restore_from=restore_from,
+        restore_into=restore_into, restore_groups=",".join(restore_groups),
+        optimizers=ml_collections.ConfigDict({
+            k: ml_collections.ConfigDict({f: (",".join(v) if isinstance(v, tuple) else v)
+                                          for f, v in o.items()})
+            for k, o in (optimizers or {}).items()}),
+        update=update))
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -44,6 +63,9 @@ def get_base_config() -> ml_collections.ConfigDict:
         worker_count=0, flip_prob=0.5,
     ))
     c.model = ml_collections.ConfigDict(dict(
+        # A module that registers a model of one's own (dotted path or .py file; "" = the
+        # built-in models), imported before config.model.name is looked up.
+        module="",
         # Stride 8: at 128 px the smallest synthetic objects (~5 px) are under one stride-16
         # cell; measured on the default preset it raised FREQ's SGCls R@50 26.5 -> 33.6 and
         # IMP's 13.2 -> 25.0 (docs/models.md). The tiny preset keeps stride 16 (test speed).
@@ -52,6 +74,15 @@ def get_base_config() -> ml_collections.ConfigDict:
         # Add Motifs' frequency bias log p(pred | subj class, obj class) to the relation logits
         # (Scene-Graph-Benchmark's PREDICT_USE_BIAS, on by default there for IMP and Motifs).
         freq_bias=False,
+        # Pretrained weights (sgg_jax/training/pretrained.py, read when parameters are
+        # initialised; nothing is downloaded): a local torchvision ImageNet state dict for the
+        # relation model's backbone (vgg16 / resnet50; .npz, .safetensors, or .pth through
+        # torch.load(weights_only=True)). The detector has its own fields (model.detector).
+        backbone_weights="",
+        # Set by the `vg` preset: refuse to start unless every backbone the run trains has
+        # pretrained weights, or from_scratch=True acknowledges random initialisation.
+        require_pretrained=False,
+        from_scratch=False,
     ))
     # The Faster R-CNN of SGDet (sgg_jax/models/detection, docs/detector.md), trained by the
     # `detector` stage; mapped onto DetectorConfig by sgg_jax.models.detector_config.
@@ -73,10 +104,19 @@ def get_base_config() -> ml_collections.ConfigDict:
         # vg preset uses 64 as neural-motifs (SGB: 80).
         detections_per_image=20,
         dropout=0.0,
+        # Pretrained weights (local files, sgg_jax/training/pretrained.py): `weights` = a whole
+        # detector from another codebase, by backbone: vgg16 -> neural-motifs' VG detector
+        # checkpoint, resnet50_fpn -> torchvision's fasterrcnn_resnet50_fpn state dict;
+        # `backbone_weights` = a torchvision ImageNet VGG16 / ResNet-50 state dict for the
+        # backbone alone (vgg16 / resnet50 / resnet50_fpn). Set at most one.
+        weights="", backbone_weights="",
     ))
     c.loss = ml_collections.ConfigDict(dict(
         edge="baseline",  # baseline | dnorm | dnorm-fgbg
         obj_weight=1.0, rel_weight=1.0,
+        # Weights of loss terms a model returns itself (ModelOutputs.losses), by name; a model
+        # config adds its terms here (1 when absent).
+        weights=ml_collections.ConfigDict(),
     ))
     c.sampling = ml_collections.ConfigDict(dict(num_rels=64, fg_fraction=0.25, must_overlap=False))
     c.train = ml_collections.ConfigDict(dict(
@@ -93,7 +133,7 @@ def get_base_config() -> ml_collections.ConfigDict:
         stage_order="detector,objects,relations",
         stages=ml_collections.ConfigDict(dict(
             detector=stage(num_steps=300, trainable=("detector",), losses=("detection",),
-                           learning_rate=2e-3, warmup_steps=50),
+                           learning_rate=2e-3, warmup_steps=50, kind="detector"),
             objects=stage(num_steps=300, trainable=("backbone", "roi_features", "obj_classifier"),
                   losses=("object",), learning_rate=2e-3, warmup_steps=50),
             relations=stage(num_steps=400, trainable=("roi_features", "obj_classifier", "relation_head"),
@@ -117,6 +157,12 @@ def get_base_config() -> ml_collections.ConfigDict:
         # complete mode evaluated into <workdir>/pictures/ at the end of training and in eval.
         num_pictures=4,
         checkpoint="",  # for --config.mode=eval: a workdir or a checkpoint directory
+        # Evaluate / predict with an unfinished run (its newest checkpoint); results.json then
+        # says "partial": {stage, step, num_steps}. Without it an unfinished run is an error.
+        allow_partial=False,
+        # Also write each mode's predictions to <workdir>/predictions/<split>_<mode>.h5
+        # (`python -m sgg_jax.evaluate` reads them).
+        save_predictions=False,
     ))
     # Captioning models (MSDN): the top_regions best caption regions shown per image, after
     # greedy NMS at IoU region_nms (1 = none) so that they are not copies of one box.
@@ -168,7 +214,10 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
             c.train.stages[name].num_steps = 6
             c.train.stages[name].warmup_steps = 0
     elif preset == "vg":
-        # The published setup (Xu et al. / neural-motifs) on a local VG150 copy.
+        # The published setup (Xu et al. / neural-motifs) on a local VG150 copy. It starts from
+        # pretrained networks: model.backbone_weights and model.detector.weights (or
+        # .backbone_weights) must name local files, or model.from_scratch=True say otherwise.
+        c.model.require_pretrained = True
         c.data.name = "vg150"
         c.data.num_val_im = 5000
         c.data.filter_non_overlap = False
@@ -185,7 +234,12 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
         c.model.detector.backbone = "vgg16"
         c.model.detector.backbone_widths = ()
         c.model.detector.detections_per_image = 64
-        c.model.detector.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
+        # neural-motifs' 20 anchors per location (its config.py: ANCHOR_SIZE 16 x
+        # ANCHOR_SCALES, ANCHOR_RATIOS as h / w, ratio-major as ours), so that its VG detector
+        # checkpoint's RPN imports (model.detector.weights).
+        c.model.detector.anchor_sizes = tuple(
+            16.0 * s for s in (2.22152954, 4.12315647, 7.21692515, 12.60263013, 22.7102731))
+        c.model.detector.aspect_ratios = (0.23232838, 0.63365731, 1.28478321, 3.15089189)
         c.model.detector.rpn_channels = 512
         c.model.detector.fc_dim = 4096
         c.model.detector.rpn_pre_nms_top_n_train = 12000

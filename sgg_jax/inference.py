@@ -7,10 +7,15 @@ Contract (stable; `--mode predict` and `sgg_jax.load(ckpt).predict(image)` build
     sgdet = make_sgdet_fn(exp, params)
     out = sgdet(images, image_sizes)
 
-- `restore_for_inference(workdir_or_ckpt: str) -> tuple[Experiment, params]` reads the run's
-  saved config (`<workdir>/config.json`, written at the start of training) and restores the
-  parameters of the last finished stage (they include the trained detector under the top-level
-  group "detector"). Raises FileNotFoundError when there is no config.json or no checkpoint.
+- `restore_for_inference(workdir_or_ckpt: str, overrides=None) -> tuple[Experiment, params]`
+  rebuilds the run from its directory alone: the saved config (`<workdir>/config.json`) and
+  dataset facts (`<workdir>/dataset/`: vocabularies, statistics), so no dataset is needed, and
+  restores the parameters of the finished run (they include the trained detector under the
+  top-level group "detector"). `overrides` (dotted keys -> values, or a ConfigDict) may change
+  evaluation-only fields (predict.*, input.eval_batch_size, eval.*); a model or data field that
+  differs from the run's is refused (`runs.RunConfigError`). An unfinished run is refused
+  (`runs.UnfinishedRunError`) unless `allow_partial=True`. Raises FileNotFoundError when there
+  is no config.json or no checkpoint.
 - `make_sgdet_fn(exp, params)` returns a function
   `(images: np.ndarray uint8 [B, S, S, 3], image_sizes: np.ndarray [B, 2] (h, w) of the content
   inside the canvas) -> dict[str, np.ndarray]`, S = `exp.config.input.image_size`. The image is
@@ -29,20 +34,18 @@ Contract (stable; `--mode predict` and `sgg_jax.load(ckpt).predict(image)` build
     rel_scores [B, M, P + 1] float32 softmax over predicates, column 0 = no relation
   The triplet score of (pair m, predicate p >= 1) is
   rel_scores[b, m, p] * scores[b, s] * scores[b, o] (the evaluator's ranking).
-  MSDN runs add their caption regions (the region RPN's proposals, Q =
-  config.model.region_rpn.num_proposals) and the greedy caption of each; with
-  config.eval.sgdet_refine_boxes (configs/msdn.py) the boxes (objects and regions) are moved by
-  MSDN's box heads and the region scores are MSDN's region objectness:
+  Models that caption regions (their SGDet hooks add them; MSDN: the region RPN's proposals,
+  Q = config.model.region_rpn.num_proposals, refined by its box heads with
+  config.eval.sgdet_refine_boxes) add:
     region_boxes  [B, Q, 4]  float32 canvas pixels;  region_mask [B, Q] bool (real first)
     region_scores [B, Q]     float32 objectness probabilities (region RPN's, or MSDN's)
     captions      [B, Q, L]  int32 token ids (<start>, words, <end>, 0 padding; words from the
-                             run's caption vocabulary, `exp.data.idx_to_word`)
+                             run's caption vocabulary, `exp.facts.idx_to_word`)
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import jax
@@ -50,70 +53,73 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from data_pipelines.facts import DatasetFacts
+from sgg_jax.models.registry import DETECTOR_GROUP
+from sgg_jax.training import eval_loop, experiment, runs
+
 log = logging.getLogger("sgg_jax")
 
-CONFIG_FILE = "config.json"
 
-
-def _find_run(path: str) -> tuple[str, str]:
-    """(workdir holding config.json, checkpoint argument for restore) for a workdir, its
-    `checkpoints` directory or one stage's checkpoint directory."""
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"restore_for_inference: {path!r} does not exist (expected a "
-                                "training workdir or <workdir>/checkpoints/<stage>)")
-    for root, ckpt in ((path, ""), (os.path.dirname(path), ""),
-                       (os.path.dirname(os.path.dirname(path)), path)):
-        if os.path.isfile(os.path.join(root, CONFIG_FILE)):
-            return root, ckpt
-    raise FileNotFoundError(f"restore_for_inference: no {CONFIG_FILE} in {path!r} or its run "
-                            "directory; runs trained by `python -m sgg_jax.main` write it at the "
-                            "start of training")
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run saved in `<workdir>/config.json` (multi-host settings cleared)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); expected the run's saved config") from e
-    if not isinstance(raw, dict) or "model" not in raw or "train" not in raw:
-        raise ValueError(f"{path}: expected a saved sgg_jax config (with 'model' and 'train')")
-    config = ml_collections.ConfigDict(raw)
-    config.distributed.initialize = False  # inference is one process
-    config.distributed.coordinator_address = ""
+def run_config(workdir: str, overrides: Any = None, explicit: Any = None
+               ) -> ml_collections.ConfigDict:
+    """The config to use a run with: its saved config.json with `overrides` applied to
+    evaluation-only fields (`runs.resolve_run_config`). `overrides`: a ConfigDict or a mapping
+    of dotted keys; `explicit`: which of its keys were asked for (default: all of them)."""
+    saved = runs.load_run_config(workdir)
+    requested = overrides
+    if isinstance(overrides, Mapping) and not isinstance(overrides, ml_collections.ConfigDict):
+        requested = ml_collections.ConfigDict(saved.to_dict())
+        for key, value in overrides.items():
+            runs.set_field(requested, key, value)
+    if explicit is None:
+        explicit = runs.flatten(requested).keys() if isinstance(
+            overrides, ml_collections.ConfigDict) else (overrides or {}).keys()
+    config, ignored = runs.resolve_run_config(saved, requested, explicit, source=workdir)
+    if ignored:
+        log.info("using %s/%s; the given config's values of %d fields that differ from it are "
+                 "not used (only command-line overrides are): %s", workdir, runs.CONFIG_FILE, len(ignored), ", ".join(ignored[:8])
+                 + (" ..." if len(ignored) > 8 else ""))
     return config
 
 
-def restore_for_inference(workdir_or_ckpt: str) -> tuple[Any, Any]:
-    """(Experiment, params) of a trained run: its saved config and the parameters of the last
-    finished stage. The dataset named by the config is opened (prepared if needed) for the
-    class counts and, for FREQ, the frequency statistics."""
-    from sgg_jax.training import trainer
-
-    workdir, ckpt = _find_run(workdir_or_ckpt)
-    config = load_run_config(workdir)
-    exp = trainer.setup(config, workdir)
-    params = trainer.restore_final_params(exp, jax.random.key(int(config.seed)), ckpt)
-    if "detector" not in params:
-        raise ValueError(f"{workdir}: this run has no detector (config.eval.modes={config.eval.modes!r} "
-                         "lacks sgdet), so it cannot predict from images alone")
+def restore_for_inference(workdir_or_ckpt: str, overrides: Any = None, *,
+                          explicit: Any = None, allow_partial: bool = False
+                          ) -> tuple[Any, Any]:
+    """(Experiment, params) of a trained run, from its directory alone (module docstring)."""
+    workdir, ckpt = runs.find_run(workdir_or_ckpt)
+    config = run_config(workdir, overrides, explicit)
+    with config.unlocked():
+        config.distributed.initialize = False  # inference is one process
+        config.distributed.coordinator_address = ""
+    try:
+        facts = DatasetFacts.load(runs.facts_dir(workdir))
+    except FileNotFoundError:
+        log.warning("%s has no saved dataset facts (trained before runs kept them): opening "
+                    "its dataset for the vocabularies", workdir)
+        facts = None
+    exp = experiment.setup(config, workdir, facts=facts, training=False)
+    params, partial = experiment.restore_final_params(
+        exp, jax.random.key(int(config.seed)), "" if ckpt == workdir else ckpt,
+        bool(allow_partial or config.eval.get("allow_partial", False)))
+    if partial:
+        log.warning("%s: stage '%s' is unfinished (step %d of %d); predicting with it anyway",
+                    workdir, partial["stage"], partial["step"], partial["num_steps"])
+    if DETECTOR_GROUP not in params:
+        raise ValueError(f"{workdir}: this run has no detector (config.eval.modes="
+                         f"{config.eval.modes!r} lacks sgdet), so it cannot predict from images "
+                         "alone")
     return exp, params
 
 
-# Optional outputs (MSDN's caption regions) and their dtypes.
+# Optional outputs (caption regions) and their dtypes.
 _REGION_OUTPUTS = {"region_boxes": np.float32, "region_mask": bool, "region_scores": np.float32,
                    "captions": np.int32}
 
 
 def make_sgdet_fn(exp: Any, params: Any) -> Callable[[np.ndarray, np.ndarray], dict]:
     """The jitted SGDet predictor of the module docstring: (images, image_sizes) -> arrays."""
-    from sgg_jax.training import trainer
-
     size = int(exp.config.input.image_size)
-    step = jax.jit(trainer.make_sgdet_step(exp))
+    step = jax.jit(eval_loop.make_sgdet_step(exp))
 
     def predict(images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
         images = np.asarray(images)
@@ -141,4 +147,4 @@ def make_sgdet_fn(exp: Any, params: Any) -> Callable[[np.ndarray, np.ndarray], d
     return predict
 
 
-__all__ = ["make_sgdet_fn", "restore_for_inference", "load_run_config"]
+__all__ = ["make_sgdet_fn", "restore_for_inference", "run_config"]

@@ -14,10 +14,54 @@ exactly as in the reference). With no real edges at all the loss is 0.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
 import jax.numpy as jnp
 import optax
 
 EDGE_LOSSES = ("baseline", "dnorm", "dnorm-fgbg")
+
+
+@flax.struct.dataclass
+class LossTargets:
+    """What a loss term may read besides the model's outputs, in a relation-stage step.
+
+    batch: the `data_pipelines.batch.Batch` (ground-truth boxes, labels, regions).
+    inputs: the `ModelInputs` the model was called with (sampled pairs, and whatever a model's
+      train extras replaced, e.g. MSDN's sampled region RoIs).
+    pair_labels: [B, M] predicate of each sampled pair (0 = no relation); pair_mask: [B, M].
+    extras: the model's own per-step targets (`ModelSpec.train_extras`), or None.
+    """
+
+    batch: Any
+    inputs: Any
+    pair_labels: jax.Array
+    pair_mask: jax.Array
+    extras: Any = None
+
+
+# A loss term: (outputs, targets, config) -> {logged part name: weighted scalar}.
+LossFn = Callable[[Any, LossTargets, Any], dict]
+
+
+def object_term(outputs: Any, targets: LossTargets, config: Any) -> dict:
+    """`loss.obj_weight` x object cross-entropy on the batch's boxes."""
+    b = targets.batch
+    return {"object_loss": float(config.loss.obj_weight) * object_loss(
+        outputs.obj_logits, b.labels, b.box_mask)}
+
+
+def relation_term(outputs: Any, targets: LossTargets, config: Any) -> dict:
+    """`loss.rel_weight` x the edge loss of kind `loss.edge` on the sampled pairs."""
+    return {"relation_loss": float(config.loss.rel_weight) * edge_loss(
+        outputs.rel_logits, targets.pair_labels, targets.pair_mask, kind=str(config.loss.edge))}
+
+
+# Loss terms every relation model has; models add their own (ModelSpec.losses).
+GENERIC_LOSSES: dict[str, LossFn] = {"object": object_term, "relation": relation_term}
 
 
 def _masked_ce(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
@@ -70,33 +114,3 @@ def caption_loss(caption_logits: jnp.ndarray, tokens: jnp.ndarray,
     mask = mask.at[..., 0].set(False)  # <start> is given, not predicted
     ce = _masked_ce(caption_logits, tokens, mask)
     return ce.sum() / jnp.maximum(mask.sum(), 1)
-
-
-def region_losses(region_scores: jnp.ndarray, region_deltas: jnp.ndarray, fg: jnp.ndarray,
-                  valid: jnp.ndarray, target_deltas: jnp.ndarray,
-                  beta: float = 1.0 / 9.0) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """MSDN's region heads on sampled region RoIs: (objectness BCE, box smooth-L1), each
-    averaged over the sampled (valid) RoIs of the batch, the box term counting fg RoIs only.
-
-    region_scores [B, Q] logits; region_deltas / target_deltas [B, Q, 4]; fg, valid [B, Q].
-    """
-    from sgg_jax.models.detection.rpn import rpn_losses
-
-    return rpn_losses(region_scores, region_deltas, fg & valid, valid & ~fg, target_deltas, beta)
-
-
-def box_refinement_loss(box_deltas: jnp.ndarray, labels: jnp.ndarray, target_deltas: jnp.ndarray,
-                        beta: float = 1.0 / 9.0) -> jnp.ndarray:
-    """Class-specific box regression (Fast R-CNN): smooth-L1 between the deltas of each RoI's
-    class and its targets, summed over the 4 coordinates and averaged over the RoIs with a
-    class (labels > 0); 0 when there are none.
-
-    box_deltas [B, R, C+1, 4]; labels [B, R] (0 = no target); target_deltas [B, R, 4].
-    """
-    from sgg_jax.models.detection.rpn import smooth_l1
-
-    picked = jnp.take_along_axis(box_deltas, labels[..., None, None].astype(jnp.int32),
-                                 axis=-2)[..., 0, :]
-    fg = labels > 0
-    per_roi = smooth_l1(picked.astype(jnp.float32) - target_deltas, beta).sum(-1)
-    return jnp.where(fg, per_roi, 0.0).sum() / jnp.maximum(fg.sum(), 1)

@@ -1,10 +1,12 @@
 """The one entry point: `python -m sgg_jax.main --config configs/<model>.py[:preset] --workdir DIR`.
 
 Modes (`--mode`, default from the config): `train` runs every stage (resuming where a previous
-run in the same workdir stopped) and then evaluates; `eval` evaluates a finished run's
-checkpoint (`--checkpoint`, default the workdir); `predict` writes a scene graph (JSON + PNG)
-per image of `--images` into `--output` (sgg_jax/predict.py). Any config field can be
-overridden with `--config.<key>=<value>`; unknown keys are rejected.
+run in the same workdir stopped) and then evaluates; `eval` evaluates a finished run
+(`--checkpoint`, default the workdir) with the config it was trained with (its config.json;
+`--config` is optional there); `predict` writes a scene graph (JSON + PNG) per image of
+`--images` into `--output` (sgg_jax/predict.py) from the run directory alone. Any config field
+can be overridden with `--config.<key>=<value>`; unknown keys are rejected, and in eval /
+predict only evaluation fields may differ from the run's (sgg_jax/training/runs.py).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results.json g
                     "(default: runs/<config>-<preset>).")
 flags.DEFINE_enum("mode", None, ["train", "eval", "predict"], "Overrides config.mode.")
 flags.DEFINE_string("checkpoint", None, "For --mode=eval/predict: a training workdir or a "
-                    "stage's checkpoint directory (overrides config.eval.checkpoint).")
+                    "stage's checkpoint directory (overrides config.eval.checkpoint; default "
+                    "the workdir).")
 flags.DEFINE_string("images", None, "For --mode=predict: comma-separated image files or folders "
                     "(overrides config.predict.images).")
 flags.DEFINE_string("output", None, "For --mode=predict: directory for <stem>.json and "
@@ -38,39 +41,59 @@ def default_workdir(config_arg: str) -> str:
     return os.path.join("runs", f"{stem}-{preset}" if preset else stem)
 
 
+def _explicit_keys() -> list[str]:
+    """The dotted config keys set on the command line (`--config.x=...`)."""
+    if FLAGS.config is None:
+        return []
+    return sorted(config_flags.get_override_values(FLAGS["config"]))
+
+
+def _run_root(config, workdir: str | None) -> str:
+    root = FLAGS.checkpoint or (config.eval.checkpoint if config is not None else "") or workdir
+    if not root:
+        raise app.UsageError("--mode eval / predict: give the run with --checkpoint or --workdir")
+    return root
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     config = FLAGS.config
-    if config is None:
-        raise app.UsageError("--config is required, e.g. --config configs/imp.py")
-    with config.unlocked():
-        if FLAGS.mode:
-            config.mode = FLAGS.mode
-        if FLAGS.checkpoint:
-            config.eval.checkpoint = FLAGS.checkpoint
-    workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
-    if config.runtime.tune_host_allocator:
+    mode = FLAGS.mode or (config.mode if config is not None else None)
+    if config is None and mode not in ("eval", "predict"):
+        raise app.UsageError("--config is required for training, e.g. --config configs/imp.py "
+                             "(--mode eval / predict read the run's own config)")
+    if config is not None:
+        with config.unlocked():
+            config.mode = mode
+            if FLAGS.checkpoint:
+                config.eval.checkpoint = FLAGS.checkpoint
+    workdir = FLAGS.workdir or (default_workdir(FLAGS["config"].config_filename)
+                                if config is not None else None)
+    tune = config.runtime.tune_host_allocator if config is not None else True
+    if tune:
         runtime.tune_host_allocator()
-    if config.mode == "predict":
-        from sgg_jax import predict
-        try:
-            return predict.run_cli(config, config.eval.checkpoint or workdir,
-                                   FLAGS.images or config.predict.images,
-                                   FLAGS.output or config.predict.output)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    from sgg_jax.training import trainer  # imported late: flags parsed first, XLA_FLAGS honoured
+    # Imported late: flags parsed first, XLA_FLAGS honoured.
+    from sgg_jax import inference, predict
+    from sgg_jax.training import runs, trainer
+    explicit = _explicit_keys() + ["mode", "eval.checkpoint"]
     try:
-        if config.mode == "train":
+        if mode == "train":
             trainer.train_and_evaluate(config, workdir)
-        elif config.mode == "eval":
-            trainer.evaluate_checkpoint(config, workdir)
+        elif mode == "eval":
+            run_dir, ckpt = runs.find_run(_run_root(config, workdir))
+            run_config = inference.run_config(run_dir, config, explicit)
+            trainer.evaluate_run(run_config, FLAGS.workdir or run_dir,
+                                 "" if ckpt == run_dir else ckpt)
+        elif mode == "predict":
+            return predict.run_cli(config, _run_root(config, workdir),
+                                   FLAGS.images or (config.predict.images if config else ""),
+                                   FLAGS.output or (config.predict.output if config else ""),
+                                   explicit=explicit)
         else:
-            raise app.UsageError(f"config.mode={config.mode!r}: expected train, eval or predict")
+            raise app.UsageError(f"config.mode={mode!r}: expected train, eval or predict")
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

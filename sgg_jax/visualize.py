@@ -155,7 +155,7 @@ def draw_scene_graph(image: Image.Image, graph: Any, max_relations: int | None =
                      max_regions: int | None = None) -> Image.Image:
     """Returns a new RGB image: `image` with `graph`'s objects and relations, and a legend.
 
-    `graph` is a `sgg_jax.predict.SceneGraph` (boxes in `image`'s pixels); the top
+    `graph` is a `sgg_jax.scene_graph.SceneGraph` (boxes in `image`'s pixels); the top
     `max_relations` relations (default 10) and the objects they use plus the best others up to
     `max_objects` (default 12) are drawn, and of a graph with caption regions the first
     `max_regions` (default 5) regions. See the module docstring for the layout.

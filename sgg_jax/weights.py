@@ -2,7 +2,7 @@
 VGG detector) into our Flax parameter trees, reading files safely.
 
 Files: `.npz` (NumPy, allow_pickle=False), `.safetensors` (needs the `safetensors` package),
-`.pth` / `.pt` / `.bin` only through `torch.load(path, weights_only=True)` when torch is
+`.pth` / `.pt` / `.bin` / `.tar` only through `torch.load(path, weights_only=True)` when torch is
 installed. Nothing is ever unpickled otherwise.
 
 A mapping is a list of `Rule(target, source, transform)`: `target` is a path into the variables
@@ -51,7 +51,7 @@ def load_state_dict(path: str) -> StateDict:
         except ImportError:
             raise WeightImportError(f"{path}: reading .safetensors needs the 'safetensors' package") from None
         return dict(load_file(path))
-    if ext in (".pth", ".pt", ".bin", ".ckpt"):
+    if ext in (".pth", ".pt", ".bin", ".ckpt", ".tar"):  # .tar: neural-motifs' torch.save files
         try:
             import torch
         except ImportError:
@@ -63,7 +63,7 @@ def load_state_dict(path: str) -> StateDict:
             raise WeightImportError(f"{path}: torch.load(weights_only=True) refused the file ({e})") from None
         return _flatten_torch(obj, path)
     raise WeightImportError(f"{path}: unknown checkpoint suffix {ext!r}; expected .npz, "
-                            ".safetensors, .pth, .pt")
+                            ".safetensors, .pth, .pt, .bin, .ckpt, .tar")
 
 
 def _flatten_torch(obj: Any, path: str) -> StateDict:
@@ -206,7 +206,8 @@ def vgg16_rules(flax_prefix: Sequence[str] = ("backbone",), torch_prefix: str = 
         rules += conv_rules((*flax_prefix, name), f"{torch_prefix}.{idx}")
     if fc_prefix is not None:
         rules += dense_rules((*fc_prefix, "fc6"), f"{fc_torch}.0",
-                             lambda w: fc_chw_to_hwc(w, fc_channels))
+                             lambda w: fc_chw_to_hwc(w, fc_channels),
+                             lambda k: fc_hwc_to_chw(k, fc_channels))
         rules += dense_rules((*fc_prefix, "fc7"), f"{fc_torch}.3")
     return rules
 

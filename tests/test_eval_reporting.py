@@ -1,4 +1,4 @@
-"""What `trainer.evaluate` / `trainer.report` make of an evaluation: both protocols and phrase
+"""What `eval_loop.evaluate` / `trainer.report` make of an evaluation: both protocols and phrase
 detection in results.json, the printed tables, TensorBoard groups and the prediction pictures.
 
 No model runs: the score steps are replaced by shape-only stand-ins and each image's prediction
@@ -19,8 +19,8 @@ from PIL import Image
 
 from data_pipelines import pipeline
 from sgg_jax.evaluation import SGGEvaluator
-from sgg_jax.predict import SceneGraph
-from sgg_jax.training import data as data_lib, eval_loop, pictures, reporting, trainer
+from sgg_jax.scene_graph import SceneGraph
+from sgg_jax.training import eval_loop, experiment, pictures, reporting, trainer
 from training_utils import load_config
 
 MODES = ("predcls", "sgcls", "sgdet")
@@ -83,8 +83,8 @@ def evaluated(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("reporting_run"))
     config = load_config("imp", "tiny", **{"data.cache_dir": cache, "train.data_parallel": 1,
                                            "eval.modes": ",".join(MODES)})
-    exp = trainer.setup(config, workdir)
-    num_p, num_c = exp.data.num_predicates, exp.data.num_classes
+    exp = experiment.setup(config, workdir)
+    num_p, num_c = exp.facts.num_predicates, exp.facts.num_classes
     seen: dict[str, list] = {m: [] for m in MODES}
     real = eval_loop.batch_to_examples
 
@@ -104,27 +104,27 @@ def evaluated(tmp_path_factory):
                         captions=tile(REGION_CAPTIONS))
         return step
 
-    def examples(batch, scored):
+    def examples(batch, scored, ground_truth, predcls=False):
         mode = MODES[int(scored["mode_code"][0])]
-        for gt, _ in real(batch, scored):
+        for gt, _, row in real(batch, scored, ground_truth, predcls):
             pred = synthetic_prediction(gt, mode, num_c, num_p)
             seen[mode].append((gt, dict(pred)))
-            yield gt, pred
+            yield gt, pred, row
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(eval_loop, "make_score_step", score_step)
-        mp.setattr(trainer, "make_sgdet_step", sgdet_step)
+        mp.setattr(eval_loop, "make_sgdet_step", sgdet_step)
         mp.setattr(eval_loop, "batch_to_examples", examples)
-        results = trainer.evaluate(exp, {}, num_pictures=NUM_PICTURES)
+        results = eval_loop.evaluate(exp, {}, num_pictures=NUM_PICTURES)
     return exp, results, seen
 
 
 def _independent(exp, mode, protocol, examples):
     motifs = protocol == "motifs"
-    ev = SGGEvaluator(mode, exp.data.num_predicates, ks=tuple(exp.config.eval.ks),
+    ev = SGGEvaluator(mode, exp.facts.num_predicates, ks=tuple(exp.config.eval.ks),
                       protocol=protocol,
-                      zero_shot_triplets=exp.data.zero_shot_triplets if motifs else None,
-                      triplet_counts=data_lib.triplet_counts(exp.data) if motifs else None)
+                      zero_shot_triplets=exp.facts.zero_shot_triplets if motifs else None,
+                      triplet_counts=exp.facts.triplet_counts() if motifs else None)
     for gt, pred in examples:
         ev.add(gt, pred)
     return ev.compute()
@@ -139,7 +139,8 @@ def _same(a: dict, b: dict) -> bool:
 def test_results_hold_both_protocols_and_phrase_detection(evaluated):
     exp, results, seen = evaluated
     n_test = len(exp.data.sources["test"])
-    assert set(results) == {"predcls", "sgcls", "sgdet", "phrdet", "detection", "msdn"}
+    assert set(results) == {"predcls", "sgcls", "sgdet", "phrdet", "detection", "msdn",
+                            "ground_truth"}
     assert set(results["msdn"]) == {"predcls", "sgcls", "sgdet", "phrdet"}
     # One pass per mode: phrase detection reused the SGDet predictions.
     assert all(len(seen[m]) == n_test for m in MODES)
@@ -163,7 +164,7 @@ def test_protocols_option(tmp_path):
             reporting.parse_protocols(bad)
     config = load_config("imp", "tiny", **{"eval.protocols": "motifs,sgb"})
     with pytest.raises(ValueError, match="eval.protocols"):
-        trainer.setup(config, str(tmp_path))
+        experiment.setup(config, str(tmp_path))
 
 
 def test_report_tables_json_and_tensorboard_groups(evaluated, capsys):
@@ -182,7 +183,7 @@ def test_report_tables_json_and_tensorboard_groups(evaluated, capsys):
         assert _same(json.load(f)["msdn"]["phrdet"], results["msdn"]["phrdet"])
     groups = reporting.scalar_groups(results)
     assert set(groups) == {"predcls", "sgcls", "sgdet", "phrdet", "msdn_predcls", "msdn_sgcls",
-                           "msdn_sgdet", "msdn_phrdet", "detection"}
+                           "msdn_sgdet", "msdn_phrdet", "detection", "ground_truth"}
     assert groups["msdn_phrdet"]["R@50"] == results["msdn"]["phrdet"]["R@50"]
     assert "protocol" not in groups["sgdet"] and "AP50" in groups["detection"]
 
@@ -229,11 +230,12 @@ def test_pictures_draw_the_first_images_prediction_and_ground_truth(evaluated):
         record = source[k]
         reference = [(" ".join(words[t] for t in toks if t > 2), box)
                      for toks, box in zip(record["region_tokens"], record["region_boxes"])]
+        # The regions the model was given: the first input.max_regions, in order, whole phrases.
         n_gt = min(len(reference), exp.config.input.max_regions)
-        assert sg_gt.has_regions and 0 < len(sg_gt.region_captions) <= n_gt
+        assert sg_gt.has_regions and len(sg_gt.region_captions) == n_gt > 0
         assert np.all(sg_gt.region_scores == 1)
-        for caption, box in zip(sg_gt.region_captions, sg_gt.region_boxes):
-            assert any(caption == c and np.allclose(box, b, atol=0.02) for c, b in reference)
+        for caption, box, (c, b) in zip(sg_gt.region_captions, sg_gt.region_boxes, reference):
+            assert caption == c and np.allclose(box, b, atol=0.02)
         # The PNG is the two graphs drawn on the original image, exactly as their JSON says.
         assert int(record["image_id"]) == ids[k]
         image = pictures.original_image(record, ids[k], None, None, 1.0)
@@ -261,25 +263,42 @@ def test_max_images_stops_running_the_model(tmp_path):
     config = load_config("imp", "tiny", **{
         "data.cache_dir": str(tmp_path / "cache"), "train.data_parallel": 1,
         "eval.modes": "predcls", "eval.max_images": 5})
-    exp = trainer.setup(config, str(tmp_path / "run"))
-    num_p, num_c = exp.data.num_predicates, exp.data.num_classes
+    exp = experiment.setup(config, str(tmp_path / "run"))
+    num_p, num_c = exp.facts.num_predicates, exp.facts.num_classes
     batches, scored_ids = [], []
     real = eval_loop.batch_to_examples
+
+    class Recording(eval_loop.SGGEvaluator):
+        def add(self, gt, pred):
+            if self.protocol == "motifs":
+                scored_ids.append(int(gt["image_id"]))
+            return super().add(gt, pred)
 
     def score_step(model, mode, model_state=None):
         return lambda params, batch: _stand_in_outputs(
             batch.boxes.shape[0], batch.boxes.shape[1], num_p, 0)
 
-    def examples(batch, scored):  # host side: once per batch the model ran on
-        batches.append(1)
-        for gt, _ in real(batch, scored):
-            scored_ids.append(gt["image_id"])
-            yield gt, synthetic_prediction(gt, "predcls", num_c, num_p)
+    def examples(batch, scored, ground_truth, predcls=False):
+        batches.append(1)  # host side: once per batch the model ran on
+        for gt, _, row in real(batch, scored, ground_truth, predcls):
+            yield gt, synthetic_prediction(gt, "predcls", num_c, num_p), row
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(eval_loop, "make_score_step", score_step)
         mp.setattr(eval_loop, "batch_to_examples", examples)
-        trainer.evaluate(exp, {})
+        mp.setattr(eval_loop, "SGGEvaluator", Recording)
+        results = eval_loop.evaluate(exp, {})
     per_batch = int(config.input.eval_batch_size)
     assert len(batches) == -(-5 // per_batch) < -(-len(exp.data.sources["test"]) // per_batch)
-    assert len(scored_ids) >= 5
+    # Exactly the first five test images (file order), and nothing else, reached the evaluator.
+    first = [int(exp.data.sources["test"][i]["image_id"]) for i in range(5)]
+    assert scored_ids == first
+    assert results["ground_truth"]["images"] == 5
+    # The reported metrics are an evaluator's on exactly those five images: ground truth from
+    # the split's annotations, predictions made again (they depend on the image id only).
+    ground_truth = exp.data.ground_truth("test")
+    examples = [(ground_truth[i], synthetic_prediction(ground_truth[i], "predcls", num_c, num_p))
+                for i in first]
+    for protocol, got in (("motifs", results["predcls"]), ("msdn", results["msdn"]["predcls"])):
+        assert _same(got, _independent(exp, "predcls", protocol, examples)), protocol
+        assert got["num_images"] == 5, protocol

@@ -38,10 +38,58 @@ def test_edge_loss_formulas(kind):
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
 
 
+def numpy_edge_loss(logits, labels, mask, kind):
+    """Independent reference from the formulas of sgg_jax/losses.py's docstring (Knyazev et al.,
+    bknyaz/sgg `edge_losses`): float64 log-sum-exp CE per real edge, then
+    baseline = sum CE / M, dnorm = sum CE / M_FG, dnorm-fgbg = sum_fg CE / M_FG + sum_bg CE / M_BG,
+    a count of 0 counting as 1 (the reference's weight 1); no real edge -> 0."""
+    logits = np.asarray(logits, np.float64)
+    top = logits.max(-1, keepdims=True)
+    log_z = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
+    ce = log_z - np.take_along_axis(logits, labels[..., None].astype(np.int64), -1)[..., 0]
+    real = np.asarray(mask, bool)
+    fg, bg = real & (labels > 0), real & (labels == 0)
+    count = lambda m: max(int(m.sum()), 1)  # noqa: E731
+    if kind == "baseline":
+        return ce[real].sum() / count(real)
+    if kind == "dnorm":
+        return ce[real].sum() / count(fg)
+    return ce[fg].sum() / count(fg) + ce[bg].sum() / count(bg)
+
+
+# (foreground rate, real-edge rate) of the random batches, and what the batch then holds.
+REGIMES = {"no foreground": (0.0, 0.6), "no background": (1.0, 1.0), "no real edge": (0.5, 0.0),
+           "sparse": (0.1, 0.7), "mixed": (0.3, 0.6), "dense": (0.8, 0.5)}
+
+
+@pytest.mark.parametrize("kind", ["baseline", "dnorm", "dnorm-fgbg"])
+@pytest.mark.parametrize("seed,regime", list(enumerate(REGIMES)))
+def test_edge_loss_matches_numpy_reference_on_random_batches(kind, seed, regime):
+    """Random batches of every density, the guards' cases included, with large logits in padded
+    rows that must not leak."""
+    rng = np.random.default_rng(seed)
+    b, m, p = 3, 9, 6
+    fg_rate, real_rate = REGIMES[regime]
+    logits = rng.normal(0.0, 3.0, (b, m, p)).astype(np.float32)
+    labels = np.where(rng.random((b, m)) < fg_rate, rng.integers(1, p, (b, m)), 0)
+    mask = rng.random((b, m)) < real_rate
+    n_fg, n_bg = int((mask & (labels > 0)).sum()), int((mask & (labels == 0)).sum())
+    assert {"no foreground": n_fg == 0 < n_bg, "no background": n_bg == 0 < n_fg,
+            "no real edge": n_fg == n_bg == 0}.get(regime, n_fg > 0 and n_bg > 0)
+    logits[~mask] *= 30.0  # padded rows: huge logits, a large CE if they leaked
+    want = numpy_edge_loss(logits, labels, mask, kind)
+    got = float(losses.edge_loss(jnp.asarray(logits), jnp.asarray(labels, jnp.int32),
+                                 jnp.asarray(mask), kind))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_dnorm_is_mean_times_density():
-    base = losses.edge_loss(LOGITS, LABELS, MASK, "baseline")
-    dnorm = losses.edge_loss(LOGITS, LABELS, MASK, "dnorm")
-    np.testing.assert_allclose(float(dnorm), float(base) * 5 / 3, rtol=1e-6)
+    """Knyazev et al.'s identity dnorm = baseline x M / M_FG, checked on the NumPy reference's
+    numbers against the library's dnorm (M = 5 real edges, M_FG = 3)."""
+    base = numpy_edge_loss(LOGITS, LABELS, MASK, "baseline")
+    dnorm = float(losses.edge_loss(LOGITS, LABELS, MASK, "dnorm"))
+    np.testing.assert_allclose(dnorm, base * 5 / 3, rtol=1e-5)
+    np.testing.assert_allclose(base, np.mean(list(_hand()[0].values())), rtol=1e-12)
 
 
 def test_edge_loss_no_foreground_guard():

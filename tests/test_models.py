@@ -1,6 +1,8 @@
 """Tests of the backbones, RoI features, FREQ, IMP, the registry and the post-processing."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -9,11 +11,11 @@ import optax
 import pytest
 
 from sgg_jax import losses
-from sgg_jax.models import (ModelInputs, ModelOutputs, PARAM_GROUPS, build_model,
-                            param_group_labels, trainable_mask)
+from sgg_jax.models import ModelInputs, ModelOutputs, build_model, get_spec
 from sgg_jax.models import backbone as backbone_lib
-from sgg_jax.models import freq as freq_lib
+from sgg_jax.models.priors import frequency_log_table
 from sgg_jax.models import postprocess
+from training_utils import make_facts
 
 C, P = 4, 3  # object classes, predicates
 B, S, O, M = 2, 64, 5, 8
@@ -27,10 +29,9 @@ def model_config(name: str = "imp", **overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
-class Stats:
-    def __init__(self, fg, bg=None):
-        self.fg_matrix = fg
-        self.bg_matrix = bg
+def facts(fg=None):
+    """The dataset facts a model is built from (C classes, P predicates, training counts)."""
+    return make_facts(C, P, fg_matrix=fg)
 
 
 def make_inputs(seed: int = 0, n_boxes=(5, 3), n_pairs=(8, 4)) -> ModelInputs:
@@ -74,8 +75,7 @@ def init(model, inputs, seed=0):
 
 
 def small_imp(mode="sgcls", **overrides):
-    return build_model(model_config("imp", **overrides), num_classes=C, num_predicates=P,
-                       mode=mode)
+    return build_model(model_config("imp", **overrides), facts(), mode)
 
 
 @pytest.fixture(scope="module")
@@ -136,13 +136,13 @@ def test_frequency_table_hand_values():
     fg = _hand_fg()
     bg = np.zeros((C + 1, C + 1), np.int64)
     bg[1, 2] = 3
-    table = freq_lib.frequency_log_table(fg, bg)
+    table = frequency_log_table(fg, bg)
     # Row (1, 2): counts [bg+1=4, 5, 1, 0], total 10.
     np.testing.assert_allclose(table[1, 2], np.log(np.array([4, 5, 1, 0]) / 10 + 1e-3), rtol=1e-6)
     # A pair never seen: only the add-one background -> background is most likely.
     assert np.argmax(table[4, 4]) == 0
     with pytest.raises(ValueError, match="fg_matrix"):
-        freq_lib.frequency_log_table(np.zeros((3, 4, 2)))
+        frequency_log_table(np.zeros((3, 4, 2)))
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +158,7 @@ def freq_variables(imp_setup):
         "obj_classifier": {"kernel": jnp.asarray(rng.normal(0, 0.1, (fc_dim, C + 1)), jnp.float32),
                            "bias": jnp.zeros((C + 1,), jnp.float32)},
     }
-    model = build_model(model_config("freq"), num_classes=C, num_predicates=P,
-                        statistics=Stats(_hand_fg()), mode="sgcls")
+    model = build_model(model_config("freq"), facts(_hand_fg()), "sgcls")
     expected = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, False),
                               make_inputs())["params"]
     assert jax.tree_util.tree_structure(expected) == jax.tree_util.tree_structure(params)
@@ -168,8 +167,7 @@ def freq_variables(imp_setup):
 
 def test_freq_predcls_equals_table_argmax(freq_variables):
     fg = _hand_fg()
-    model = build_model(model_config("freq"), num_classes=C, num_predicates=P,
-                        statistics=Stats(fg), mode="predcls")
+    model = build_model(model_config("freq"), facts(fg), "predcls")
     inputs = make_inputs()
     labels = np.zeros((B, O), np.int32)
     labels[0, :5] = [1, 2, 3, 3, 4]
@@ -190,8 +188,7 @@ def test_freq_predcls_equals_table_argmax(freq_variables):
 
 def test_freq_sgcls_uses_predicted_labels(freq_variables):
     fg = _hand_fg()
-    model = build_model(model_config("freq"), num_classes=C, num_predicates=P,
-                        statistics=Stats(fg), mode="sgcls")
+    model = build_model(model_config("freq"), facts(fg), "sgcls")
     inputs = make_inputs()
     variables = freq_variables
     params = jax.tree_util.tree_map(lambda x: x, variables["params"])
@@ -199,7 +196,7 @@ def test_freq_sgcls_uses_predicted_labels(freq_variables):
     params["obj_classifier"]["kernel"] = jnp.zeros_like(params["obj_classifier"]["kernel"])
     params["obj_classifier"]["bias"] = jnp.array([0.0, 0.0, 0.0, 5.0, 0.0])
     out = jax.jit(lambda v, x: model.apply(v, x, False))({"params": params}, inputs)
-    table = freq_lib.frequency_log_table(fg)
+    table = frequency_log_table(fg, np.zeros((C + 1, C + 1)))
     np.testing.assert_allclose(out.rel_logits, np.broadcast_to(table[3, 3], (B, M, P + 1)),
                                rtol=1e-6)
 
@@ -212,12 +209,7 @@ def test_imp_shapes_and_groups(imp_setup):
     assert isinstance(out, ModelOutputs)
     assert out.obj_logits.shape == (B, O, C + 1)
     assert out.rel_logits.shape == (B, M, P + 1)
-    assert set(variables["params"]) == set(PARAM_GROUPS)
-    labels = param_group_labels(variables["params"])
-    assert jax.tree_util.tree_leaves(labels["relation_head"])[0] == "relation_head"
-    mask = trainable_mask(variables["params"], ["relation_head"])
-    assert all(jax.tree_util.tree_leaves(mask["relation_head"]))
-    assert not any(jax.tree_util.tree_leaves(mask["backbone"]))
+    assert set(variables["params"]) == set(get_spec("imp").param_groups)
 
 
 def test_imp_freq_bias_adds_table_for_the_right_labels(imp_setup):
@@ -225,15 +217,14 @@ def test_imp_freq_bias_adds_table_for_the_right_labels(imp_setup):
     training, the object classifier's argmax in SGCls evaluation (hand-forced to class 3)."""
     _, variables, inputs, _ = imp_setup
     fg = _hand_fg()
-    table = freq_lib.frequency_log_table(fg)
+    table = frequency_log_table(fg, np.zeros((C + 1, C + 1)))
     plain = small_imp("sgcls").apply(variables, inputs, False)
     labels = np.asarray(inputs.labels)
     pairs = np.asarray(inputs.pairs)
     subj = np.take_along_axis(labels, pairs[..., 0], 1)
     obj = np.take_along_axis(labels, pairs[..., 1], 1)
     for mode, train in (("predcls", False), ("sgcls", True)):
-        model = build_model(model_config("imp", freq_bias=True), num_classes=C, num_predicates=P,
-                            statistics=Stats(fg), mode=mode)
+        model = build_model(model_config("imp", freq_bias=True), facts(fg), mode)
         out = model.apply(variables, inputs, train)
         np.testing.assert_allclose(out.rel_logits, np.asarray(plain.rel_logits) + table[subj, obj],
                                    rtol=1e-5, atol=1e-5)
@@ -241,13 +232,14 @@ def test_imp_freq_bias_adds_table_for_the_right_labels(imp_setup):
     params["obj_classifier"]["kernel"] = jnp.zeros_like(params["obj_classifier"]["kernel"])
     params["obj_classifier"]["bias"] = jnp.array([0.0, 0.0, 0.0, 5.0, 0.0])
     plain = small_imp("sgcls").apply({"params": params}, inputs, False)
-    model = build_model(model_config("imp", freq_bias=True), num_classes=C, num_predicates=P,
-                        statistics=Stats(fg), mode="sgcls")
+    model = build_model(model_config("imp", freq_bias=True), facts(fg), "sgcls")
     out = model.apply({"params": params}, inputs, False)
     np.testing.assert_allclose(out.rel_logits, np.asarray(plain.rel_logits) + table[3, 3],
                                rtol=1e-5, atol=1e-5)
+    no_counts = dataclasses.replace(facts(), statistics=dataclasses.replace(
+        facts().statistics, fg_matrix=None))
     with pytest.raises(ValueError, match="fg_matrix"):
-        build_model(model_config("imp", freq_bias=True), num_classes=C, num_predicates=P)
+        build_model(model_config("imp", freq_bias=True), no_counts, "sgcls")
 
 
 def test_imp_padding_does_not_change_real_outputs(imp_setup):
@@ -345,7 +337,7 @@ def test_imp_obj_roi_residual_logits(imp_setup):
     _, _, inputs, _ = imp_setup
     model = small_imp(obj_roi_residual=True, num_iterations=1)
     params = init(model, inputs, seed=5)["params"]  # host-filled: node classifier non-zero
-    assert set(params) == set(PARAM_GROUPS)
+    assert set(params) == set(get_spec("imp").param_groups)
     assert params["obj_classifier"]["kernel"].shape == (32, C + 1)  # reads the RoI features
     wanted = lambda mdl, method: mdl.name in ("roi_features", "relation_head")
     apply = jax.jit(lambda v, x: model.apply(v, x, False, capture_intermediates=wanted,
@@ -394,43 +386,49 @@ def test_imp_bfloat16_and_dropout_run(imp_setup):
 # ------------------------------------------------------------------------------------- registry
 
 def test_build_model_rejects_bad_config():
-    with pytest.raises(ValueError, match="model.name"):
-        build_model(model_config("motifs"), num_classes=C, num_predicates=P)
+    with pytest.raises(ValueError, match="model.name='nosuch'.*registered models: freq, imp"):
+        build_model(model_config("nosuch"), facts(), "sgcls")
     with pytest.raises(ValueError, match="model.dtype"):
-        build_model(model_config("imp", dtype="float16"), num_classes=C, num_predicates=P)
-    with pytest.raises(ValueError, match="freq"):
-        build_model(model_config("freq"), num_classes=C, num_predicates=P, statistics=None)
+        build_model(model_config("imp", dtype="float16"), facts(), "sgcls")
+    with pytest.raises(ValueError, match="mode"):
+        build_model(model_config("imp"), facts(), "preddet")
     with pytest.raises(ValueError, match="fg_matrix"):
-        build_model(model_config("freq"), num_classes=C + 1, num_predicates=P,
-                    statistics=Stats(_hand_fg()))
+        build_model(model_config("freq"), make_facts(C + 1, P, fg_matrix=_hand_fg()), "sgcls")
     cfg = model_config("imp")
     del cfg["fc_dim"]
     with pytest.raises(ValueError, match="fc_dim"):
-        build_model(cfg, num_classes=C, num_predicates=P)
+        build_model(cfg, facts(), "sgcls")
 
 
 # ------------------------------------------------------------------------------------- postprocess
 
-def test_to_predictions_sgcls_and_predcls():
+def test_predict_scores_sgcls_predcls_and_the_model_s_own_labels():
+    """SGCls: argmax over classes 1..C of the softmax and its probability (NumPy); PredCls: the
+    given labels with score 1; a model's own obj_labels / obj_scores replace the argmax."""
     inputs = make_inputs()
     rng = np.random.default_rng(4)
     obj_logits = rng.normal(size=(B, O, C + 1)).astype(np.float32)
     rel_logits = rng.normal(size=(B, M, P + 1)).astype(np.float32)
     outputs = ModelOutputs(obj_logits=jnp.asarray(obj_logits), rel_logits=jnp.asarray(rel_logits))
-    preds = postprocess.to_predictions(outputs, inputs, "sgcls")
-    assert len(preds) == B
-    p1 = preds[1]
-    assert p1["boxes"].shape == (3, 4) and p1["rel_pairs"].shape == (4, 2)
-    probs = np.exp(obj_logits[1, :3]) / np.exp(obj_logits[1, :3]).sum(-1, keepdims=True)
-    np.testing.assert_array_equal(p1["labels"], probs[:, 1:].argmax(-1) + 1)
-    np.testing.assert_allclose(p1["scores"], probs[np.arange(3), p1["labels"]], rtol=1e-5)
-    rs = np.exp(rel_logits[1, :4]) / np.exp(rel_logits[1, :4]).sum(-1, keepdims=True)
-    np.testing.assert_allclose(p1["rel_scores"], rs, rtol=1e-5)
-    pc = postprocess.to_predictions(
-        jax.jit(lambda o, l: postprocess.predict_scores(o, "predcls", l))(outputs, inputs.labels),
-        inputs, "predcls")
-    np.testing.assert_array_equal(pc[0]["labels"], np.asarray(inputs.labels)[0, :5])
-    np.testing.assert_array_equal(pc[0]["scores"], np.ones(5))
+    got = jax.device_get(postprocess.predict_scores(outputs, "sgcls"))
+    probs = np.exp(obj_logits) / np.exp(obj_logits).sum(-1, keepdims=True)
+    np.testing.assert_array_equal(got["obj_labels"], probs[..., 1:].argmax(-1) + 1)
+    np.testing.assert_allclose(got["obj_scores"],
+                               np.take_along_axis(probs, got["obj_labels"][..., None], -1)[..., 0],
+                               rtol=1e-5)
+    rs = np.exp(rel_logits) / np.exp(rel_logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(got["rel_scores"], rs, rtol=1e-5)
+    pc = jax.device_get(postprocess.predict_scores(outputs, "predcls", inputs.labels))
+    np.testing.assert_array_equal(pc["obj_labels"], np.asarray(inputs.labels))
+    np.testing.assert_array_equal(pc["obj_scores"], np.ones((B, O)))
+    own = np.full((B, O), 2, np.int32)
+    decided = outputs.replace(obj_labels=jnp.asarray(own))
+    got = jax.device_get(postprocess.predict_scores(decided, "sgdet"))
+    np.testing.assert_array_equal(got["obj_labels"], own)
+    np.testing.assert_allclose(got["obj_scores"], probs[..., 2], rtol=1e-5)
+    scored = decided.replace(obj_scores=jnp.full((B, O), 0.25))
+    np.testing.assert_array_equal(
+        jax.device_get(postprocess.predict_scores(scored, "sgcls"))["obj_scores"], 0.25)
 
 
 def test_pair_masks_hand_case():

@@ -1,8 +1,10 @@
 """Tests of MSDN (sgg_jax/models/msdn.py), the caption loss and the caption evaluation."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +16,11 @@ import pytest
 from data_pipelines.batch import Batch
 from sgg_jax import losses
 from sgg_jax.evaluation import captions as captions_lib
-from sgg_jax.models import build_model
-from sgg_jax.models import msdn
-from sgg_jax.models.interface import ModelInputs
+from sgg_jax.losses import LossTargets
+from sgg_jax.models import build_model, captioning, msdn
+from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.training import steps
+from training_utils import load_config, make_facts
 from test_detector import np_iou  # the NumPy IoU reference the detector tests use
 
 C, P, V = 4, 3, 12  # object classes, predicates, caption words (incl. 4 specials)
@@ -34,7 +37,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def make_model(mode="sgcls"):
-    return build_model(model_config(), num_classes=C, num_predicates=P, mode=mode, num_words=V)
+    return build_model(model_config(), make_facts(C, P, num_words=V), mode)
 
 
 def init(model, inputs, seed=0):
@@ -81,7 +84,7 @@ def make_inputs(seed: int = 0) -> ModelInputs:
                                 np.maximum(boxes[b, s, 2:], boxes[b, o, 2:])])
             regions[b, q] = u + np.array([-2, -2, 2, 2], np.float32) * q
             n = rng.integers(1, L - 1)
-            tokens[b, q, :n + 2] = [msdn.START] + list(rng.integers(4, V, n)) + [msdn.END]
+            tokens[b, q, :n + 2] = [captioning.START] + list(rng.integers(4, V, n)) + [captioning.END]
     return ModelInputs(
         images=jnp.asarray(rng.integers(0, 256, (B, S, S, 3), dtype=np.uint8)),
         image_sizes=jnp.full((B, 2), S, jnp.int32), boxes=jnp.asarray(boxes),
@@ -159,8 +162,8 @@ def test_shapes_masks_and_parameter_groups(setup):
     caps = np.asarray(out.aux["captions"])
     assert caps.shape == (B, Q, L) and caps.dtype == np.int32
     region_mask = np.asarray(inputs.region_mask)
-    assert (caps[~region_mask] == msdn.PAD).all()
-    assert (caps[region_mask][:, 0] == msdn.START).all()
+    assert (caps[~region_mask] == captioning.PAD).all()
+    assert (caps[region_mask][:, 0] == captioning.START).all()
     for name in ("obj_logits", "rel_logits"):
         assert np.isfinite(np.asarray(getattr(out, name))).all()
     # Training mode has no greedy captions (only teacher-forced logits).
@@ -171,8 +174,10 @@ def test_shapes_masks_and_parameter_groups(setup):
 
 
 def test_build_model_needs_the_vocabulary():
-    with pytest.raises(ValueError, match="num_words"):
-        build_model(model_config(), num_classes=C, num_predicates=P)
+    facts = make_facts(C, P)
+    facts = dataclasses.replace(facts, idx_to_word=facts.idx_to_word[:3])
+    with pytest.raises(ValueError, match="caption vocabulary"):
+        build_model(model_config(), facts, "sgcls")
 
 
 def test_permutation_equivariance_over_objects(setup):
@@ -242,7 +247,7 @@ def test_regions_send_messages(setup):
 
 def _random_captioner(vocab: int, length: int, seed: int, std: float):
     """A tiny captioner, region features [2, 3, 5] and N(0, std) weights (seeded)."""
-    cap = msdn.RegionCaptioner(vocab_size=vocab, hidden_dim=8)
+    cap = captioning.RegionCaptioner(vocab_size=vocab, hidden_dim=8)
     feats = jnp.asarray(np.random.default_rng(seed).normal(size=(2, 3, 5)), jnp.float32)
     shapes = jax.eval_shape(lambda f: cap.init(jax.random.PRNGKey(0), f,
                                                jnp.zeros((2, 3, length), jnp.int32)), feats)
@@ -262,18 +267,18 @@ def captioner():
 def _set_end_bias(variables, value):
     params = jax.tree.map(lambda x: x, variables)
     bias = params["params"]["decoder"]["word_logits"]["bias"]
-    params["params"]["decoder"]["word_logits"]["bias"] = bias.at[msdn.END].set(value)
+    params["params"]["decoder"]["word_logits"]["bias"] = bias.at[captioning.END].set(value)
     return params
 
 
 def test_greedy_decoding_stops_and_pads(captioner):
     variables, feats, greedy, teacher = captioner
     ended = np.asarray(greedy(_set_end_bias(variables, 1e4), feats))
-    np.testing.assert_array_equal(ended[..., :2], np.broadcast_to([msdn.START, msdn.END], (2, 3, 2)))
-    assert (ended[..., 2:] == msdn.PAD).all()
+    np.testing.assert_array_equal(ended[..., :2], np.broadcast_to([captioning.START, captioning.END], (2, 3, 2)))
+    assert (ended[..., 2:] == captioning.PAD).all()
 
     never = np.asarray(greedy(_set_end_bias(variables, -1e4), feats))
-    assert (never[..., 0] == msdn.START).all() and (never[..., 1:] >= 3).all()
+    assert (never[..., 0] == captioning.START).all() and (never[..., 1:] >= 3).all()
 
     # Middle ground: some captions end early. After <end> only padding; before it only words;
     # and every word is the argmax (over non-special-start tokens) of the teacher-forced logits
@@ -282,13 +287,13 @@ def test_greedy_decoding_stops_and_pads(captioner):
         v = _set_end_bias(variables, bias)
         caps = np.asarray(greedy(v, feats))
         logits = np.array(teacher(v, feats, jnp.asarray(caps)))
-        logits[..., [msdn.PAD, msdn.START]] = -np.inf
+        logits[..., [captioning.PAD, captioning.START]] = -np.inf
         for row, lg in zip(caps.reshape(-1, L), logits.reshape(-1, L, V)):
-            end = np.flatnonzero(row == msdn.END)
+            end = np.flatnonzero(row == captioning.END)
             stop = end[0] if end.size else L - 1
-            assert row[0] == msdn.START
+            assert row[0] == captioning.START
             assert (row[1:stop] >= 3).all()
-            assert (row[stop + 1:] == msdn.PAD).all()
+            assert (row[stop + 1:] == captioning.PAD).all()
             np.testing.assert_array_equal(lg[1:stop + 1].argmax(-1), row[1:stop + 1])
 
 
@@ -296,13 +301,13 @@ def _caption_log_probs(teacher, variables, feats, caps):
     """Total log-probability of each caption [.., L] under teacher forcing (words and <end>
     scored, PAD / <start> excluded from the softmax as in decoding), NumPy."""
     logits = np.array(teacher(variables, feats, jnp.asarray(caps)), np.float64)
-    logits[..., [msdn.PAD, msdn.START]] = -np.inf
+    logits[..., [captioning.PAD, captioning.START]] = -np.inf
     top = logits.max(-1, keepdims=True)
     logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
     picked = np.take_along_axis(logp, caps[..., None], axis=-1)[..., 0]
     scored = np.zeros(caps.shape, bool)
     for idx in np.ndindex(caps.shape[:-1]):
-        end = np.flatnonzero(caps[idx] == msdn.END)
+        end = np.flatnonzero(caps[idx] == captioning.END)
         scored[idx][1:(end[0] if end.size else caps.shape[-1] - 1) + 1] = True
     return np.where(scored, picked, 0.0).sum(-1)
 
@@ -321,9 +326,9 @@ def test_beam_search_is_exact_when_wide_and_greedy_when_one():
 
     # All captions: <start>, then words (3, 4, 5 = <unk> and 2 words) until <end>, then PAD.
     seqs = set()
-    for body in itertools.product([msdn.END, 3, 4, 5], repeat=length - 1):
-        end = body.index(msdn.END) if msdn.END in body else length - 1
-        seqs.add((msdn.START,) + body[:end + 1] + (msdn.PAD,) * (length - end - 2))
+    for body in itertools.product([captioning.END, 3, 4, 5], repeat=length - 1):
+        end = body.index(captioning.END) if captioning.END in body else length - 1
+        seqs.add((captioning.START,) + body[:end + 1] + (captioning.PAD,) * (length - end - 2))
     seqs = np.asarray(sorted(seqs), np.int32)
     every = np.broadcast_to(seqs[:, None, None], (len(seqs), 2, 3, length))
     above_greedy = 0
@@ -373,7 +378,14 @@ def test_box_head_losses_hand_case():
     valid = jnp.array([[True, True, True, False]])  # the 4th RoI is padding
     deltas = jnp.zeros((1, 4, 4)).at[0, 0].set(jnp.array([0.05, 0.0, 1.0, 0.0]))
     targets = jnp.zeros((1, 4, 4)).at[0, 0].set(jnp.array([0.0, 0.0, 0.0, -0.5]))
-    objectness, box = losses.region_losses(scores, deltas, fg, valid, targets)
+    targets_ = LossTargets(batch=None, inputs=ModelInputs(
+        images=None, image_sizes=None, boxes=None, box_mask=None, labels=None, pairs=None,
+        pair_mask=None, region_mask=valid), pair_labels=None, pair_mask=None,
+        extras=types.SimpleNamespace(region_fg=fg, region_deltas=targets))
+    outputs = ModelOutputs(obj_logits=None, rel_logits=None,
+                           aux=dict(region_scores=scores, region_deltas=deltas))
+    parts = msdn.region_term(outputs, targets_, None)
+    objectness, box = parts["region_objectness_loss"], parts["region_box_loss"]
     np.testing.assert_allclose(float(objectness), (bce(2.0, 1) + bce(-1.0, 0) + bce(0.5, 0)) / 3,
                                rtol=1e-6)
     np.testing.assert_allclose(float(box), (sl1(0.05) + sl1(1.0) + sl1(0.5)) / 3, rtol=1e-6)
@@ -386,10 +398,10 @@ def test_box_head_losses_hand_case():
     labels = jnp.array([[2, 4, 0]])
     tgt = np.zeros((1, 3, 4), np.float32)
     tgt[0, 1, 3] = -2.0
-    got = losses.box_refinement_loss(jnp.asarray(per_class), labels, jnp.asarray(tgt))
+    got = msdn.box_refinement_loss(jnp.asarray(per_class), labels, jnp.asarray(tgt))
     np.testing.assert_allclose(float(got), (sl1(0.3) + sl1(0.02) + sl1(2.0)) / 2, rtol=1e-6)
-    assert float(losses.box_refinement_loss(jnp.asarray(per_class), labels * 0,
-                                            jnp.asarray(tgt))) == 0.0
+    assert float(msdn.box_refinement_loss(jnp.asarray(per_class), labels * 0,
+                                          jnp.asarray(tgt))) == 0.0
 
 
 def test_box_head_reads_the_object_branch_only(setup):
@@ -426,13 +438,14 @@ def make_batch(inputs: ModelInputs) -> Batch:
 def test_train_steps_reduce_the_loss(setup):
     model, inputs, params, _ = setup
     batch = make_batch(inputs)
-    tx = optax.adam(3e-3)
-    step = jax.jit(steps.make_train_step(
-        model, tx, loss_names=("object", "relation", "caption"), edge_kind="dnorm",
-        obj_weight=1.0, rel_weight=1.0, num_rels=8, fg_fraction=0.5, must_overlap=False,
-        # Frozen trunk: no backward through the backbone and RoI-align (compile time).
-        trainable=("relation_head", "obj_classifier", "captioner")))
-    state = steps.TrainState.create(params["params"], tx)
+    # Frozen trunk: no backward through the backbone and RoI-align (compile time).
+    optimizers = {"main": (optax.adam(3e-3), ["relation_head", "obj_classifier", "captioner"])}
+    config = load_config("msdn", "tiny", **{"loss.edge": "dnorm", "sampling.num_rels": 8,
+                                            "sampling.fg_fraction": 0.5})
+    step = jax.jit(steps.make_relation_step(
+        model, optimizers, {"main": ("object", "relation", "caption")}, config=config,
+        model_losses=msdn.SPEC.losses, relation_params=lambda p: p))
+    state = steps.TrainState.create(params["params"], optimizers)
     rng = jax.random.key(0)
     history = []
     for _ in range(12):
@@ -490,23 +503,23 @@ def test_caption_evaluator_decodes_tokens_and_masks_regions():
 
 
 def test_msdn_stages_run_regions_after_the_detector_only_for_sgdet():
-    from sgg_jax.training import trainer
-    from training_utils import load_config
+    from sgg_jax.training import experiment
 
+    names = lambda c: [p.name for p in experiment.plan_stages(c)]
+    seeds = lambda c: {p.name: p.seed_index for p in experiment.plan_stages(c)}
     full = load_config("msdn", "default")
-    assert trainer.stage_names(full) == ["detector", "regions", "objects", "relations"]
+    assert names(full) == ["detector", "regions", "objects", "relations"]
+    assert [p.kind for p in experiment.plan_stages(full)] == ["detector", "regions", "relation",
+                                                             "relation"]
     no_sgdet = load_config("msdn", "default", **{"eval.modes": "predcls,sgcls"})
-    assert trainer.stage_names(no_sgdet) == ["objects", "relations"]
-    seeds = [trainer.stage_seed_index(trainer.stage_names(full), n)
-             for n in trainer.stage_names(full)]
-    assert len(set(seeds)) == 4
-    for name in trainer.stage_names(no_sgdet):  # relation stages keep their seeds
-        assert (trainer.stage_seed_index(trainer.stage_names(full), name)
-                == trainer.stage_seed_index(trainer.stage_names(no_sgdet), name))
+    assert names(no_sgdet) == ["objects", "relations"]
+    assert len(set(seeds(full).values())) == 4
+    for name, seed in seeds(no_sgdet).items():  # relation stages keep their seeds
+        assert seeds(full)[name] == seed
     bad = load_config("msdn", "default",
                       **{"train.stages.regions.losses": "region_proposal,object"})
-    with pytest.raises(ValueError, match="region_proposal"):
-        trainer.is_region_stage(bad.train.stages.regions)
+    with pytest.raises(ValueError, match="regions.losses"):
+        experiment.validate(bad)
 
 
 def decode_numpy(deltas, boxes, weights=(10.0, 10.0, 5.0, 5.0)):
@@ -533,8 +546,8 @@ def clip_numpy(boxes, hw):
 def regions_run(tmp_path_factory):
     """(exp, initial params, params after the regions stage, writer, workdir): tiny MSDN with
     SGDet, the detector stage skipped (0 steps: its random trunk is enough for the plumbing)."""
-    from sgg_jax.training import trainer
-    from training_utils import RecordingWriter, load_config
+    from sgg_jax.training import experiment, trainer
+    from training_utils import RecordingWriter
 
     config = load_config("msdn", "tiny", **{
         "data.cache_dir": str(tmp_path_factory.mktemp("msdn_sgdet_cache")),
@@ -542,20 +555,19 @@ def regions_run(tmp_path_factory):
         "train.stages.detector.num_steps": 0, "train.log_every": 1,
         "model.detector.score_thresh": 0.0})
     workdir = str(tmp_path_factory.mktemp("msdn_regions"))
-    exp = trainer.setup(config, workdir)
-    init_params = trainer.init_params(exp, jax.random.key(0))
+    exp = experiment.setup(config, workdir)
+    init_params = experiment.init_params(exp, jax.random.key(0))
     writer = RecordingWriter()
-    stages = trainer.stage_names(config)
-    assert stages[:2] == ["detector", "regions"]
-    i = trainer.stage_seed_index(stages, "regions")
-    params = trainer.train_stage(exp, "regions", init_params, jax.random.key(i), writer, i)
+    assert [p.name for p in exp.stages[:2]] == ["detector", "regions"]
+    plan = exp.stages[1]
+    params = trainer.train_stage(exp, plan, init_params, jax.random.key(plan.seed_index), writer)
     return exp, init_params, params, writer, workdir
 
 
 def test_regions_stage_trains_only_the_region_rpn_and_resumes(regions_run):
     import os
 
-    from sgg_jax.models import REGION_RPN_GROUP
+    from sgg_jax.models.region_proposals import REGION_RPN_GROUP
     from sgg_jax.training import trainer
     from training_utils import RecordingWriter, flat_params
 
@@ -566,11 +578,11 @@ def test_regions_stage_trains_only_the_region_rpn_and_resumes(regions_run):
     rows = [v for _, prefix, v in writer.rows if prefix == "regions/"]
     assert len(rows) == int(exp.config.train.stages.regions.num_steps)
     assert all(np.isfinite(r["loss"]) and "region_objectness" in r for r in rows)
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "regions"))) == ["4", "6"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "regions"))) == [
+        "4", "6", "finished.json"]
     # A second run of the stage restores its finished checkpoint instead of training again.
-    i = trainer.stage_seed_index(trainer.stage_names(exp.config), "regions")
-    again = trainer.train_stage(exp, "regions", init_params, jax.random.key(9),
-                                RecordingWriter(), i)
+    again = trainer.train_stage(exp, exp.stages[1], init_params, jax.random.key(9),
+                                RecordingWriter())
     c = flat_params(again)
     assert all(np.array_equal(b[k], c[k]) for k in b)
 
@@ -579,15 +591,15 @@ def test_msdn_training_rois_and_box_head_losses(regions_run):
     """MSDN's training RoIs (make_msdn_roi_sampler) checked against NumPy IoUs / decoding on a
     real batch, then a stage trained with the `region` and `object_box` losses:
     every part reported and finite, the proposal networks frozen, the box heads trained."""
-    from sgg_jax.models import DETECTOR_GROUP, REGION_RPN_GROUP
-    from sgg_jax.models.region_proposals import make_msdn_roi_sampler
+    from sgg_jax.models import DETECTOR_GROUP
+    from sgg_jax.models.region_proposals import REGION_RPN_GROUP, make_msdn_roi_sampler
     from sgg_jax.training import data as data_lib
     from sgg_jax.training import mesh as mesh_lib
     from sgg_jax.training import trainer
     from training_utils import RecordingWriter, flat_params
 
     exp, _, params, _, _ = regions_run
-    rcfg = exp.region_rpn().config
+    rcfg = msdn._rpn_config(exp.config.model)
     sampler = jax.jit(make_msdn_roi_sampler(exp.detector(), rcfg, object_rois=8,
                                             detector_state=exp.detector_state))
     batch = mesh_lib.to_global(next(iter(data_lib.train_loader(exp.config, exp.data, exp.mesh,
@@ -612,7 +624,7 @@ def test_msdn_training_rois_and_box_head_losses(regions_run):
             nf = int(fg.sum())
             assert tokens.shape[0] == int(rcfg.train_rois * rcfg.train_fg_fraction) >= nf
             np.testing.assert_array_equal(tokens[:nf], host.region_tokens[b][gmask][best[f]])
-            assert (tokens[nf:] == msdn.PAD).all()
+            assert (tokens[nf:] == captioning.PAD).all()
             np.testing.assert_allclose(
                 decode_numpy(rois.region_deltas[b][rm][f], boxes[rm][f]),
                 host.region_boxes[b][gmask][best[f]], atol=1e-3)
@@ -631,11 +643,10 @@ def test_msdn_training_rois_and_box_head_losses(regions_run):
     assert n_fg_regions > 0 and n_fg_objects > 0
 
     # The relations stage (configs/msdn.py trains the box heads there).
-    stages = trainer.stage_names(exp.config)
-    assert "object_box" in exp.config.train.stages.relations.losses
-    i = trainer.stage_seed_index(stages, "relations")
+    plan = next(p for p in exp.stages if p.name == "relations")
+    assert "object_box" in plan.config.losses
     writer = RecordingWriter()
-    trained = trainer.train_stage(exp, "relations", params, jax.random.key(i), writer, i)
+    trained = trainer.train_stage(exp, plan, params, jax.random.key(plan.seed_index), writer)
     rows = [v for _, prefix, v in writer.rows if prefix == "relations/"]
     parts = ("region_objectness_loss", "region_box_loss", "object_box_loss", "caption_loss")
     assert rows and all(np.isfinite(r[k]) for r in rows for k in parts + ("loss",))
@@ -655,20 +666,21 @@ def test_msdn_sgdet_end_to_end_on_the_region_proposals(regions_run):
     checked against a NumPy decoding); region scores are its region objectness. (The trainer's
     evaluate() loop around the same step is covered by test_sgdet.py.)"""
     from sgg_jax.evaluation import DetectionEvaluator, SGGEvaluator
-    from sgg_jax.models import relation_params, postprocess
+    from sgg_jax.models import postprocess
     from sgg_jax.models.region_proposals import make_region_proposal_fn
     from sgg_jax.training import data as data_lib
-    from sgg_jax.training import eval_loop, trainer
+    from sgg_jax.training import eval_loop
 
     exp, _, params, _, _ = regions_run
     assert exp.config.eval.sgdet_refine_boxes  # configs/msdn.py: MSDN's box heads move boxes
-    step = jax.jit(trainer.make_sgdet_step(exp))
-    evaluator = SGGEvaluator("sgdet", exp.data.num_predicates)
-    det_evaluator = DetectionEvaluator(exp.data.num_classes)
+    step = jax.jit(eval_loop.make_sgdet_step(exp))
+    evaluator = SGGEvaluator("sgdet", exp.facts.num_predicates)
+    det_evaluator = DetectionEvaluator(exp.facts.num_classes)
+    ground_truth = exp.data.ground_truth("test")
     for batch in data_lib.eval_loader(exp.config, exp.data, exp.mesh, "test"):
         images, sizes = jnp.asarray(batch.images), jnp.asarray(batch.image_sizes)
         out = jax.device_get(step(params, images, sizes))
-        for gt, pred in eval_loop.batch_to_examples(batch, out):
+        for gt, pred, _ in eval_loop.batch_to_examples(batch, out, ground_truth):
             det_evaluator.add(gt, dict(boxes=pred.pop("det_boxes"),
                                        labels=pred.pop("det_labels"),
                                        scores=pred.pop("det_scores")))
@@ -679,7 +691,7 @@ def test_msdn_sgdet_end_to_end_on_the_region_proposals(regions_run):
     assert 0.0 <= det_evaluator.compute()["AP50"] <= 100.0
 
     # The last batch: MSDN read the proposals; the returned regions are them, refined.
-    propose = make_region_proposal_fn(exp.detector(), exp.region_rpn().config,
+    propose = make_region_proposal_fn(exp.detector(), msdn._rpn_config(exp.config.model),
                                       detector_state=exp.detector_state)
     boxes, _, valid = jax.jit(propose)(params, images, sizes)
     q = int(exp.config.model.region_rpn.num_proposals)
@@ -692,7 +704,7 @@ def test_msdn_sgdet_end_to_end_on_the_region_proposals(regions_run):
     assert rb[:, 2:].max() <= exp.config.input.image_size
 
     model = exp.model("sgdet")
-    variables = {"params": relation_params(params), **exp.model_state}
+    variables = {"params": exp.relation_params(params), **exp.model_state}
 
     def forward(region_boxes):
         inputs = ModelInputs(

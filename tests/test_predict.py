@@ -17,7 +17,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from data_pipelines.pipeline import decode_resize
+from sgg_jax import images as I
+from sgg_jax import images as image_lib
 from sgg_jax import predict as P
+from sgg_jax import scene_graph as G
 from sgg_jax import visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,25 +80,95 @@ def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
 # Letterboxing and mapping back
 # ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("w,h", [(200, 100), (100, 300), (37, 37), (640, 481), (1, 50)])
-def test_letterbox_equals_the_pipeline_decode(w, h):
-    """Same canvas, scale and content size as data_pipelines.pipeline.decode_resize."""
+def pillow_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
+    """[out, in] weights of Pillow's BILINEAR resize along one axis, written from its documented
+    algorithm: a triangle filter of support 1 stretched by the downscale factor (antialiasing;
+    not stretched when upscaling), centred on (i + 0.5) * in / out, normalised per output."""
+    scale = in_size / out_size
+    stretch = max(scale, 1.0)
+    w = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        centre = (i + 0.5) * scale
+        lo = max(int(centre - stretch + 0.5), 0)
+        hi = min(int(centre + stretch + 0.5), in_size)
+        x = np.arange(lo, hi)
+        t = np.maximum(1.0 - np.abs((x + 0.5 - centre) / stretch), 0.0)
+        w[i, lo:hi] = t / t.sum()
+    return w
+
+
+def numpy_resize(rgb: np.ndarray, tw: int, th: int) -> np.ndarray:
+    """Independent NumPy bilinear resize of an [h, w, 3] uint8 array to [th, tw, 3]: horizontal
+    pass, then vertical, each rounded to uint8 as Pillow does (equal up to 1 level: Pillow's
+    weights are fixed-point)."""
+    a = np.asarray(rgb, np.float64)
+    h0, w0 = a.shape[:2]
+    if tw != w0:
+        a = np.clip(np.floor(np.einsum("ox,yxc->yoc", pillow_bilinear_weights(w0, tw), a) + 0.5),
+                    0, 255)
+    if th != h0:
+        a = np.clip(np.floor(np.einsum("oy,yxc->oxc", pillow_bilinear_weights(h0, th), a) + 0.5),
+                    0, 255)
+    return a
+
+
+def assert_letterboxed(canvas: np.ndarray, content: np.ndarray):
+    """canvas [S, S, 3] uint8 = `content` (float, within 1 level) at the top left, zeros around."""
+    th, tw = content.shape[:2]
+    assert canvas.shape == (S, S, 3) and canvas.dtype == np.uint8
+    diff = np.abs(canvas[:th, :tw].astype(np.float64) - content)
+    assert diff.max() <= 1.0 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+    assert not canvas[th:].any() and not canvas[:, tw:].any()
+
+
+# (width, height) -> (scale, content height, content width) by hand: scale = 128 / long side,
+# content = the sides times the scale, rounded (at least 1 pixel).
+LETTERBOX_HAND = {
+    (200, 100): (0.64, 64, 128),            # 100 * 0.64 = 64
+    (100, 300): (128 / 300, 128, 43),       # 100 * 0.4267 = 42.67 -> 43
+    (37, 37): (128 / 37, 128, 128),         # upscaled
+    (640, 481): (0.2, 96, 128),             # 481 * 0.2 = 96.2 -> 96
+    (1, 50): (2.56, 128, 3),                # 1 * 2.56 -> 3
+}
+
+
+@pytest.mark.parametrize("w,h", list(LETTERBOX_HAND))
+def test_letterbox_geometry_by_hand_and_pixels_by_numpy(w, h):
+    """The letterbox of a picture: hand-computed scale and content size, content pixels equal to
+    an independent NumPy bilinear resize (Pillow's antialiased filter), zero padding; the same
+    canvas as the training pipeline's decode of the PNG file."""
     im = picture(w, h)
-    want = decode_resize(encoded(im, "PNG"), S)
-    got = P.letterbox(im, S)
-    np.testing.assert_array_equal(got[0], want[0])
-    assert got[1:] == want[1:]
+    scale, th, tw = LETTERBOX_HAND[(w, h)]
+    canvas, got_scale, got_th, got_tw = image_lib.letterbox(im, S)
+    assert (got_th, got_tw) == (th, tw)
+    assert got_scale == pytest.approx(scale, rel=1e-12)
+    assert_letterboxed(canvas, numpy_resize(np.asarray(im), tw, th))
+    pipeline_canvas, pipeline_scale, pth, ptw = decode_resize(encoded(im, "PNG"), S)
+    np.testing.assert_array_equal(pipeline_canvas, canvas)
+    assert (pipeline_scale, pth, ptw) == (got_scale, th, tw)
 
 
 def test_jpeg_files_take_the_pipeline_path_exactly(tmp_path):
-    """A JPEG without rotation goes through decode_resize itself (DCT draft included)."""
+    """A JPEG without rotation is decoded as training images are: libjpeg's DCT-domain 1/4
+    downscale (600x300 -> 150x75, the smallest of 1/2, 1/4, 1/8 still >= the 128x64 content),
+    then the bilinear resize. Checked against Pillow's reduced decode resized in NumPy, and
+    shown to differ from resizing the full-resolution decode (so the draft path is the one
+    taken)."""
     data = encoded(picture(600, 300), "JPEG", quality=90)
     path = tmp_path / "a.jpg"
     path.write_bytes(data)
     li = P.load_image(str(path), S)
-    canvas, scale, th, tw = decode_resize(data, S)
-    np.testing.assert_array_equal(li.canvas, canvas)
-    assert (li.scale, li.content_hw, li.image.size) == (scale, (th, tw), (600, 300))
+    assert li.scale == pytest.approx(128 / 600, rel=1e-12)
+    assert (li.content_hw, li.image.size) == ((64, 128), (600, 300))
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (128, 64))
+        assert im.size == (150, 75)
+        reduced = np.asarray(im.convert("RGB"))
+    with Image.open(io.BytesIO(data)) as im:
+        full = np.asarray(im.convert("RGB"))
+    assert_letterboxed(li.canvas, numpy_resize(reduced, 128, 64))
+    assert np.abs(li.canvas[:64].astype(np.float64) - numpy_resize(full, 128, 64)).max() > 4
+    np.testing.assert_array_equal(np.asarray(li.image), full)  # the original, for drawing
 
 
 # (width, height) -> the fake's two first canvas boxes in original pixels, by hand:
@@ -170,10 +243,10 @@ def test_triplet_ranking_matches_a_loop_reference(seed):
     out = dict(boxes=np.tile(canvas_boxes, (b, 1, 1)), box_mask=box_mask,
                labels=np.tile(np.arange(1, d + 1, dtype=np.int32), (b, 1)), scores=scores,
                rel_pairs=np.tile(pairs, (b, 1, 1)), pair_mask=pair_mask, rel_scores=rel)
-    li = P.load_image(picture(128, 128), S)
+    li = I.load_image(picture(128, 128), S)
     for i in range(b):
         k = 15
-        sg = P.build_scene_graph(out, i, li, ["bg"] + [f"c{j}" for j in range(d)],
+        sg = G.build_scene_graph(out, i, li, ["bg"] + [f"c{j}" for j in range(d)],
                                  ["bg"] + [f"p{j}" for j in range(p1 - 1)], k)
         # objects: the real detections, by score (stable)
         real = np.flatnonzero(box_mask[i])
@@ -213,13 +286,13 @@ def test_json_schema_and_round_trip():
         assert r["score"] == pytest.approx(want, abs=1e-5)
     assert [r["score"] for r in d["relations"]] == sorted((r["score"] for r in d["relations"]),
                                                           reverse=True)
-    back = P.SceneGraph.from_json(sg.to_json())
+    back = G.SceneGraph.from_json(sg.to_json())
     assert back.to_dict() == sg.to_dict()
     for f in ("boxes", "labels", "scores", "rel_pairs", "rel_predicates", "rel_scores"):
         np.testing.assert_array_equal(getattr(back, f), getattr(sg, f), err_msg=f)
     assert sg.triplets[0][3] == PREDICATES[sg.triplets[0][2]]
     with pytest.raises(ValueError, match="bad.json"):
-        P.SceneGraph.from_json('{"objects": []}', source="bad.json")
+        G.SceneGraph.from_json('{"objects": []}', source="bad.json")
 
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "hat", "on", "man"]
@@ -244,59 +317,59 @@ def captioned_output() -> dict:
 
 
 def test_build_scene_graph_keeps_the_top_valid_regions_with_their_captions():
-    loaded = P.load_image(picture(256, 128), S)  # scale 0.5: original = canvas * 2
+    loaded = I.load_image(picture(256, 128), S)  # scale 0.5: original = canvas * 2
     out = captioned_output()
-    sg = P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS, top_regions=3)
+    sg = G.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS, top_regions=3)
     # By score, ties in row order (1 before 3), the padding row never; the top 3.
     np.testing.assert_allclose(sg.region_scores, [0.8, 0.8, 0.5], atol=1e-6)
     assert sg.region_captions == ["man", "", "hat on a man"]
     np.testing.assert_allclose(sg.region_boxes, [[64, 32, 192, 128], [128, 0, 256, 80],
                                                  [16, 128, 240, 128]])  # y clipped to h = 128
-    assert len(P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS,
+    assert len(G.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS,
                                    top_regions=10).region_captions) == 4
     # Greedy NMS: rows 1 and 3 overlap with IoU 768 / 4864 = 0.158 (canvas), no other pair does.
-    caps = [P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS, top_regions=10,
+    caps = [G.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS, top_regions=10,
                                 region_nms=t).region_captions for t in (0.15, 0.16)]
     assert caps == [["man", "hat on a man", "a red hat"], ["man", "", "hat on a man", "a red hat"]]
     # Without captions (or without a vocabulary) there are no regions, as before.
-    assert not P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4).has_regions
+    assert not G.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4).has_regions
     plain = {k: v for k, v in out.items() if k != "captions"}
-    assert P.build_scene_graph(plain, 0, loaded, CLASSES, PREDICATES, 4, WORDS).region_boxes \
+    assert G.build_scene_graph(plain, 0, loaded, CLASSES, PREDICATES, 4, WORDS).region_boxes \
         is None
 
 
 def test_regions_round_trip_through_json_and_old_documents_still_load():
-    sg = P.build_scene_graph(captioned_output(), 0, P.load_image(picture(256, 128), S),
+    sg = G.build_scene_graph(captioned_output(), 0, I.load_image(picture(256, 128), S),
                              CLASSES, PREDICATES, 4, WORDS, top_regions=3)
     text = sg.to_json()
     d = json.loads(text)
     assert list(d) == ["format", "image", "objects", "relations", "regions", "vocab"]
-    assert d["format"] == P.FORMAT
+    assert d["format"] == G.FORMAT
     assert d["regions"][0] == {"box": [64.0, 32.0, 192.0, 128.0], "score": 0.8,
                                "caption": "man"}
     assert sum(line.lstrip().startswith('{"box"') for line in text.splitlines()) == 3 + 3
-    back = P.SceneGraph.from_json(text)
+    back = G.SceneGraph.from_json(text)
     assert back.to_dict() == d and back.region_captions == sg.region_captions
     np.testing.assert_array_equal(back.region_boxes, sg.region_boxes)
     # A document without "regions" (written before regions existed) loads without regions.
     del d["regions"]
-    old = P.SceneGraph.from_dict(d)
+    old = G.SceneGraph.from_dict(d)
     assert not old.has_regions and "regions" not in old.to_dict()
     np.testing.assert_array_equal(old.boxes, sg.boxes)
     for bad in ([{"box": [1, 2, 3], "score": 0.5, "caption": "a"}], [{"box": [1, 2, 3, 4]}],
                 [{"box": [1, 2, 3, 4], "score": 0.5, "caption": 7}], {"box": [1, 2, 3, 4]},
                 ["a"]):
         with pytest.raises(P.DataFormatError, match="g.json"):
-            P.SceneGraph.from_dict(dict(json.loads(text), regions=bad), source="g.json")
+            G.SceneGraph.from_dict(dict(json.loads(text), regions=bad), source="g.json")
 
 
 def test_regions_are_drawn_dashed_in_their_colour_with_a_legend():
     im = Image.new("RGB", (512, 512), (255, 255, 255))  # drawn at scale 1
-    loaded = P.load_image(im, S)
+    loaded = I.load_image(im, S)
     out = captioned_output()
     out["box_mask"][:] = False  # no objects or relations: only the regions are drawn
-    sg = P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS, top_regions=2)
-    plain = P.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4)
+    sg = G.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4, WORDS, top_regions=2)
+    plain = G.build_scene_graph(out, 0, loaded, CLASSES, PREDICATES, 4)
     with_regions, without = sg.draw(), plain.draw()
     assert with_regions.height > without.height and with_regions.width >= without.width
     # The image area: without regions untouched; with them, region colour along the left edge
@@ -349,7 +422,7 @@ def test_any_mode_and_format_is_read_as_rgb(tmp_path, mode, fmt):
     im = picture(90, 60, mode)
     path = tmp_path / f"x.{fmt.lower()}"
     im.save(path, format=fmt)
-    li = P.load_image(str(path), S)
+    li = I.load_image(str(path), S)
     assert li.image.mode == "RGB" and li.image.size == (90, 60)
     assert li.canvas.shape == (S, S, 3) and li.content_hw == (85, 128)
     assert li.canvas[:85].any() and not li.canvas[85:].any()  # content on top, zero padding
@@ -372,7 +445,7 @@ def test_exif_rotated_jpeg_is_upright(tmp_path):
     by_label = {int(l): b for l, b in zip(sg.labels, sg.boxes)}
     np.testing.assert_allclose(by_label[1], [25, 12.5, 100, 50], atol=0.01)  # scale 0.64
     upright = stored.transpose(Image.Transpose.ROTATE_270)  # what a viewer shows
-    li = P.load_image(str(path), S)
+    li = I.load_image(str(path), S)
     diff = np.abs(li.canvas[:128, :64].astype(int)
                   - np.asarray(upright.resize((64, 128), Image.BILINEAR)).astype(int))
     assert diff.mean() < 6  # JPEG noise only; unrotated it would be far off
@@ -390,9 +463,9 @@ def test_find_images_scans_folders_sorted(tmp_path):
     (d / "sub").mkdir()
     (d / "sub" / "z.png").write_bytes(b"x")
     extra = tmp_path / "extra.dat"
-    got = P.find_images(f"{d},{extra}")
+    got = I.find_images(f"{d},{extra}")
     assert got == [str(d / "a.png"), str(d / "b.JPG"), str(d / "c.webp"), str(extra)]
-    assert P.find_images([str(d)]) == got[:3]
+    assert I.find_images([str(d)]) == got[:3]
 
 
 def test_output_names_are_unique_and_never_overwrite_inputs(tmp_path):
@@ -429,9 +502,9 @@ def test_bad_files_are_reported_and_skipped(tmp_path):
                                                    "good2.png"]
     assert json.loads((tmp_path / "out" / "good2.json").read_text())["image"]["width"] == 90
     with pytest.raises(ValueError, match="text.jpg"):
-        P.load_image(str(d / "text.jpg"), S)
+        I.load_image(str(d / "text.jpg"), S)
     with pytest.raises(ValueError, match="HxWx3"):
-        P.load_image(np.zeros((4, 4, 3), np.float32), S)
+        I.load_image(np.zeros((4, 4, 3), np.float32), S)
 
 
 _CLI_WITH_FAKE_MODEL = """
@@ -475,7 +548,7 @@ def test_import_sgg_jax_stays_cheap():
 def test_a_graph_read_back_from_json_draws_from_its_image_path(tmp_path):
     picture(300, 200).save(tmp_path / "p.png")
     sg = fake_predictor().predict(str(tmp_path / "p.png"))
-    back = P.SceneGraph.from_json(sg.to_json())
+    back = G.SceneGraph.from_json(sg.to_json())
     assert back.image is None and back.image_path == str(tmp_path / "p.png")
     np.testing.assert_array_equal(np.asarray(back.draw()), np.asarray(sg.draw()))
 
@@ -491,7 +564,7 @@ def tiny_sgdet_run(tmp_path_factory):
     SGDet -> files, not accuracy). Score threshold 0 keeps the untrained detections."""
     import jax
 
-    from sgg_jax.training import optim, trainer
+    from sgg_jax.training import experiment, optim, runs
     from sgg_jax.training.checkpointing import StageCheckpointer
     from sgg_jax.training.steps import TrainState
     from training_utils import load_config
@@ -499,16 +572,18 @@ def tiny_sgdet_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict_run")
     config = load_config("imp", "tiny", **{
         "data.cache_dir": str(root / "cache"), "train.data_parallel": 1, "eval.modes": "sgdet",
-        "train.stage_order": "detector", "model.detector.score_thresh": 0.0})
+        "train.stage_order": "detector", "train.stages.detector.num_steps": 1,
+        "model.detector.score_thresh": 0.0})
     workdir = str(root / "run")
-    exp = trainer.setup(config, workdir)
-    trainer.save_config(config, workdir)
-    params = trainer.init_params(exp, jax.random.key(0))
+    exp = experiment.setup(config, workdir)
+    experiment.save_run_files(exp)
+    params = experiment.init_params(exp, jax.random.key(0))
     stage = config.train.stages.detector
-    state = TrainState.create(params, optim.make_optimizer(stage, config.train, params))
+    state = TrainState.create(params, optim.make_optimizers(stage, config.train, params))
     ckpt = StageCheckpointer(exp.checkpoint_dir("detector"))
     ckpt.save(1, state, None, dict(stage="detector", step=1))
     ckpt.close()
+    runs.mark_finished(exp.checkpoint_dir("detector"), "detector", 1, 1)
     return workdir, exp.data
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,8 +19,9 @@ import pytest
 from sgg_jax import inference
 from sgg_jax.models import DETECTOR_GROUP, detector_config
 from sgg_jax.training import data as data_lib
-from sgg_jax.training import eval_loop, mesh as mesh_lib, trainer
-from training_utils import RecordingWriter, flat_params, load_config
+from sgg_jax.training import eval_loop, experiment, mesh as mesh_lib, trainer
+from training_utils import (RecordingWriter, flat_params, load_config, make_facts,
+                            one_batch_forever, run_stages)
 
 DET_STEPS = 8
 
@@ -39,17 +39,6 @@ def det_config(cache_dir, name="imp", **overrides):
         "train.stages.detector.learning_rate": 3e-3, "train.log_every": 1, **overrides})
 
 
-def run_stages(config, workdir, writer=None):
-    exp = trainer.setup(config, workdir)
-    trainer.save_config(config, workdir)
-    params = trainer.init_params(exp, jax.random.key(config.seed))
-    writer = writer or RecordingWriter()
-    for i, name in enumerate(trainer.stage_names(config)):
-        params = trainer.train_stage(exp, name, params, jax.random.fold_in(jax.random.key(1), i),
-                                     writer, i)
-    return exp, params
-
-
 @pytest.fixture(scope="module")
 def trained(cache_dir, tmp_path_factory):
     """(exp, params, writer, workdir) of an uninterrupted detector run."""
@@ -59,21 +48,26 @@ def trained(cache_dir, tmp_path_factory):
     return exp, params, writer, workdir
 
 
+def _names(config):
+    return [p.name for p in experiment.plan_stages(config)]
+
+
 def test_stage_names_put_the_detector_first_only_for_sgdet():
     base = load_config("imp", "default")
-    assert trainer.stage_names(base) == ["detector", "objects", "relations"]
+    assert _names(base) == ["detector", "objects", "relations"]
     no_det = load_config("imp", "default", **{"eval.modes": "predcls,sgcls"})
-    assert trainer.stage_names(no_det) == ["objects", "relations"]
+    assert _names(no_det) == ["objects", "relations"]
     prepended = load_config("freq", "default", **{"train.stage_order": "objects"})
-    assert trainer.stage_names(prepended) == ["detector", "objects"]
+    assert _names(prepended) == ["detector", "objects"]
     # Relation stages keep their seeds whether or not the detector stage runs.
-    with_det, without = trainer.stage_names(base), trainer.stage_names(no_det)
+    seeds = lambda c: {p.name: p.seed_index for p in experiment.plan_stages(c)}
+    with_det, without = seeds(base), seeds(no_det)
     for name in without:
-        assert trainer.stage_seed_index(with_det, name) == trainer.stage_seed_index(without, name)
-    assert trainer.stage_seed_index(with_det, "detector") not in (0, 1)
+        assert with_det[name] == without[name]
+    assert with_det["detector"] not in (0, 1)
     bad = load_config("imp", "default", **{"train.stage_order": "objects,detection"})
     with pytest.raises(ValueError, match="detection"):
-        trainer.stage_names(bad)
+        experiment.plan_stages(bad)
 
 
 def test_detector_config_mapping():
@@ -91,8 +85,8 @@ def test_detector_config_mapping():
 
 def test_detector_stage_checkpoints_and_leaves_relation_groups(trained):
     exp, params, writer, workdir = trained
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "detector"))) == ["4", "8"]
-    init = trainer.init_params(exp, jax.random.key(exp.config.seed))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "detector"))) == ["4", "8", "finished.json"]
+    init = experiment.init_params(exp, jax.random.key(exp.config.seed))
     a, b = flat_params(init), flat_params(params)
     moved = {k for k in a if not np.array_equal(a[k], b[k])}
     assert moved and all(k.startswith(f"['{DETECTOR_GROUP}']") for k in moved), sorted(moved)[:5]
@@ -102,13 +96,7 @@ def test_detector_stage_checkpoints_and_leaves_relation_groups(trained):
 
 
 def test_detector_loss_decreases_on_a_fixed_batch(cache_dir, tmp_path, monkeypatch):
-    real_loader = data_lib.train_loader
-
-    def one_batch_forever(cfg, data, mesh, seed):
-        batch = next(iter(real_loader(cfg, data, mesh, seed)))
-        return grain.MapDataset.source([batch]).repeat().to_iter_dataset()
-
-    monkeypatch.setattr(data_lib, "train_loader", one_batch_forever)
+    monkeypatch.setattr(data_lib, "train_loader", one_batch_forever(data_lib.train_loader))
     writer = RecordingWriter()
     run_stages(det_config(cache_dir), str(tmp_path / "fixed"), writer)
     losses = [v["loss"] for _, prefix, v in writer.rows if prefix == "detector/"]
@@ -147,14 +135,9 @@ def test_detector_interrupt_and_resume_is_exact(cache_dir, trained, tmp_path, mo
 def test_detector_nan_stops_with_clear_message(cache_dir, tmp_path, monkeypatch):
     """A batch with NaN boxes makes the detection loss NaN: the update is skipped, the run stops
     with the trainer's message and nothing is saved (the same compiled step as the other runs)."""
-    real_loader = data_lib.train_loader
-
-    def nan_batches(cfg, data, mesh, seed):
-        batch = next(iter(real_loader(cfg, data, mesh, seed)))
-        batch = batch.replace(boxes=np.full_like(np.asarray(batch.boxes), np.nan))
-        return grain.MapDataset.source([batch]).repeat().to_iter_dataset()
-
-    monkeypatch.setattr(data_lib, "train_loader", nan_batches)
+    nan_boxes = lambda b: b.replace(boxes=np.full_like(np.asarray(b.boxes), np.nan))
+    monkeypatch.setattr(data_lib, "train_loader", one_batch_forever(data_lib.train_loader,
+                                                                    nan_boxes))
     with pytest.raises(trainer.NonFiniteLossError, match="NaN/Inf"):
         run_stages(det_config(cache_dir), str(tmp_path / "nan"))
     saved = os.listdir(tmp_path / "nan" / "checkpoints" / "detector")
@@ -239,11 +222,13 @@ def test_make_sgdet_fn_restores_the_run_and_predicts(trained):
     # A low score threshold so that the barely trained detector yields detections.
     with exp2.config.unlocked():
         exp2.config.model.detector.score_thresh = 0.0
+    assert exp2.data is None  # restored from the run directory alone (config + dataset facts)
+    assert exp2.facts.idx_to_predicate == exp.facts.idx_to_predicate
     predict = inference.make_sgdet_fn(exp2, restored)
-    batch = next(iter(data_lib.eval_loader(exp2.config, exp2.data, exp2.mesh, "test")))
+    batch = next(iter(data_lib.eval_loader(exp.config, exp.data, exp.mesh, "test")))
     out = predict(np.asarray(batch.images)[:2], np.asarray(batch.image_sizes)[:2])
     d = int(exp2.config.model.detector.detections_per_image)
-    _check_sgdet_arrays(out, 2, d, exp2.data.num_classes, exp2.data.num_predicates)
+    _check_sgdet_arrays(out, 2, d, exp2.facts.num_classes, exp2.facts.num_predicates)
     assert out["box_mask"].any()
     with pytest.raises(ValueError, match="uint8"):
         predict(np.asarray(batch.images)[:2].astype(np.float32), np.asarray(batch.image_sizes)[:2])
@@ -253,11 +238,11 @@ def test_sgdet_evaluation_end_to_end(cache_dir, trained, tmp_path):
     """IMP SGDet on the tiny test split with the detector trained above: R@K and box mAP."""
     _, det_params, _, _ = trained
     config = det_config(cache_dir, **{"model.detector.score_thresh": 0.0})
-    exp = trainer.setup(config, str(tmp_path / "imp"))
-    params = trainer.init_params(exp, jax.random.key(0))
+    exp = experiment.setup(config, str(tmp_path / "imp"))
+    params = experiment.init_params(exp, jax.random.key(0))
     params[DETECTOR_GROUP] = det_params[DETECTOR_GROUP]
-    results = trainer.evaluate(exp, params)
-    assert set(results) == {"sgdet", "phrdet", "detection", "msdn"}
+    results = eval_loop.evaluate(exp, params)
+    assert set(results) == {"sgdet", "phrdet", "detection", "msdn", "ground_truth"}
     assert set(results["msdn"]) == {"sgdet", "phrdet"}
     for r in (results["sgdet"], results["phrdet"], *results["msdn"].values()):
         for k in (20, 50, 100):
@@ -274,11 +259,11 @@ def test_freq_sgdet_reads_the_detector_labels():
     import ml_collections
 
     from sgg_jax.models import ModelInputs, build_model
-    from sgg_jax.models.freq import frequency_log_table
+    from sgg_jax.models.priors import frequency_log_table
 
     c, p, o = 4, 3, 3
     fg = np.random.default_rng(0).integers(0, 6, (c + 1, c + 1, p + 1)).astype(np.float64)
-    stats = type("Stats", (), {"fg_matrix": fg, "bg_matrix": None})()
+    facts = make_facts(c, p, fg_matrix=fg)
     cfg = ml_collections.ConfigDict(dict(name="freq", backbone="small_resnet", hidden_dim=8,
                                          num_iterations=1, roi_size=2, sampling_ratio=1,
                                          fc_dim=8, dtype="float32", dropout=0.0))
@@ -290,10 +275,10 @@ def test_freq_sgdet_reads_the_detector_labels():
                                            jnp.float32),
                          box_mask=jnp.ones((1, o), bool), labels=jnp.asarray(labels),
                          pairs=jnp.asarray(pairs), pair_mask=jnp.ones((1, 4), bool))
-    table = frequency_log_table(fg)
+    table = frequency_log_table(fg, np.zeros((c + 1, c + 1)))
     outs = {}
     for mode in ("sgdet", "sgcls"):
-        model = build_model(cfg, num_classes=c, num_predicates=p, statistics=stats, mode=mode)
+        model = build_model(cfg, facts, mode)
         shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, False), inputs)
         variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         # The object classifier says class 3 everywhere (bias only).

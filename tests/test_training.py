@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 
-import grain
 import jax
 import numpy as np
 import pytest
@@ -21,7 +20,8 @@ import pytest
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import mesh as mesh_lib
 from sgg_jax.training import trainer
-from training_utils import REPO, RecordingWriter, flat_params, load_config
+from training_utils import (REPO, RecordingWriter, flat_params, load_config, one_batch_forever,
+                            run_stages)
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +35,7 @@ def tiny(cache_dir, name="imp", **overrides):
 
 def _train(config, workdir, writer=None):
     """All stages of `config` (as train_and_evaluate, without the final evaluation)."""
-    exp = trainer.setup(config, workdir)
-    params = trainer.init_params(exp, jax.random.key(config.seed))
-    writer = writer or RecordingWriter()
-    for i, name in enumerate(trainer.stage_names(config)):
-        params = trainer.train_stage(exp, name, params, jax.random.fold_in(jax.random.key(1), i),
-                                     writer, i)
-    return flat_params(params)
+    return flat_params(run_stages(config, workdir, writer)[1])
 
 
 _RUNS: dict = {}
@@ -74,13 +68,7 @@ def test_loss_decreases_on_a_fixed_batch(cache_dir, tmp_path, monkeypatch):
                                                   "train.stages.relations.learning_rate": 3e-3,
                                                   "train.log_every": 1,
                                                   "train.checkpoint_every": 100})
-    real_loader = data_lib.train_loader
-
-    def one_batch_forever(cfg, data, mesh, seed):
-        batch = next(iter(real_loader(cfg, data, mesh, seed)))
-        return grain.MapDataset.source([batch]).repeat().to_iter_dataset()
-
-    monkeypatch.setattr(data_lib, "train_loader", one_batch_forever)
+    monkeypatch.setattr(data_lib, "train_loader", one_batch_forever(data_lib.train_loader))
     writer = RecordingWriter()
     _train(config, str(tmp_path / "fixed"), writer)
     losses = [v["loss"] for _, _, v in writer.rows]
@@ -134,14 +122,9 @@ def test_nonfinite_loss_stops_with_clear_message(cache_dir, tmp_path, monkeypatc
     import dataclasses
 
     config = tiny(cache_dir, **RELATIONS_ONLY, **{"train.data_parallel": 1})
-    real_loader = data_lib.train_loader
-
-    def nan_boxes(cfg, data, mesh, seed):
-        batch = next(iter(real_loader(cfg, data, mesh, seed)))
-        bad = dataclasses.replace(batch, boxes=np.full_like(batch.boxes, np.nan))
-        return grain.MapDataset.source([bad]).repeat().to_iter_dataset()
-
-    monkeypatch.setattr(data_lib, "train_loader", nan_boxes)
+    nan_boxes = lambda b: dataclasses.replace(b, boxes=np.full_like(b.boxes, np.nan))
+    monkeypatch.setattr(data_lib, "train_loader", one_batch_forever(data_lib.train_loader,
+                                                                    nan_boxes))
     with pytest.raises(trainer.NonFiniteLossError, match="NaN/Inf"):
         _train(config, str(tmp_path / "nan"))
     # nothing non-finite was saved
@@ -149,39 +132,136 @@ def test_nonfinite_loss_stops_with_clear_message(cache_dir, tmp_path, monkeypatc
 
 
 def _main(args, timeout=900):
-    cmd = [sys.executable, "-m", "sgg_jax.main", *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return _run_module("sgg_jax.main", *args, timeout=timeout)
 
 
-def test_end_to_end_main_writes_results(cache_dir, tmp_path):
+def _iou_plus_one(a, b):
+    """IoU of two x1y1x2y2 boxes, +1-pixel convention (neural-motifs)."""
+    iw = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    area = lambda x: (x[2] - x[0] + 1) * (x[3] - x[1] + 1)
+    return iw * ih / (area(a) + area(b) - iw * ih)
+
+
+def _numpy_recall(gt, pred, k):
+    """Graph-constrained R@K of one image, written from the protocol (field notes): each pair
+    keeps its best predicate, triplets ranked by subject x object x predicate score, a ground
+    truth triplet is hit when a top-K triplet has its labels and predicate and both boxes have
+    IoU >= 0.5. None for an image without relations."""
+    rels = gt["relations"]
+    if len(rels) == 0:
+        return None
+    fg = pred["rel_scores"][:, 1:]
+    predicate = fg.argmax(1) + 1
+    pairs = pred["rel_pairs"]
+    score = fg.max(1) * pred["scores"][pairs[:, 0]] * pred["scores"][pairs[:, 1]]
+    top = np.argsort(-score, kind="stable")[:k]
+    hit = np.zeros(len(rels), bool)
+    for t in top:
+        s, o = pairs[t]
+        for r, (gs, go, gp) in enumerate(rels):
+            hit[r] |= (predicate[t] == gp and pred["labels"][s] == gt["labels"][gs]
+                       and pred["labels"][o] == gt["labels"][go]
+                       and _iou_plus_one(pred["boxes"][s], gt["boxes"][gs]) >= 0.5
+                       and _iou_plus_one(pred["boxes"][o], gt["boxes"][go]) >= 0.5)
+    return hit.mean()
+
+
+def _raw_truncation_counts(raw_dir, max_objects, max_relations):
+    """Objects / relations of the VG-SGG.h5 test images (with relations) beyond the input
+    limits, counted from the h5 arrays directly (the first objects and relations are kept)."""
+    import h5py
+
+    with h5py.File(os.path.join(raw_dir, "VG-SGG.h5"), "r") as f:
+        split = f["split"][:]
+        first_box, last_box = f["img_to_first_box"][:], f["img_to_last_box"][:]
+        first_rel, last_rel = f["img_to_first_rel"][:], f["img_to_last_rel"][:]
+        rels = f["relationships"][:]
+    out = dict(objects=0, objects_beyond_limits=0, relations=0, relations_beyond_limits=0)
+    for i in np.flatnonzero((split == 2) & (first_rel >= 0)):
+        g = last_box[i] - first_box[i] + 1
+        r = rels[first_rel[i]:last_rel[i] + 1] - first_box[i]
+        kept = min(int(((r[:, 0] < max_objects) & (r[:, 1] < max_objects)).sum()), max_relations)
+        out["objects"] += g
+        out["objects_beyond_limits"] += max(g - max_objects, 0)
+        out["relations"] += len(r)
+        out["relations_beyond_limits"] += len(r) - kept
+    return out
+
+
+def test_end_to_end_main_scores_the_full_ground_truth(cache_dir, tmp_path):
+    """`main` trains the tiny preset (max_objects 8, max_relations 16: images beyond them) and
+    scores PredCls / SGCls against every ground-truth object and relation: its recalls equal
+    those of `python -m sgg_jax.evaluate` on the predictions it saved (ground truth read from the
+    raw VG150 files) and of a NumPy count; the truncation counts equal a count on the h5 file."""
     workdir = tmp_path / "run"
     args = ["--config", os.path.join(REPO, "configs/imp.py:tiny"), "--workdir", str(workdir),
             f"--config.data.cache_dir={cache_dir}", "--config.train.data_parallel=1",
-            "--config.loss.edge=dnorm"]
+            "--config.loss.edge=dnorm", "--config.eval.save_predictions=True"]
     out = _main(args)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
-    assert set(results) == {"predcls", "sgcls", "msdn"}
+    assert set(results) == {"predcls", "sgcls", "msdn", "ground_truth"}
+    config = load_config("imp", "tiny", **{"data.cache_dir": cache_dir})
+    raw_dir = os.path.join(cache_dir, "synthetic-default-0-48-8-16-128")
+    counts = _raw_truncation_counts(raw_dir, config.input.max_objects, config.input.max_relations)
+    assert counts["relations_beyond_limits"] > 0  # the test is about images beyond the limits
+    for key, value in counts.items():
+        assert results["ground_truth"][key] == value, key
+    assert f"{counts['relations_beyond_limits']} relations" in out.stdout
+
+    from data_pipelines.vg150 import load_vg150
+    from sgg_jax.evaluation.prediction_file import read_predictions
+
+    gt = {int(r.image_id): dict(boxes=np.asarray(r.boxes, np.float64),
+                                labels=np.asarray(r.labels), relations=np.asarray(r.relations))
+          for r in load_vg150(raw_dir, "test", num_val_im=config.data.num_val_im)}
+    zero_shot = tmp_path / "zero_shot.json"
+    facts = json.loads((workdir / "dataset" / "facts.json").read_text())
+    zero_shot.write_text(json.dumps(facts["zero_shot_triplets"]))
     for mode in ("predcls", "sgcls"):
+        file = workdir / "predictions" / f"test_{mode}.h5"
+        saved = read_predictions(file)
+        assert sorted(int(i) for i in saved.image_ids) == sorted(gt)
         for k in (20, 50, 100):
-            assert 0.0 <= results[mode][f"R@{k}"] <= 100.0
-            assert "zR@%d" % k in results[mode]
-        assert results[mode]["R@20"] <= results[mode]["R@50"] <= results[mode]["R@100"]
-        assert results[mode]["protocol"] == "motifs"
-        assert results["msdn"][mode]["protocol"] == "msdn"
-    assert "R@50" in out.stdout and "few-shot" in out.stdout
-    assert "protocol: msdn" in out.stdout
-    assert any(f.startswith("events") for f in os.listdir(workdir / "tensorboard"))
-    # eval.num_pictures (4) SGCls pictures of the first test images, after training ...
+            per_image = [_numpy_recall(gt[int(i)], p, k)
+                         for i, p in zip(saved.image_ids, saved.predictions)]
+            mean = 100 * np.mean([r for r in per_image if r is not None])
+            np.testing.assert_allclose(results[mode][f"R@{k}"], mean, atol=1e-9, err_msg=mode)
+        cli = _run_module("sgg_jax.evaluate", "--predictions", str(file), "--groundtruth", raw_dir,
+                          "--mode", mode, "--zero-shot", str(zero_shot), "--statistics",
+                          str(workdir / "dataset"), "--output", str(tmp_path / f"{mode}.json"))
+        assert cli.returncode == 0, cli.stderr[-2000:]
+        from_file = json.loads((tmp_path / f"{mode}.json").read_text())[mode]
+        compared = [m for m in results[mode] if "@" in m]
+        assert len(compared) > 30
+        for metric in compared:
+            assert from_file[metric] == pytest.approx(results[mode][metric], abs=1e-9,
+                                                      nan_ok=True), (mode, metric)
+
+    # Pictures of the first test images after training; --mode eval of the finished run with
+    # another preset's config file uses the run's own config and reproduces the numbers.
     pictures = sorted(f for f in os.listdir(workdir / "pictures") if f.endswith(".png"))
     assert len(pictures) == 4 and all(f.startswith("sgcls_") for f in pictures)
     for f in pictures:
         os.remove(workdir / "pictures" / f)
-    # --mode eval on the finished run reproduces the same numbers (and draws them again)
-    out2 = _main(args + ["--mode", "eval"])
+    out2 = _main(["--config", os.path.join(REPO, "configs/imp.py"), "--workdir", str(workdir),
+                  "--mode", "eval"])
     assert out2.returncode == 0, out2.stderr[-3000:]
     assert json.loads((workdir / "results.json").read_text()) == results
     assert sorted(f for f in os.listdir(workdir / "pictures") if f.endswith(".png")) == pictures
+    assert any(f.startswith("events") for f in os.listdir(workdir / "tensorboard"))
+    # A training field on the command line that differs from the run: refused, nothing runs.
+    out3 = _main(args + ["--mode", "eval", "--config.model.hidden_dim=64"])
+    assert out3.returncode == 2 and "model.hidden_dim=64" in out3.stderr
+    assert "Traceback" not in out3.stderr
+
+
+def _run_module(module, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def test_unknown_config_key_is_rejected(tmp_path):
@@ -196,7 +276,7 @@ def test_eval_without_checkpoint_is_a_clear_error(cache_dir, tmp_path):
                  str(tmp_path / "empty"), f"--config.data.cache_dir={cache_dir}",
                  "--mode", "eval"], timeout=600)
     assert out.returncode == 2
-    assert "no checkpoint found" in out.stderr
+    assert "empty: does not exist" in out.stderr and "Traceback" not in out.stderr
 
 
 def _free_port() -> int:
@@ -231,6 +311,7 @@ def test_two_processes_match_single_process(cache_dir, tmp_path):
 def test_non_trainable_collections_reach_the_model():
     """Frozen statistics (a `batch_stats` collection, as ResNet-50's frozen BN) are passed to
     apply by both the train step and the evaluation step."""
+    import flax.errors
     import flax.linen as nn
     import jax.numpy as jnp
     import optax
@@ -238,7 +319,7 @@ def test_non_trainable_collections_reach_the_model():
     from data_pipelines.batch import Batch
     from sgg_jax.models.interface import ModelOutputs
     from sgg_jax.training.eval_loop import make_score_step
-    from sgg_jax.training.steps import TrainState, make_train_step
+    from sgg_jax.training.steps import TrainState, make_relation_step
 
     class Scaled(nn.Module):
         @nn.compact
@@ -266,13 +347,18 @@ def test_non_trainable_collections_reach_the_model():
     rel = np.asarray(scored["rel_scores"])[0, 0]
     expected = np.exp([0.0, 6.0, 0.0, 0.0])  # logit of predicate 1 is w + shift = 6
     np.testing.assert_allclose(rel, expected / expected.sum(), rtol=1e-5)
-    tx = optax.sgd(0.1)
-    step = make_train_step(model, tx, loss_names=("relation",), edge_kind="baseline",
-                           obj_weight=1.0, rel_weight=1.0, num_rels=4, fg_fraction=0.5,
-                           must_overlap=False, model_state=state_vars)
-    _, metrics = step(TrainState.create({"w": jnp.asarray(1.0)}, tx), batch, jax.random.key(0))
+    optimizers = {"main": (optax.sgd(0.1), ["w"])}
+    config = load_config("imp", "tiny", **{"loss.edge": "baseline", "sampling.num_rels": 4,
+                                           "sampling.fg_fraction": 0.5})
+    step = make_relation_step(model, optimizers, {"main": ("relation",)}, config=config,
+                              model_losses={}, relation_params=lambda p: p,
+                              model_state=state_vars)
+    _, metrics = step(TrainState.create({"w": jnp.asarray(1.0)}, optimizers), batch,
+                      jax.random.key(0))
     assert np.isfinite(float(metrics["loss"]))
-    with pytest.raises(Exception):  # without the collection the model cannot run
+    # Without the collection the model cannot run: flax's error for an absent collection.
+    with pytest.raises(flax.errors.ScopeCollectionNotFound,
+                       match='Tried to access "shift" from collection "batch_stats"'):
         make_score_step(model, "sgcls")({"w": jnp.asarray(1.0)}, batch)
 
 

@@ -42,3 +42,50 @@ class RecordingWriter:
 
     def close(self):
         pass
+
+
+def run_stages(config, workdir, writer=None):
+    """Every planned stage of `config` (as train_and_evaluate, without the final evaluation;
+    the run files are saved as training saves them). Returns (experiment, final params)."""
+    from sgg_jax.training import experiment, trainer
+
+    exp = experiment.setup(config, workdir)
+    experiment.save_run_files(exp)
+    params = experiment.init_params(exp, jax.random.key(config.seed))
+    writer = writer or RecordingWriter()
+    for i, plan in enumerate(exp.stages):
+        params = trainer.train_stage(exp, plan, params, jax.random.fold_in(jax.random.key(1), i),
+                                     writer)
+    return exp, params
+
+
+def one_batch_forever(real_loader, transform=lambda batch: batch):
+    """A stand-in for `data_lib.train_loader` that yields its first batch (transformed) forever."""
+    import grain
+
+    def loader(cfg, data, mesh, seed):
+        batch = transform(next(iter(real_loader(cfg, data, mesh, seed))))
+        return grain.MapDataset.source([batch]).repeat().to_iter_dataset()
+
+    return loader
+
+
+def make_facts(num_classes: int, num_predicates: int, fg_matrix=None, bg_matrix=None,
+               num_words: int = 8):
+    """DatasetFacts for model tests: names, training counts (`fg_matrix` [C+1, C+1, P+1];
+    zeros by default) and a caption vocabulary of `num_words` (>= 4 incl. the specials)."""
+    from data_pipelines.facts import DatasetFacts
+    from data_pipelines.statistics import DatasetStatistics
+
+    c, p = num_classes, num_predicates
+    fg = np.zeros((c + 1, c + 1, p + 1), np.int64) if fg_matrix is None else np.asarray(fg_matrix)
+    bg = np.zeros(fg.shape[:2], np.int64) if bg_matrix is None else np.asarray(bg_matrix)
+    labels = ["__background__"] + [f"class{i}" for i in range(1, c + 1)]
+    predicates = ["__background__"] + [f"predicate{i}" for i in range(1, p + 1)]
+    stats = DatasetStatistics(object_counts=np.zeros(c + 1, np.int64),
+                              predicate_counts=fg.sum(axis=(0, 1)).astype(np.int64),
+                              fg_matrix=fg, bg_matrix=bg, idx_to_label=labels,
+                              idx_to_predicate=predicates, num_images=0)
+    words = ["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(num_words - 4)]
+    return DatasetFacts(idx_to_label=tuple(labels), idx_to_predicate=tuple(predicates),
+                        idx_to_word=tuple(words), statistics=stats)

@@ -1,10 +1,7 @@
 """Motifs' FREQ baseline: predicate logits from training-set triplet frequencies.
 
 rel_logits[pair] = log p(predicate | subject class, object class) from the training counts
-`fg_matrix[s, o, p]` (a constant, not a parameter). As in neural-motifs' `FrequencyBias`, the
-background column 0 is replaced by the count of overlapping pairs without a relation plus one
-(`bg_matrix + 1`; when no bg_matrix is given, by 1, i.e. add-one smoothing of background only),
-each row is normalised to a distribution and `log(p + eps)` with eps = 1e-3 is taken.
+`fg_matrix[s, o, p]` (a constant, not a parameter; `sgg_jax.models.priors`).
 
 The class labels come from the ground truth in PredCls, from the detector in SGDet (passed as
 `ModelInputs.labels`), and from the argmax over classes 1..C of an object classifier
@@ -12,71 +9,17 @@ The class labels come from the ground truth in PredCls, from the detector in SGD
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
+from sgg_jax.models import registry
 from sgg_jax.models.backbone import build_backbone
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
+from sgg_jax.models.priors import (ConstantTable, FrequencyBias, frequency_log_table,
+                                   frequency_table, lookup_frequency, predicted_labels)
 from sgg_jax.models.roi_features import RoIFeatures
-
-MODES = ("predcls", "sgcls", "sgdet")
-
-
-def frequency_log_table(fg_matrix: np.ndarray, bg_matrix: np.ndarray | None = None,
-                        eps: float = 1e-3) -> np.ndarray:
-    """[C+1, C+1, P+1] counts -> log(normalised counts + eps), background column as Motifs."""
-    fg = np.asarray(fg_matrix, dtype=np.float64)
-    if fg.ndim != 3 or fg.shape[0] != fg.shape[1]:
-        raise ValueError("statistics.fg_matrix: expected counts of shape [C+1, C+1, P+1], got "
-                         f"{fg.shape}")
-    if np.any(fg < 0):
-        raise ValueError("statistics.fg_matrix: counts must be non-negative")
-    fg = fg.copy()
-    if bg_matrix is None:
-        fg[:, :, 0] = 1.0
-    else:
-        bg = np.asarray(bg_matrix, dtype=np.float64)
-        if bg.shape != fg.shape[:2]:
-            raise ValueError(f"statistics.bg_matrix: expected shape {fg.shape[:2]}, got {bg.shape}")
-        fg[:, :, 0] = bg + 1.0
-    dist = fg / fg.sum(axis=2, keepdims=True)
-    return np.log(dist + eps).astype(np.float32)
-
-
-def lookup_frequency(table: jnp.ndarray, labels: jnp.ndarray, pairs: jnp.ndarray) -> jnp.ndarray:
-    """table [C+1, C+1, P+1], labels [B, O], pairs [B, M, 2] -> [B, M, P+1]."""
-    subj = jnp.take_along_axis(labels, pairs[..., 0], axis=1)
-    obj = jnp.take_along_axis(labels, pairs[..., 1], axis=1)
-    return table[subj, obj]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ConstantTable:
-    """A NumPy constant held by a module: hashable by identity, so the module stays hashable
-    (jit static arguments, Flax module caching) without hashing a large array."""
-
-    value: np.ndarray
-
-    def __repr__(self) -> str:
-        return f"ConstantTable(shape={self.value.shape}, dtype={self.value.dtype})"
-
-
-class FrequencyBias(nn.Module):
-    """Looks up the constant log-frequency table (no parameters)."""
-
-    table: ConstantTable  # [C+1, C+1, P+1] float32 from `frequency_log_table`
-
-    def __call__(self, labels: jnp.ndarray, pairs: jnp.ndarray) -> jnp.ndarray:
-        return lookup_frequency(jnp.asarray(self.table.value), labels, pairs)
-
-
-def predicted_labels(obj_logits: jnp.ndarray) -> jnp.ndarray:
-    """Argmax over the foreground classes 1..C (background column 0 excluded)."""
-    return jnp.argmax(obj_logits[..., 1:], axis=-1).astype(jnp.int32) + 1
 
 
 class FreqModel(nn.Module):
@@ -100,8 +43,6 @@ class FreqModel(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: ModelInputs, train: bool = False) -> ModelOutputs:
-        if self.mode not in MODES:
-            raise ValueError(f"FreqModel.mode: expected one of {MODES}, got {self.mode!r}")
         features, stride = build_backbone(self.backbone_name, self.dtype, name="backbone")(
             inputs.images, train)
         obj_feats, _ = RoIFeatures(self.fc_dim, self.roi_size, self.sampling_ratio, self.dropout,
@@ -114,3 +55,20 @@ class FreqModel(nn.Module):
         labels = inputs.labels if self.mode in ("predcls", "sgdet") else predicted_labels(obj_logits)
         rel_logits = FrequencyBias(self.table, name="relation_head")(labels, inputs.pairs)
         return ModelOutputs(obj_logits=obj_logits, rel_logits=rel_logits)
+
+
+def build(model_config: Any, ctx: registry.BuildContext) -> FreqModel:
+    return FreqModel(num_classes=ctx.num_classes,
+                     table=frequency_table(ctx.facts.statistics, ctx.num_classes,
+                                           ctx.num_predicates),
+                     **registry.trunk_kwargs(model_config, ctx.mode))
+
+
+SPEC = registry.register(registry.ModelSpec(
+    name="freq", build=build, param_groups=("backbone", "roi_features", "obj_classifier"),
+    description="Motifs' frequency baseline: predicates from training triplet counts; only the "
+                "object classifier trains",
+    requires=("fg_matrix",), needs_training=False))
+
+__all__ = ["FreqModel", "SPEC", "ConstantTable", "FrequencyBias", "frequency_log_table",
+           "lookup_frequency", "predicted_labels"]

@@ -31,12 +31,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sgg_jax.models import registry
 from sgg_jax.models.backbone import build_backbone
-from sgg_jax.models.freq import ConstantTable, FrequencyBias, predicted_labels
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
+from sgg_jax.models.priors import ConstantTable, FrequencyBias, frequency_table, predicted_labels
 from sgg_jax.models.roi_features import RoIFeatures
-
-MODES = ("predcls", "sgcls", "sgdet")
 
 
 def _gather_nodes(nodes: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
@@ -149,8 +148,6 @@ class IMPModel(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: ModelInputs, train: bool = False) -> ModelOutputs:
-        if self.mode not in MODES:
-            raise ValueError(f"IMPModel.mode: expected one of {MODES}, got {self.mode!r}")
         features, stride = build_backbone(self.backbone_name, self.dtype, name="backbone")(
             inputs.images, train)
         obj_feats, union_feats = RoIFeatures(
@@ -177,3 +174,21 @@ class IMPModel(nn.Module):
             rel_logits = rel_logits + FrequencyBias(self.freq_table, name="freq_bias")(
                 labels, inputs.pairs)
         return ModelOutputs(obj_logits=obj_logits, rel_logits=rel_logits)
+
+
+def build(model_config: Any, ctx: registry.BuildContext) -> IMPModel:
+    opt = lambda key: registry.option(model_config, key, SPEC)
+    table = None
+    if bool(opt("freq_bias")):
+        table = frequency_table(ctx.facts.statistics, ctx.num_classes, ctx.num_predicates)
+    return IMPModel(num_classes=ctx.num_classes, num_predicates=ctx.num_predicates,
+                    hidden_dim=int(opt("hidden_dim")), num_iterations=int(opt("num_iterations")),
+                    freq_table=table, obj_roi_residual=bool(opt("obj_roi_residual")),
+                    **registry.trunk_kwargs(model_config, ctx.mode))
+
+
+SPEC = registry.register(registry.ModelSpec(
+    name="imp", build=build,
+    param_groups=("backbone", "roi_features", "obj_classifier", "relation_head"),
+    description="IMP (Xu et al. 2017): iterative message passing between object and edge GRUs",
+    config=dict(hidden_dim=512, num_iterations=3, freq_bias=False, obj_roi_residual=False)))

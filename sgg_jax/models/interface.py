@@ -34,7 +34,11 @@ class ModelInputs:
       proposal_boxes: optional [B, R, 4] float32 extra object RoIs whose only use is training
         a box-refinement head (MSDN: the detector's RPN proposals matched to ground truth); they
         take no part in message passing or in the other outputs.
-      Models that do not use regions or proposals ignore these fields (None by default).
+      obj_dists: optional [B, O, C + 1] float32 class probabilities of the boxes from the
+        detector (SGDet only: the detector's softmax per detection; Motifs and KERN read them
+        as their object context's class input). Never ground truth.
+      Models that do not use regions, proposals or detector distributions ignore these fields
+      (None by default).
     """
 
     images: jax.Array
@@ -48,6 +52,7 @@ class ModelInputs:
     region_tokens: jax.Array | None = None
     region_mask: jax.Array | None = None
     proposal_boxes: jax.Array | None = None
+    obj_dists: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -58,8 +63,19 @@ class ModelOutputs:
       obj_logits: [B, O, C + 1] object class logits (column 0 = background).
       rel_logits: [B, M, P + 1] predicate logits per pair (column 0 = no relation).
       aux: extra outputs a model wants to expose (e.g. region captions); may be empty.
+      obj_labels: optional [B, O] int32 labels 1..C the model decided itself (e.g. Motifs'
+        decoder in SGCls / SGDet); when set they replace the argmax of `obj_logits` in
+        SGCls / SGDet predictions (PredCls always reports the given labels).
+      obj_scores: optional [B, O] float32 scores of those labels (default: their softmax
+        probability in `obj_logits`).
+      losses: loss terms the model computes itself, {name: scalar} (e.g. a learnable-NMS or
+        adversarial term); a stage trains on those it names in its `losses`, weighted by
+        `config.loss.weights.<name>` (1 when absent). Declared in its ModelSpec.losses.
     """
 
     obj_logits: jax.Array
     rel_logits: jax.Array
     aux: dict = flax.struct.field(default_factory=dict)
+    obj_labels: jax.Array | None = None
+    obj_scores: jax.Array | None = None
+    losses: dict = flax.struct.field(default_factory=dict)

@@ -45,20 +45,26 @@ t, position 0 is the image step and carries no loss) and, when `train=False`, `c
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sgg_jax import losses as losses_lib
+from sgg_jax.models import region_proposals, registry
 from sgg_jax.models.backbone import build_backbone
+from sgg_jax.models.captioning import PAD, RegionCaptioner
+from sgg_jax.models.detection.rpn import rpn_losses, smooth_l1
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
+from sgg_jax.models.region_proposals import BOX_WEIGHTS, REGION_RPN_GROUP
 from sgg_jax.models.roi_features import FCHead, pair_masks, pool_boxes, union_boxes
+from sgg_jax.ops import boxes as box_ops
 
-MODES = ("predcls", "sgcls", "sgdet")
-BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # box coder of the object and region box heads (Fast R-CNN's)
+log = logging.getLogger("sgg_jax")
+
 PHRASE_REGION_OVERLAP = 0.8  # MSDN cfg.PHRASE_REGION_OVERLAP_THRESH
-PAD, START, END = 0, 1, 2  # token ids of the input pipeline (data_pipelines/tfds_sgg.py)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,21 +96,9 @@ def phrase_region_links(phrase_boxes: jnp.ndarray, pair_mask: jnp.ndarray,
 
 def refine_boxes(boxes: jnp.ndarray, deltas: jnp.ndarray, image_sizes: jnp.ndarray,
                  labels: jnp.ndarray | None = None) -> jnp.ndarray:
-    """Applies box-head deltas (`BOX_WEIGHTS`) and clips to the image.
-
-    boxes [B, N, 4]; deltas [B, N, 4] (class-agnostic) or [B, N, C+1, 4] with `labels` [B, N]
-    picking each box's class; image_sizes [B, 2] (h, w) -> refined boxes [B, N, 4].
-    """
-    from sgg_jax.models.detection import _ops
-
-    if deltas.ndim == 4:
-        if labels is None:
-            raise ValueError("refine_boxes: class-specific deltas [B, N, C+1, 4] need labels")
-        deltas = jnp.take_along_axis(deltas, labels[..., None, None].astype(jnp.int32),
-                                     axis=2)[..., 0, :]
-    refined = _ops.decode(deltas.astype(jnp.float32), boxes.astype(jnp.float32), BOX_WEIGHTS)
-    hw = jnp.asarray(image_sizes, jnp.float32)[:, None, :]
-    return _ops.clip(refined, jnp.broadcast_to(hw, refined.shape[:-1] + (2,)))
+    """MSDN's box heads' deltas (`BOX_WEIGHTS`) applied to boxes, clipped to the image
+    (`sgg_jax.ops.boxes.refine_boxes`)."""
+    return box_ops.refine_boxes(boxes, deltas, image_sizes, BOX_WEIGHTS, labels)
 
 
 def _gather(states: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
@@ -270,134 +264,6 @@ class MSDNRefinement(nn.Module):
         return obj, phr, reg, rel_logits, region_scores, region_deltas
 
 
-class CaptionStep(nn.Module):
-    """One time step of the 2-layer LSTM captioner (scanned over time by `RegionCaptioner`).
-
-    carry = (lstm carries, previous prediction [N], done [N]); x = (image embedding used at this
-    step? [], teacher token [N] or -1 = feed the previous prediction). Returns the logits and the
-    greedy prediction (PAD after <end>; PAD and <start> are never predicted).
-    """
-
-    vocab_size: int
-    hidden_dim: int
-    num_layers: int = 2
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, carry, x):
-        cells, prev, done, image = carry
-        is_image, teacher = x
-        tok = jnp.where(teacher >= 0, teacher, prev)
-        emb = nn.Embed(self.vocab_size, self.hidden_dim, dtype=self.dtype, name="embed")(tok)
-        inp = jnp.where(is_image, image, emb)
-        new_cells = []
-        for layer in range(self.num_layers):
-            c, inp = nn.OptimizedLSTMCell(self.hidden_dim, dtype=self.dtype,
-                                          name=f"lstm{layer}")(cells[layer], inp)
-            new_cells.append(c)
-        logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="word_logits")(inp)
-        banned = (jnp.arange(self.vocab_size) == PAD) | (jnp.arange(self.vocab_size) == START)
-        pred = jnp.argmax(jnp.where(banned, -jnp.inf, logits.astype(jnp.float32)), axis=-1)
-        pred = jnp.where(done, PAD, pred).astype(jnp.int32)
-        done = done | ((pred == END) & ~is_image)
-        return (tuple(new_cells), pred, done, image), (logits, pred)
-
-
-class RegionCaptioner(nn.Module):
-    """2-layer LSTM captioner: the region feature is the first input (MSDN's image step), then
-    the words. `teacher_logits` scores `tokens` (teacher forcing); `greedy` decodes."""
-
-    vocab_size: int
-    hidden_dim: int = 512
-    dtype: Any = jnp.float32
-
-    def setup(self):
-        self.image_proj = nn.Dense(self.hidden_dim, dtype=self.dtype)
-        self.decoder = nn.scan(CaptionStep, variable_broadcast="params",
-                               split_rngs={"params": False}, in_axes=0, out_axes=0)(
-            self.vocab_size, self.hidden_dim, 2, self.dtype)
-
-    def _run(self, feats: jnp.ndarray, teacher: jnp.ndarray):
-        """feats [N, F], teacher [L, N] (token or -1) -> logits [L, N, V], preds [L, N]."""
-        n = feats.shape[0]
-        length = teacher.shape[0]
-        image = nn.relu(self.image_proj(feats))
-        zeros = jnp.zeros((n, self.hidden_dim), self.dtype)
-        cells = tuple((zeros, zeros) for _ in range(2))
-        carry = (cells, jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool), image)
-        is_image = jnp.arange(length) == 0
-        _, (logits, preds) = self.decoder(carry, (is_image, teacher))
-        return logits, preds
-
-    def teacher_logits(self, feats: jnp.ndarray, tokens: jnp.ndarray) -> jnp.ndarray:
-        """feats [B, Q, F], tokens [B, Q, L] -> logits [B, Q, L, V]; position t predicts
-        tokens[..., t] from the image and tokens[..., :t]."""
-        b, q, length = tokens.shape
-        flat = tokens.reshape(b * q, length)
-        teacher = jnp.concatenate([jnp.zeros((1, b * q), jnp.int32),
-                                   flat[:, :-1].T.astype(jnp.int32)], axis=0)
-        logits, _ = self._run(feats.reshape(b * q, -1), teacher)
-        return jnp.moveaxis(logits, 0, 1).reshape(b, q, length, -1)
-
-    def greedy(self, feats: jnp.ndarray, length: int) -> jnp.ndarray:
-        """feats [B, Q, F] -> token ids [B, Q, length]: <start>, greedy words up to <end>, PAD."""
-        b, q = feats.shape[:2]
-        teacher = jnp.full((length, b * q), -1, jnp.int32).at[:2].set(
-            jnp.array([PAD, START], jnp.int32)[:, None])
-        _, preds = self._run(feats.reshape(b * q, -1), teacher)
-        preds = preds.T.at[:, 0].set(START)  # the image step's output stands for <start>
-        return preds.reshape(b, q, length)
-
-    def beam(self, feats: jnp.ndarray, length: int, beam_size: int) -> jnp.ndarray:
-        """feats [B, Q, F] -> token ids [B, Q, length], as `greedy`, but the caption of highest
-        total log-probability (over the words and <end>; PAD and <start> excluded, as greedy)
-        among `beam_size` hypotheses kept per region; beam_size 1 is greedy. Finished
-        hypotheses keep their score and extend only by PAD. The loop is over time steps
-        (`length` - 1 one-step scans of the same decoder), fixed shapes throughout."""
-        b, q = feats.shape[:2]
-        n, k, v = b * q, beam_size, self.vocab_size
-        step = lambda carry, is_image, tok: self.decoder(
-            carry, (jnp.asarray([is_image]), tok[None].astype(jnp.int32)))
-        zeros = jnp.zeros((n, self.hidden_dim), self.dtype)
-        image = nn.relu(self.image_proj(feats.reshape(n, -1)))
-        carry = (tuple((zeros, zeros) for _ in range(2)), jnp.zeros((n,), jnp.int32),
-                 jnp.zeros((n,), bool), image)
-        carry, _ = step(carry, True, jnp.full((n,), PAD))  # MSDN's image step
-        # Every row's state to its k hypotheses: [n, ...] -> [n * k, ...].
-        carry = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), carry)
-        tokens = jnp.zeros((n, k, length), jnp.int32).at[:, :, 0].set(START)
-        scores = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf)[None].repeat(n, 0)  # one live
-        done = jnp.zeros((n, k), bool)
-        banned = jnp.isin(jnp.arange(v), jnp.array([PAD, START]))
-        pad_only = jnp.where(jnp.arange(v) == PAD, 0.0, -jnp.inf)
-        for t in range(1, length):
-            carry, (logits, _) = step(carry, False, tokens[:, :, t - 1].reshape(n * k))
-            logp = jax.nn.log_softmax(
-                jnp.where(banned, -jnp.inf, logits[0].astype(jnp.float32)), axis=-1)
-            logp = jnp.where(done[..., None], pad_only, logp.reshape(n, k, v))
-            scores, flat = jax.lax.top_k((scores[..., None] + logp).reshape(n, k * v), k)
-            parent, word = flat // v, (flat % v).astype(jnp.int32)
-            pick = lambda x: jnp.take_along_axis(
-                x.reshape((n, k) + x.shape[1:]),
-                parent.reshape((n, k) + (1,) * (x.ndim - 1)), axis=1).reshape(x.shape)
-            carry = jax.tree.map(pick, carry)
-            tokens = jnp.take_along_axis(tokens, parent[..., None], axis=1).at[:, :, t].set(word)
-            done = jnp.take_along_axis(done, parent, axis=1) | (word == END)
-        best = jnp.argmax(scores, axis=1)
-        out = jnp.take_along_axis(tokens, best[:, None, None], axis=1)[:, 0]
-        return out.reshape(b, q, length)
-
-    def decode(self, feats: jnp.ndarray, length: int, beam_size: int = 1) -> jnp.ndarray:
-        """Greedy (beam_size 1) or beam-search captions [B, Q, length]."""
-        if beam_size < 1:
-            raise ValueError(f"caption beam_size: expected >= 1, got {beam_size}")
-        return (self.greedy(feats, length) if beam_size == 1
-                else self.beam(feats, length, beam_size))
-
-    def __call__(self, feats, tokens):
-        return self.teacher_logits(feats, tokens)
-
-
 class MSDNModel(nn.Module):
     """MSDN with given object boxes (PredCls / SGCls) and given caption-region boxes.
 
@@ -431,8 +297,6 @@ class MSDNModel(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: ModelInputs, train: bool = False) -> ModelOutputs:
-        if self.mode not in MODES:
-            raise ValueError(f"MSDNModel.mode: expected one of {MODES}, got {self.mode!r}")
         if inputs.region_boxes is None or inputs.region_mask is None:
             raise ValueError("MSDNModel: ModelInputs.region_boxes [B, Q, 4] and region_mask "
                              "[B, Q] are required (the caption regions)")
@@ -470,3 +334,167 @@ class MSDNModel(nn.Module):
             captioner.greedy(reg, 2)  # creates the captioner's parameters in any case
         return ModelOutputs(obj_logits=obj_logits.astype(jnp.float32),
                             rel_logits=rel_logits.astype(jnp.float32), aux=aux)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registration: building, loss terms, the region RPN, training RoIs and the SGDet hooks
+
+
+def build(model_config: Any, ctx: registry.BuildContext) -> MSDNModel:
+    opt = lambda key: registry.option(model_config, key, SPEC)
+    return MSDNModel(num_classes=ctx.num_classes, num_predicates=ctx.num_predicates,
+                     vocab_size=ctx.facts.num_words, hidden_dim=int(opt("hidden_dim")),
+                     num_iterations=int(opt("num_iterations")),
+                     gate_width=int(opt("gate_width")),
+                     caption_beam_size=int(opt("caption_beam_size")),
+                     **registry.trunk_kwargs(model_config, ctx.mode))
+
+
+def caption_term(outputs: ModelOutputs, targets: losses_lib.LossTargets, config: Any) -> dict:
+    """Caption cross-entropy (teacher forcing) on the ground-truth caption regions, or on the
+    sampled fg region RoIs when the step has MSDN's training RoIs."""
+    if targets.extras is None:
+        tokens, regions = targets.batch.region_tokens, targets.batch.region_mask
+    else:
+        tokens = targets.inputs.region_tokens
+        regions = targets.extras.region_fg[:, :tokens.shape[1]]
+    return {"caption_loss": losses_lib.caption_loss(outputs.aux["caption_logits"], tokens,
+                                                    regions)}
+
+
+def region_term(outputs: ModelOutputs, targets: losses_lib.LossTargets, config: Any) -> dict:
+    """Region objectness BCE + box smooth-L1 on the sampled region RoIs (fg: IoU >= 0.5 with
+    a caption region), each averaged over the sampled RoIs, the box term over fg ones."""
+    rois, valid = targets.extras, targets.inputs.region_mask
+    objectness, box = rpn_losses(outputs.aux["region_scores"], outputs.aux["region_deltas"],
+                                 rois.region_fg & valid, valid & ~rois.region_fg,
+                                 rois.region_deltas, 1.0 / 9.0)
+    return {"region_objectness_loss": objectness, "region_box_loss": box}
+
+
+def box_refinement_loss(box_deltas: jnp.ndarray, labels: jnp.ndarray,
+                        target_deltas: jnp.ndarray, beta: float = 1.0 / 9.0) -> jnp.ndarray:
+    """Class-specific box regression (Fast R-CNN): smooth-L1 between the deltas of each RoI's
+    class and its targets, summed over the 4 coordinates and averaged over the RoIs with a
+    class (labels > 0); 0 when there are none.
+
+    box_deltas [B, R, C+1, 4]; labels [B, R] (0 = no target); target_deltas [B, R, 4].
+    """
+    picked = jnp.take_along_axis(box_deltas, labels[..., None, None].astype(jnp.int32),
+                                 axis=-2)[..., 0, :]
+    fg = labels > 0
+    per_roi = smooth_l1(picked.astype(jnp.float32) - target_deltas, beta).sum(-1)
+    return jnp.where(fg, per_roi, 0.0).sum() / jnp.maximum(fg.sum(), 1)
+
+
+def object_box_term(outputs: ModelOutputs, targets: losses_lib.LossTargets,
+                    config: Any) -> dict:
+    """The object box head on the detector's RPN proposals matched to ground truth."""
+    rois = targets.extras
+    return {"object_box_loss": box_refinement_loss(
+        outputs.aux["proposal_box_deltas"], rois.proposal_labels, rois.proposal_deltas)}
+
+
+ROI_LOSSES = ("region", "object_box")  # need the training RoIs of `train_extras`
+
+
+def _rpn_config(model_config: Any) -> region_proposals.RegionRPNConfig:
+    rpn = registry.option(model_config, "region_rpn", SPEC)
+    if rpn is None:
+        raise ValueError("MSDN's region RPN needs config.model.region_rpn (configs/msdn.py "
+                         "sets it)")
+    return region_proposals.region_rpn_config(rpn)
+
+
+def train_extras(exp: Any, stage_name: str, loss_names: tuple[str, ...]):
+    """MSDN's training RoIs (sampled region-RPN and detector proposals) for the `region` and
+    `object_box` losses. A run without the region RPN (no SGDet) drops those two losses: the
+    box heads matter only for SGDet."""
+    wanted = [n for n in loss_names if n in ROI_LOSSES]
+    if not wanted:
+        return None, loss_names
+    if REGION_RPN_GROUP not in exp.groups:
+        log.warning("stage '%s': losses %s skipped: they train MSDN's box heads on the "
+                    "detector's and the region RPN's proposals, which only SGDet runs train",
+                    stage_name, wanted)
+        return None, tuple(n for n in loss_names if n not in ROI_LOSSES)
+    sampler = region_proposals.make_msdn_roi_sampler(
+        exp.detector(), _rpn_config(exp.config.model),
+        object_rois=int(registry.option(exp.config.model, "box_refinement_rois", SPEC)),
+        detector_state=exp.detector_state)
+    return sampler, loss_names
+
+
+def _init_region_rpn(exp: Any, rng: jax.Array, detector_params: Any, images: jax.Array,
+                     image_sizes: jax.Array) -> Any:
+    return region_proposals.init_region_rpn(
+        exp.detector(), _rpn_config(exp.config.model), detector_params, images, image_sizes,
+        rng, detector_state=exp.detector_state)
+
+
+def _region_rpn_loss(exp: Any):
+    """The `regions` stage: the region RPN on the frozen detector trunk's features, trained on
+    the caption-region boxes with RPN objectness + box losses."""
+    detector = exp.detector()
+    trunk = region_proposals.DetectorTrunk(detector.config, detector.dtype)
+    rpn = region_proposals.RegionRPN(_rpn_config(exp.config.model), detector.dtype)
+    state = dict(exp.detector_state)
+
+    def loss(params: Any, batch: Any, rng: jax.Array):
+        feats = trunk.apply({"params": jax.lax.stop_gradient(params[registry.DETECTOR_GROUP]),
+                             **state}, batch.images)
+        out = rpn.apply({"params": params[REGION_RPN_GROUP]}, feats, batch.image_sizes,
+                        batch.region_boxes, batch.region_mask, train=True,
+                        rngs={"sampling": rng})
+        return out.total, dict(region_objectness=out.objectness, region_box=out.box)
+
+    return loss
+
+
+def sgdet_hooks(exp: Any) -> registry.SGDetHooks:
+    """SGDet: the region RPN's proposals are MSDN's caption regions; with
+    `config.eval.sgdet_refine_boxes` the box heads move the object boxes and the regions and
+    the region scores become MSDN's objectness; region captions are returned."""
+    if REGION_RPN_GROUP not in exp.groups:
+        raise ValueError("MSDN SGDet needs region proposals: add the 'regions' stage to "
+                         "config.train.stage_order (configs/msdn.py does)")
+    propose = region_proposals.make_region_proposal_fn(
+        exp.detector(), _rpn_config(exp.config.model), detector_state=exp.detector_state)
+    refine = bool(exp.config.eval.get("sgdet_refine_boxes", False))
+
+    def extra_inputs(params, images, image_sizes):
+        boxes, scores, mask = propose(params, images, image_sizes)
+        return (dict(region_boxes=boxes, region_mask=mask),
+                dict(region_boxes=boxes, region_mask=mask, region_scores=scores))
+
+    def finish(out, outputs, image_sizes):
+        out = dict(out)
+        if refine:
+            valid, mask = out["box_mask"], out["region_mask"]
+            out["boxes"] = jnp.where(valid[..., None], refine_boxes(
+                out["boxes"], outputs.aux["obj_box_deltas"], image_sizes, out["labels"]), 0.0)
+            out["region_boxes"] = jnp.where(mask[..., None], refine_boxes(
+                out["region_boxes"], outputs.aux["region_deltas"], image_sizes), 0.0)
+            out["region_scores"] = jnp.where(mask, jax.nn.sigmoid(outputs.aux["region_scores"]),
+                                             0.0)
+        if "captions" in outputs.aux:
+            out["captions"] = outputs.aux["captions"]
+        return out
+
+    return registry.SGDetHooks(extra_inputs=extra_inputs, finish=finish)
+
+
+SPEC = registry.register(registry.ModelSpec(
+    name="msdn", build=build,
+    param_groups=("backbone", "roi_features", "obj_classifier", "relation_head", "captioner"),
+    description="MSDN (Li et al. 2017): objects, phrases and caption regions refined by gated "
+                "message passing; region captions",
+    requires=("vocabulary",),
+    losses={"caption": caption_term, "region": region_term, "object_box": object_box_term},
+    config=dict(hidden_dim=512, num_iterations=2, gate_width=128, caption_beam_size=1,
+                box_refinement_rois=16, region_rpn=None),
+    train_extras=train_extras,
+    auxiliary=(registry.AuxiliaryNetwork(
+        group=REGION_RPN_GROUP, kind="regions", losses=("region_proposal",),
+        init=_init_region_rpn, make_loss=_region_rpn_loss),),
+    sgdet=sgdet_hooks, sgdet_refines_boxes=True, evaluations=("captions",)))

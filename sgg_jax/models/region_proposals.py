@@ -28,11 +28,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sgg_jax.models import DETECTOR_GROUP, REGION_RPN_GROUP
+from sgg_jax.models.captioning import PAD
 from sgg_jax.models.detection import FasterRCNN
 from sgg_jax.models.detection.anchors import level_base_anchors, multilevel_anchors
 from sgg_jax.models.detection.rpn import RPNHead, rpn_losses, select_proposals
-from sgg_jax.models.detection.targets import rpn_targets
+from sgg_jax.models.detection.targets import rpn_targets, sample_proposals
+from sgg_jax.models.registry import DETECTOR_GROUP
+
+# The region RPN's parameters: a top-level group of the run's params, trained by the `regions`
+# stage, run in SGDet for the caption regions.
+REGION_RPN_GROUP = "region_rpn"
+BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # box coder of MSDN's object and region heads (Fast R-CNN's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,9 +207,6 @@ def make_msdn_roi_sampler(detector: FasterRCNN, config: RegionRPNConfig, *,
     ground-truth boxes, `object_rois` fg ones sampled (IoU >= object_fg_iou; class and box
     target of the matched object), for the object box head only.
     """
-    from sgg_jax.models.detection.targets import sample_proposals
-    from sgg_jax.models.msdn import BOX_WEIGHTS, PAD
-
     trunk = DetectorTrunk(detector.config, detector.dtype)
     rpn = RegionRPN(config, detector.dtype)
     detector_state = dict(detector_state or {})

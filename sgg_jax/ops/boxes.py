@@ -107,6 +107,24 @@ def clip_boxes(boxes: jax.Array, height, width, plus_one: bool = False) -> jax.A
     return jnp.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], -1)
 
 
+def refine_boxes(boxes: jax.Array, deltas: jax.Array, image_sizes: jax.Array,
+                 weights: Sequence[float], labels: jax.Array | None = None) -> jax.Array:
+    """Applies a box head's deltas (box coder `weights`) and clips to the image.
+
+    boxes [B, N, 4]; deltas [B, N, 4] (class-agnostic) or [B, N, C+1, 4] with `labels` [B, N]
+    picking each box's class; image_sizes [B, 2] (h, w) -> refined boxes [B, N, 4].
+    """
+    if deltas.ndim == 4:
+        if labels is None:
+            raise ValueError("refine_boxes: class-specific deltas [B, N, C+1, 4] need labels")
+        deltas = jnp.take_along_axis(deltas, labels[..., None, None].astype(jnp.int32),
+                                     axis=2)[..., 0, :]
+    refined = decode_boxes(jnp.asarray(deltas, jnp.float32), jnp.asarray(boxes, jnp.float32),
+                           weights)
+    hw = jnp.asarray(image_sizes, jnp.float32)[:, None, :]
+    return clip_boxes(refined, hw[..., 0], hw[..., 1])
+
+
 def masked_top_k(scores: jax.Array, valid: jax.Array, k: int):
     """Top-k of the valid entries of scores [..., N] (score descending, ties by lower index).
 

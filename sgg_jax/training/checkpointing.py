@@ -44,29 +44,55 @@ class StageCheckpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         return out.state, out.meta
 
-    def restore_params(self, step: int, abstract_params: Any) -> Any:
+    def restore_params(self, step: int, abstract_params: Any, frozen: Any = None) -> Any:
         """Only the parameters named by `abstract_params` (shapes / shardings), whatever the
         optimizer that wrote the checkpoint; checkpoint groups absent from it are skipped, so an
-        evaluation without SGDet restores a full run's checkpoint without its detector."""
+        evaluation without SGDet restores a full run's checkpoint without its detector.
+
+        With `frozen` (the non-trainable collections, {"model": ..., "detector": ...}, as
+        initialised) returns (params, frozen): the saved collections where the checkpoint has
+        them, else `frozen` as given (checkpoints written before they were saved)."""
         path = os.path.join(self.directory, str(step), "state")
         item = {"params": abstract_params}
+        if frozen:
+            item["frozen"] = abstract_like(frozen)
         args = ocp.args.PyTreeRestore(
             item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
             partial_restore=True)
         hint = "the checkpoint's parameters do not match this config's model (another model " \
             "or sizes?)"
         try:
-            params = ocp.PyTreeCheckpointer().restore(path, args=args)["params"]
+            restored = ocp.PyTreeCheckpointer().restore(path, args=args)
         except (ValueError, KeyError) as e:
             raise ValueError(f"{path}: {hint}: {e}") from e
+        params = restored["params"]
         # partial_restore hands targets the checkpoint lacks back unrestored.
-        missing = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(
-            params, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+        unrestored = lambda tree: [
+            jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(
+                tree, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
             if isinstance(v, jax.ShapeDtypeStruct)]
+        missing = unrestored(params)
         if missing:
             raise ValueError(f"{path}: {hint}; not in the checkpoint: {', '.join(missing[:8])}"
                              + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
-        return params
+        if frozen is None:
+            return params
+        if not frozen:
+            return params, frozen
+        saved = restored.get("frozen")
+        return params, (frozen if saved is None or unrestored(saved) else saved)
+
+    def restore_raw_params(self, step: int) -> Any:
+        """The saved parameters as NumPy arrays, whatever model wrote them (no target tree: for
+        loading another run's groups into this one's, which checks shapes itself)."""
+        path = os.path.join(self.directory, str(step), "state")
+        try:
+            state = ocp.PyTreeCheckpointer().restore(path)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise ValueError(f"{path}: not a readable training-state checkpoint ({e})") from e
+        if not isinstance(state, dict) or "params" not in state:
+            raise ValueError(f"{path}: holds no parameters (expected a stage checkpoint)")
+        return state["params"]
 
     def read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

@@ -21,6 +21,7 @@ import numpy as np
 from data_pipelines import pipeline
 from data_pipelines.batch import Batch
 from data_pipelines.dataset import DataConfig, PreparedDataset, prepare_dataset
+from data_pipelines.facts import DatasetFacts
 from sgg_jax.training import mesh as mesh_lib
 
 MAX_EPOCHS = 10_000  # the training stream's virtual length; stages end by step count
@@ -37,7 +38,7 @@ def prepare(config: ml_collections.ConfigDict) -> PreparedDataset:
     return prepare_dataset(data_config, progress=jax.process_index() == 0)
 
 
-def input_config(config: ml_collections.ConfigDict, data: PreparedDataset, *, batch_size: int,
+def input_config(config: ml_collections.ConfigDict, facts: DatasetFacts, *, batch_size: int,
                  train: bool, seed: int = 0) -> pipeline.InputConfig:
     """The pipeline's InputConfig from the `input` section (per-process batch size)."""
     i = config.input
@@ -46,7 +47,7 @@ def input_config(config: ml_collections.ConfigDict, data: PreparedDataset, *, ba
         max_relations=int(i.max_relations), max_regions=int(i.max_regions),
         max_phrase_len=int(i.max_phrase_len), batch_size=batch_size, shuffle=train, seed=seed,
         worker_count=int(i.worker_count), flip_prob=float(i.flip_prob) if train else 0.0,
-        flip_predicate_map=data.flip_predicate_map(),
+        flip_predicate_map=facts.flip_predicate_map(),
         filter_duplicate_rels=bool(config.data.filter_duplicate_rels) and train)
 
 
@@ -99,7 +100,7 @@ def train_loader(config: ml_collections.ConfigDict, data: PreparedDataset,
     whose iterator state is checkpointed with the train state)."""
     global_batch = int(config.input.batch_size)
     local = mesh_lib.local_batch_size(global_batch, mesh)
-    cfg = input_config(config, data, batch_size=local, train=True, seed=seed)
+    cfg = input_config(config, data.facts, batch_size=local, train=True, seed=seed)
     if len(data.sources["train"]) < global_batch:
         raise ValueError(f"the training split has {len(data.sources['train'])} images, fewer "
                          f"than config.input.batch_size={global_batch}")
@@ -121,15 +122,10 @@ def eval_loader(config: ml_collections.ConfigDict, data: PreparedDataset,
     if split not in data.sources:
         raise ValueError(f"config.eval.split={split!r}: this dataset has {sorted(data.sources)}")
     local = mesh_lib.local_batch_size(int(config.input.eval_batch_size), mesh)
-    return data.loader(split, input_config(config, data, batch_size=local, train=False))
+    return data.loader(split, input_config(config, data.facts, batch_size=local, train=False))
 
 
-def dummy_batch(config: ml_collections.ConfigDict, data: PreparedDataset,
+def dummy_batch(config: ml_collections.ConfigDict, facts: DatasetFacts,
                 batch_size: int = 1) -> Batch:
     """An all-padding batch with the configured shapes (for parameter initialisation)."""
-    return pipeline.empty_batch(input_config(config, data, batch_size=batch_size, train=False))
-
-
-def triplet_counts(data: PreparedDataset) -> np.ndarray | None:
-    """Training triplet counts [Z, 4] (subject, predicate, object, count) for few-shot recall."""
-    return data.statistics.triplet_counts()
+    return pipeline.empty_batch(input_config(config, facts, batch_size=batch_size, train=False))

@@ -1,33 +1,51 @@
-"""Evaluation of a relation model over a split: jitted scoring on device, ranking and matching on
-host with `sgg_jax.evaluation.SGGEvaluator`.
+"""Evaluation of a run over a split: jitted scoring on device, ranking and matching on host with
+`sgg_jax.evaluation.SGGEvaluator`, against the split's full ground truth.
 
 Only small arrays leave the device: per image the object labels and scores and the softmaxed
-predicate scores of every ordered pair. Ground truth is taken from the batch (original pixels =
-canvas pixels / scale); objects beyond `input.max_objects` were dropped by the pipeline and are
-counted in its statistics.
+predicate scores of every ordered pair. Each image is scored against all of its ground-truth
+objects and relations, read from the dataset (`PreparedDataset.ground_truth`), not from the
+padded batch: objects beyond `input.max_objects` (and the relations touching them) and
+relations beyond `input.max_relations` were never shown to the model in PredCls / SGCls and
+count as misses, as in neural-motifs. How many there were is reported
+(`results["ground_truth"]`, and in the printed table).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
 
 from data_pipelines.batch import Batch
-from sgg_jax import relation_sampling
-from sgg_jax.evaluation import SGGEvaluator
-from sgg_jax.models import DETECTOR_GROUP, postprocess, relation_params
+from sgg_jax import relation_sampling, scene_graph
+from sgg_jax.evaluation import DetectionEvaluator, SGGEvaluator
+from sgg_jax.evaluation.prediction_file import write_predictions
+from sgg_jax.models import postprocess
 from sgg_jax.models.interface import ModelInputs
+from sgg_jax.models.registry import DETECTOR_GROUP
+from sgg_jax.training import data as data_lib
+from sgg_jax.training import mesh as mesh_lib
+from sgg_jax.training import optim, pictures as pictures_lib, reporting
 from sgg_jax.training.steps import model_inputs
 
-OBJECT_SOURCES = ("detector", "model")
+log = logging.getLogger("sgg_jax")
+
+
+# ----------------------------------------------------------------------------------------------
+# Jitted steps
 
 
 def make_score_step(model: nn.Module, mode: str, model_state: dict | None = None) -> Callable:
-    """params, batch -> per-image labels, scores and predicate probabilities of all pairs.
+    """(relation params, batch) -> per-image labels, scores and predicate probabilities of all
+    ordered pairs of the batch's boxes.
 
     `model_state`: the model's non-trainable collections (e.g. frozen batch-norm statistics)."""
     model_state = dict(model_state or {})
@@ -35,7 +53,7 @@ def make_score_step(model: nn.Module, mode: str, model_state: dict | None = None
     def score(params: Any, batch: Batch) -> dict[str, jax.Array]:
         num_obj = batch.boxes.shape[1]
         pairs, pair_mask = relation_sampling.all_pairs(batch.box_mask, num_obj * (num_obj - 1))
-        outputs = model.apply({"params": relation_params(params), **model_state},
+        outputs = model.apply({"params": params, **model_state},
                               model_inputs(batch, pairs, pair_mask), train=False)
         scored = postprocess.predict_scores(outputs, mode, labels=batch.labels)
         return dict(labels=scored["obj_labels"], scores=scored["obj_scores"], pairs=pairs,
@@ -72,39 +90,30 @@ def _real_first(valid: jax.Array) -> jax.Array:
     return jnp.argsort(~valid, axis=-1, stable=True)
 
 
-def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: dict | None = None,
-                    model_state: dict | None = None, must_overlap: bool = False,
-                    object_source: str = "detector",
-                    propose_regions: Callable | None = None,
-                    refine_boxes: bool = False) -> Callable:
+def make_sgdet_step(exp: Any) -> Callable:
     """(params, images [B,S,S,3] uint8, image_sizes [B,2]) -> SGDet predictions (jittable).
 
-    The detector (params["detector"]) gives D boxes per image; they become the relation
+    The run's detector (params["detector"]) gives D boxes per image; they become the relation
     model's boxes (box_mask = valid detections, real ones first) and every ordered pair of them
-    a candidate (`detection_pairs`). The relation model sees the detector's labels as
-    `ModelInputs.labels` (FREQ indexes its table with them). Object labels and scores come
-    from the detector (`object_source="detector"`) or from the relation model's object
-    classifier on the detected boxes (`"model"`, argmax over 1..C and its probability).
-    `propose_regions(params, images, image_sizes) -> (boxes [B,Q,4], scores [B,Q], valid [B,Q])`
-    (MSDN's region RPN, `models.region_proposals.make_region_proposal_fn`) supplies the
-    caption regions (`ModelInputs.region_boxes / region_mask`) of models that read them.
-    `refine_boxes`: the returned object boxes are moved by the model's class-specific box
-    head (aux["obj_box_deltas"], for each box's returned label) and the regions by its region
-    box head (aux["region_deltas"]), and region scores become the model's region objectness
-    (MSDN's heads; `models.msdn.refine_boxes`). Pairs and the model's features stay those of
-    the boxes it was given.
+    a candidate (`detection_pairs`, `config.eval.sgdet_must_overlap`). The relation model sees
+    the detector's labels as `ModelInputs.labels` (FREQ indexes its table with them) and its
+    class distributions as `ModelInputs.obj_dists`. Object labels and scores come from the
+    detector (`config.eval.sgdet_object_source="detector"`) or from the relation model
+    (`"model"`: its own labels, else the argmax over 1..C and its probability). The model's
+    SGDet hooks (`ModelSpec.sgdet`) may add inputs (MSDN's caption-region proposals) and
+    outputs, and move the boxes with a box-refinement head (`config.eval.sgdet_refine_boxes`).
 
     Returns boxes [B,D,4] (canvas pixels), box_mask, labels, scores [B,D], pairs [B,M,2],
-    pair_mask [B,M], rel_scores [B,M,P+1] (softmax, 0 = no relation), and the detector's own
-    det_boxes [B,D,4] / det_labels / det_scores [B,D] (for its box mAP). With `propose_regions` also region_boxes
-    [B,Q,4], region_mask, region_scores [B,Q] and, when the model captions them, captions
-    [B,Q,L] (token ids).
+    pair_mask [B,M], rel_scores [B,M,P+1] (softmax, 0 = no relation), the detector's own
+    det_boxes [B,D,4] / det_labels / det_scores [B,D] (for its box mAP), and what the hooks add
+    (region_boxes [B,Q,4], region_mask, region_scores [B,Q], captions [B,Q,L]).
     """
-    if object_source not in OBJECT_SOURCES:
-        raise ValueError(f"config.eval.sgdet_object_source={object_source!r}: expected one of "
-                         f"{OBJECT_SOURCES}")
-    detector_state = dict(detector_state or {})
-    model_state = dict(model_state or {})
+    cfg = exp.config
+    detector, model = exp.detector(), exp.model("sgdet")
+    detector_state, model_state = dict(exp.detector_state), dict(exp.model_state)
+    object_source = str(cfg.eval.get("sgdet_object_source", "detector"))
+    must_overlap = bool(cfg.eval.get("sgdet_must_overlap", False))
+    hooks = exp.spec.sgdet(exp) if exp.spec.sgdet is not None else None
 
     def step(params: Any, images: jax.Array, image_sizes: jax.Array) -> dict[str, jax.Array]:
         dets = detector.apply({"params": params[DETECTOR_GROUP], **detector_state}, images,
@@ -113,18 +122,17 @@ def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: di
         take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
                                              axis=1)
         boxes, valid = take(dets.boxes), take(dets.valid)
-        det_boxes = boxes  # the detector's own (for its box mAP), before any refinement
         det_labels = jnp.where(valid, take(dets.labels), 0).astype(jnp.int32)
         det_scores = jnp.where(valid, take(dets.scores), 0.0)
         pairs, pair_mask = detection_pairs(boxes, valid, must_overlap)
-        regions = {}
-        if propose_regions is not None:
-            region_boxes, region_scores, region_mask = propose_regions(params, images,
-                                                                       image_sizes)
-            regions = dict(region_boxes=region_boxes, region_mask=region_mask)
+        extra_inputs, extra_out = {}, {}
+        if hooks is not None and hooks.extra_inputs is not None:
+            extra_inputs, extra_out = hooks.extra_inputs(params, images, image_sizes)
         inputs = ModelInputs(images=images, image_sizes=image_sizes, boxes=boxes, box_mask=valid,
-                             labels=det_labels, pairs=pairs, pair_mask=pair_mask, **regions)
-        outputs = model.apply({"params": relation_params(params), **model_state}, inputs,
+                             labels=det_labels, pairs=pairs, pair_mask=pair_mask,
+                             obj_dists=jnp.where(valid[..., None], take(dets.class_dists), 0.0),
+                             **extra_inputs)
+        outputs = model.apply({"params": exp.relation_params(params), **model_state}, inputs,
                               train=False)
         scored = postprocess.predict_scores(outputs, "sgdet")
         if object_source == "detector":
@@ -132,30 +140,18 @@ def make_sgdet_step(detector: nn.Module, model: nn.Module, *, detector_state: di
         else:
             labels = jnp.where(valid, scored["obj_labels"], 0)
             scores = jnp.where(valid, scored["obj_scores"], 0.0)
-        if refine_boxes:
-            from sgg_jax.models.msdn import refine_boxes as refine
-
-            if "obj_box_deltas" not in outputs.aux:
-                raise ValueError("config.eval.sgdet_refine_boxes: this model has no box-"
-                                 "refinement head (aux['obj_box_deltas']; MSDN has one)")
-            boxes = jnp.where(valid[..., None], refine(boxes, outputs.aux["obj_box_deltas"],
-                                                       image_sizes, labels), 0.0)
-            if regions:
-                region_boxes = jnp.where(region_mask[..., None], refine(
-                    region_boxes, outputs.aux["region_deltas"], image_sizes), 0.0)
-                region_scores = jnp.where(region_mask,
-                                          jax.nn.sigmoid(outputs.aux["region_scores"]), 0.0)
-                regions = dict(region_boxes=region_boxes, region_mask=region_mask)
         out = dict(boxes=boxes, box_mask=valid, labels=labels, scores=scores, pairs=pairs,
-                   pair_mask=pair_mask, rel_scores=scored["rel_scores"],
-                   det_boxes=det_boxes, det_labels=det_labels, det_scores=det_scores)
-        if regions:
-            out.update(regions, region_scores=region_scores)
-            if "captions" in outputs.aux:
-                out["captions"] = outputs.aux["captions"]
+                   pair_mask=pair_mask, rel_scores=scored["rel_scores"], det_boxes=boxes,
+                   det_labels=det_labels, det_scores=det_scores, **extra_out)
+        if hooks is not None and hooks.finish is not None:
+            out = hooks.finish(out, outputs, image_sizes)
         return out
 
     return step
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side: ground truth, predictions, counts
 
 
 def make_evaluators(mode: str, protocols: Sequence[str], num_predicates: int, *,
@@ -180,38 +176,76 @@ def make_evaluators(mode: str, protocols: Sequence[str], num_predicates: int, *,
     return out
 
 
-def batch_to_examples(batch: Batch, scored: dict[str, np.ndarray]) -> Iterable[tuple[dict, dict]]:
-    """Yields (groundtruth, prediction) dicts for the real images of a host-side batch.
+@dataclasses.dataclass
+class GroundTruthCounts:
+    """How much of the evaluated images' ground truth lay beyond the input limits (never shown
+    to the model in PredCls / SGCls, scored as misses)."""
 
-    Boxes go back to original pixels (canvas / scale) for ground truth and predictions alike;
-    the ground truth also carries its `image_id`.
-    PredCls / SGCls predict on the ground-truth boxes; SGDet (`scored` has "boxes" and
-    "box_mask") on the detections, whose real entries come first so that pair indices hold.
+    images: int = 0
+    images_truncated: int = 0
+    objects: int = 0
+    objects_beyond_limits: int = 0
+    relations: int = 0
+    relations_beyond_limits: int = 0
+
+    def add(self, gt: dict, objects_seen: int, relations_seen: int) -> None:
+        g, r = len(gt["labels"]), len(gt["relations"])
+        self.images += 1
+        self.objects += g
+        self.relations += r
+        self.objects_beyond_limits += g - objects_seen
+        self.relations_beyond_limits += r - relations_seen
+        self.images_truncated += int(g > objects_seen or r > relations_seen)
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def batch_to_examples(batch: Batch, scored: dict[str, np.ndarray], ground_truth: Any,
+                      predcls: bool = False) -> Iterable[tuple[dict, dict, int]]:
+    """Yields (groundtruth, prediction, row) for the real images of a host-side batch.
+
+    The ground truth is the image's full annotation (`ground_truth[image_id]`, original pixels).
+    PredCls / SGCls (`predcls`:
+    PredCls) predictions are on the ground-truth boxes: the model saw the image's first
+    objects, and those beyond the limits get score 0 and no pair; SGDet's (`scored` has "boxes" and "box_mask") on the detections, whose real entries
+    come first so that pair indices hold, mapped back to original pixels (canvas / scale).
     """
     for b in range(batch.images.shape[0]):
         if batch.image_ids[b] < 0:
             continue
+        gt = ground_truth[int(batch.image_ids[b])]
+        seen = int(np.asarray(batch.box_mask[b], bool).sum())
+        if not np.array_equal(gt["labels"][:seen], np.asarray(batch.labels[b][:seen])):
+            raise ValueError(f"image {int(batch.image_ids[b])}: the batch's objects are not the "
+                             "first objects of its ground truth (dataset and loader disagree)")
         scale = float(batch.scales[b])
-        obj = np.asarray(batch.box_mask[b], bool)
-        boxes = np.asarray(batch.boxes[b][obj], np.float64) / scale
-        rel = np.asarray(batch.relations[b][np.asarray(batch.rel_mask[b], bool)], np.int64)
-        gt = dict(boxes=boxes, labels=np.asarray(batch.labels[b][obj], np.int64), relations=rel,
-                  image_id=int(batch.image_ids[b]))
         pm = np.asarray(scored["pair_mask"][b], bool)
         if "boxes" in scored:
             obj = np.asarray(scored["box_mask"][b], bool)
             pred_boxes = np.asarray(scored["boxes"][b][obj], np.float64) / scale
+            labels = np.asarray(scored["labels"][b][obj], np.int64)
+            scores = np.asarray(scored["scores"][b][obj], np.float64)
         else:
-            pred_boxes = boxes
-        pred = dict(boxes=pred_boxes, labels=np.asarray(scored["labels"][b][obj], np.int64),
-                    scores=np.asarray(scored["scores"][b][obj], np.float64),
+            # The evaluator takes one prediction per ground-truth box; the objects beyond the
+            # limits were not predicted: score 0, in no pair (their label, the ground truth's
+            # in PredCls and 1 in SGCls, is a placeholder that no triplet reads).
+            obj = np.arange(batch.box_mask.shape[1]) < seen
+            unseen = len(gt["labels"]) - seen
+            pred_boxes = gt["boxes"]
+            labels = np.concatenate([np.asarray(scored["labels"][b][obj], np.int64),
+                                     gt["labels"][seen:] if predcls else np.ones(unseen,
+                                                                                 np.int64)])
+            scores = np.concatenate([np.asarray(scored["scores"][b][obj], np.float64),
+                                     np.zeros(unseen)])
+        pred = dict(boxes=pred_boxes, labels=labels, scores=scores,
                     rel_pairs=np.asarray(scored["pairs"][b][pm], np.int64),
                     rel_scores=np.asarray(scored["rel_scores"][b][pm], np.float64))
         if "det_labels" in scored:
             pred["det_boxes"] = np.asarray(scored["det_boxes"][b][obj], np.float64) / scale
             pred["det_labels"] = np.asarray(scored["det_labels"][b][obj], np.int64)
             pred["det_scores"] = np.asarray(scored["det_scores"][b][obj], np.float64)
-        yield gt, pred
+        yield gt, pred, b
 
 
 def gather_to_host(tree: Any) -> Any:
@@ -219,3 +253,208 @@ def gather_to_host(tree: Any) -> Any:
     if jax.process_count() == 1:
         return jax.device_get(tree)
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _batches(exp: Any, split: str, desc: str) -> Iterable[tuple[Any, Batch]]:
+    """(global batch on the mesh, the same batch gathered on the host) over a split."""
+    for host_batch in tqdm(data_lib.eval_loader(exp.config, exp.data, exp.mesh, split),
+                           desc=desc, unit="batch", disable=jax.process_index() != 0,
+                           dynamic_ncols=True):
+        batch = mesh_lib.to_global(host_batch, exp.mesh)
+        yield batch, gather_to_host(batch)
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation of a run
+
+
+def evaluate(exp: Any, params: Any, split: str | None = None,
+             num_pictures: int = 0) -> dict[str, Any]:
+    """Evaluates every configured mode on a split; returns the results.json dict.
+
+    Layout (docs/architecture.md): results[mode] = the neural-motifs protocol's metrics,
+    results["msdn"][mode] = the MSDN / F-Net protocol's (per `config.eval.protocols`). With
+    SGDet, the same pass (no second model run) also feeds phrase detection (results["phrdet"],
+    results["msdn"]["phrdet"]) and the detector's COCO mAP (pycocotools):
+    results["detection"] = {"AP", "AP50", "AP75", "num_images"} (percent).
+    results["ground_truth"]: the evaluated images' ground-truth counts and how many objects and
+    relations lay beyond the input limits (`GroundTruthCounts`). The model's extra evaluations
+    (`ModelSpec.evaluations`, e.g. "captions") are stored under their names.
+    `num_pictures` > 0 draws the first N images of the most complete mode into
+    <workdir>/pictures (process 0). With `config.eval.save_predictions` each mode's predictions
+    are also written to <workdir>/predictions/<split>_<mode>.h5 (sgg_jax.evaluation
+    .prediction_file; `python -m sgg_jax.evaluate` reads them).
+    """
+    cfg = exp.config
+    split = split or cfg.eval.split
+    protocols = reporting.parse_protocols(cfg.eval.get("protocols", "motifs,msdn"))
+    modes = optim.split_list(cfg.eval.modes)
+    picture_mode = pictures_lib.picture_mode(modes) if num_pictures > 0 else None
+    if jax.process_index() != 0:
+        picture_mode = None
+    ground_truth = exp.data.ground_truth(split)
+    limit = int(cfg.eval.max_images)
+    save = bool(cfg.eval.get("save_predictions", False)) and jax.process_index() == 0
+    shown: list[pictures_lib.Example] = []
+    results: dict[str, Any] = {}
+    counts = None
+    for mode in modes:
+        evaluators = make_evaluators(
+            mode, protocols, exp.facts.num_predicates, ks=tuple(cfg.eval.ks),
+            zero_shot_triplets=exp.facts.zero_shot_triplets,
+            triplet_counts=exp.facts.triplet_counts())
+        det_evaluator = refined_evaluator = None
+        if mode == "sgdet":
+            sgdet = make_sgdet_step(exp)
+            score = jax.jit(lambda p, batch: sgdet(p, batch.images, batch.image_sizes))
+            det_evaluator = DetectionEvaluator(exp.facts.num_classes)
+            if cfg.eval.get("sgdet_refine_boxes", False):
+                refined_evaluator = DetectionEvaluator(exp.facts.num_classes)
+        else:
+            step = jax.jit(make_score_step(exp.model(mode), mode, exp.model_state))
+            score = lambda p, batch, step=step: step(exp.relation_params(p), batch)
+        mode_counts = GroundTruthCounts()
+        written: list[tuple[int, dict]] = []
+        seen = 0
+        for batch, full_batch in _batches(exp, split, f"eval[{mode}]"):
+            if 0 <= limit <= seen:  # every process counts the same gathered images
+                break
+            scored = gather_to_host(score(params, batch))
+            for gt, pred, row in batch_to_examples(full_batch, scored, ground_truth,
+                                                   mode == "predcls"):
+                if 0 <= limit <= seen:
+                    break
+                mode_counts.add(gt, int(np.asarray(full_batch.box_mask[row], bool).sum()),
+                                int(np.asarray(full_batch.rel_mask[row], bool).sum()))
+                if det_evaluator is not None:
+                    det_evaluator.add(gt, dict(boxes=pred.pop("det_boxes"),
+                                               labels=pred.pop("det_labels"),
+                                               scores=pred.pop("det_scores")))
+                    if refined_evaluator is not None:  # the boxes the scene graphs are scored on
+                        refined_evaluator.add(gt, dict(boxes=pred["boxes"], labels=pred["labels"],
+                                                       scores=pred["scores"]))
+                for evaluator in evaluators.values():
+                    evaluator.add(gt, pred)
+                if save:
+                    written.append((gt["image_id"], pred))
+                if mode == picture_mode and len(shown) < num_pictures:
+                    shown.append(_picture_example(exp, split, len(shown), full_batch, row, gt,
+                                                  pred, scored))
+                seen += 1
+        for (protocol, m), evaluator in evaluators.items():
+            reporting.store_metrics(results, protocol, m, evaluator.compute())
+        if det_evaluator is not None:
+            results["detection"] = det_evaluator.compute()
+            if refined_evaluator is not None:
+                results["detection_refined"] = refined_evaluator.compute()
+        if counts is None:
+            counts = mode_counts
+        if save:
+            _save_predictions(exp, split, mode, written)
+    if counts is not None:
+        results["ground_truth"] = counts.as_dict()
+    if shown:
+        paths = pictures_lib.write_pictures(
+            os.path.join(exp.workdir, "pictures"), picture_mode, shown, exp.facts.idx_to_label,
+            exp.facts.idx_to_predicate, int(cfg.predict.top_relations))
+        log.info("%d %s prediction pictures in %s", len(paths), picture_mode,
+                 os.path.dirname(paths[0]))
+    for name in exp.spec.evaluations:
+        results[name] = EXTRA_EVALUATIONS[name](exp, params, split)
+    return results
+
+
+def _save_predictions(exp: Any, split: str, mode: str, written: list[tuple[int, dict]]) -> str:
+    path = os.path.join(exp.workdir, "predictions", f"{split}_{mode}.h5")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_predictions(path, [i for i, _ in written], [p for _, p in written], metadata=dict(
+        mode=mode, split=split, num_predicates=exp.facts.num_predicates,
+        num_classes=exp.facts.num_classes, idx_to_label=list(exp.facts.idx_to_label),
+        idx_to_predicate=list(exp.facts.idx_to_predicate), model=exp.config.model.name))
+    log.info("%s predictions of %d images in %s", mode, len(written), path)
+    return path
+
+
+def _picture_example(exp: Any, split: str, index: int, batch: Any, row: int, gt: dict,
+                     pred: dict, scored: dict) -> pictures_lib.Example:
+    """A picture's inputs: the evaluator's dicts and the original image (the split's record
+    `index`, which the eval loader reads in order, or the canvas content scaled back). When the
+    step's output has region captions, also the top `config.predict.top_regions` predicted
+    regions (NMS at `config.predict.region_nms`) with their captions and the ground-truth
+    caption regions the model was given with their phrases (this image's rows only, decoded on
+    the host)."""
+    image_id = int(gt["image_id"])
+    source = exp.data.sources[split]
+    record = source[index] if index < len(source) else None
+    scale = float(batch.scales[row])
+    image = pictures_lib.original_image(record, image_id, batch.images[row],
+                                        batch.image_sizes[row], scale)
+    if "captions" not in scored:
+        return pictures_lib.Example(image_id, gt, pred, image)
+    words, pcfg = exp.facts.idx_to_word, exp.config.predict
+    pred_regions = scene_graph.region_fields(
+        scored["region_boxes"][row], scored["region_mask"][row], scored["region_scores"][row],
+        scored["captions"][row], words, int(pcfg.get("top_regions", 5)), scale, image.size,
+        float(pcfg.get("region_nms", 1.0)))
+    # The ground-truth regions the model was given (the first input.max_regions), in order,
+    # with their full phrases (scores 1).
+    q = int(np.asarray(batch.region_mask[row], bool).sum())
+    gt_regions = scene_graph.region_fields(
+        gt["region_boxes"][:q] * scale, np.ones(q, bool), np.ones(q), gt["region_tokens"][:q],
+        words, q, scale, image.size)
+    return pictures_lib.Example(image_id, gt, pred, image, pred_regions, gt_regions)
+
+
+# ----------------------------------------------------------------------------------------------
+# Region captions: a separate pass, for models that declare the "captions" evaluation
+
+
+def evaluate_captions(exp: Any, params: Any, split: str | None = None) -> dict:
+    """Captions of the split's ground-truth caption regions ("given regions" protocol, all
+    ordered object pairs as phrases) scored by corpus BLEU-4 against each region's full phrase
+    (`sgg_jax.evaluation.captions.CaptionEvaluator`). Regions beyond `input.max_regions` are
+    not given to the model, so they are not scored: `regions_beyond_limit` counts them."""
+    from sgg_jax.evaluation.captions import CaptionEvaluator
+
+    cfg = exp.config
+    split = split or cfg.eval.split
+    model, state = exp.model("sgcls"), exp.model_state
+    ground_truth = exp.data.ground_truth(split)
+
+    def captions(p, batch):
+        o = batch.boxes.shape[1]
+        pairs, pair_mask = relation_sampling.all_pairs(batch.box_mask, o * (o - 1))
+        out = model.apply({"params": p, **state}, model_inputs(batch, pairs, pair_mask),
+                          train=False)
+        return out.aux["captions"]
+
+    step = jax.jit(captions)
+    evaluator = CaptionEvaluator(exp.facts.idx_to_word)
+    seen, limit, beyond = 0, int(cfg.eval.max_images), 0
+    relation_params = exp.relation_params(params)
+    for batch, full in _batches(exp, split, "eval[captions]"):
+        if 0 <= limit <= seen:
+            break
+        caps = gather_to_host(step(relation_params, batch))
+        for b in range(caps.shape[0]):
+            if full.image_ids[b] < 0 or 0 <= limit <= seen:
+                continue
+            gt = ground_truth[int(full.image_ids[b])]
+            mask = np.asarray(full.region_mask[b], bool)
+            q = int(mask.sum())
+            beyond += len(gt["region_tokens"]) - q
+            tokens = np.asarray(gt["region_tokens"], np.int32).reshape(len(gt["region_tokens"]),
+                                                                       -1)[:q]
+            evaluator.add(caps[b][:q], tokens, np.ones(q, bool))
+            seen += 1
+    result = evaluator.compute()
+    result["regions_beyond_limit"] = beyond
+    log.info("region captions (%s): BLEU-4 %.2f over %d regions (%d beyond input.max_regions, "
+             "not scored)", result["setting"], result["BLEU-4"], result["num_regions"], beyond)
+    return result
+
+
+# Evaluations a model may declare in `ModelSpec.evaluations`.
+EXTRA_EVALUATIONS: dict[str, Callable[[Any, Any, str | None], dict]] = {
+    "captions": evaluate_captions,
+}

@@ -24,7 +24,7 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     Cloud TPU). With an explicit address (e.g. a localhost coordinator for CPU tests), the
     process count and id must be given too. CPU collectives go through gloo.
     """
-    if not (initialize or coordinator_address):
+    if not (initialize or coordinator_address) or jax.distributed.is_initialized():
         return
     # Only affects the CPU backend (collectives across processes); harmless on GPU / TPU, and
     # asking for the backend here would initialise it too early.

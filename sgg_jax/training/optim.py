@@ -1,17 +1,27 @@
-"""Optimizers and schedules from a stage's config (optax), with per-group freezing.
+"""Optimizers of a stage (optax), with per-group freezing and several optimizers per stage.
 
-A stage names the parameter groups it trains (top-level keys of the param tree: `backbone`,
-`roi_features`, `obj_classifier`, `relation_head`, ...); every other group gets zero updates.
+A stage names the parameter groups it trains (`trainable`: top-level groups of the param tree,
+e.g. `backbone`, or paths below one, e.g. `base/relation_head` for a model on top of another);
+every other group gets zero updates. A stage may instead declare several optimizers
+(`stages.<name>.optimizers.<opt> = {trainable, losses, learning_rate, ...}`, fields not given
+taken from the stage), each with its own optax chain, schedule and state over disjoint groups,
+applied together on one loss (`update="joint"`) or one after the other, each on its own losses
+with the parameters the previous one left (`update="alternating"`, e.g. generator then
+discriminator). An optimizer's state only moves when it updates: the generator's Adam moments
+do not advance during the discriminator's step.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import jax
 import ml_collections
 import optax
 
-KNOWN_GROUPS = ("backbone", "roi_features", "obj_classifier", "relation_head", "detector",
-                "rpn", "region_head", "captioner", "region_rpn")
+MAIN = "main"  # the name of a stage's single optimizer
+UPDATES = ("joint", "alternating")
+_INHERITED = ("trainable", "losses", "learning_rate", "warmup_steps", "optimizer", "schedule",
+              "num_steps")
 
 
 def split_list(value: str) -> list[str]:
@@ -19,13 +29,33 @@ def split_list(value: str) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
+def optimizer_specs(stage: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+    """{optimizer name: its settings}, in order: the stage's own fields as "main", or each
+    entry of `stage.optimizers` with the stage's fields filling what it leaves out."""
+    declared = stage.get("optimizers", None)
+    if not declared:
+        return {MAIN: ml_collections.ConfigDict({k: stage[k] for k in _INHERITED})}
+    out = {}
+    for name, opt in declared.items():
+        fields = {k: opt.get(k, stage[k]) if k != "num_steps" else stage[k] for k in _INHERITED}
+        out[name] = ml_collections.ConfigDict(fields)
+    return out
+
+
+def update_rule(stage: ml_collections.ConfigDict) -> str:
+    rule = str(stage.get("update", "joint") or "joint")
+    if rule not in UPDATES:
+        raise ValueError(f"config.train.stages.*.update={rule!r}: expected one of {UPDATES}")
+    return rule
+
+
 def make_schedule(stage: ml_collections.ConfigDict) -> optax.Schedule:
     """Linear warmup then cosine decay (or constant) over the stage's steps."""
     steps, warmup, lr = int(stage.num_steps), int(stage.warmup_steps), float(stage.learning_rate)
     if stage.schedule == "cosine":
+        ramp = max(warmup, 1)  # optax needs a warmup of at least one step (from lr when none)
         return optax.warmup_cosine_decay_schedule(
-            0.0 if warmup else lr, lr, max(warmup, 1) if warmup else 1, max(steps, warmup + 1),
-            end_value=lr * 0.01)
+            0.0 if warmup else lr, lr, ramp, max(steps, ramp + 1), end_value=lr * 0.01)
     if stage.schedule == "constant":
         if not warmup:
             return optax.constant_schedule(lr)
@@ -34,30 +64,81 @@ def make_schedule(stage: ml_collections.ConfigDict) -> optax.Schedule:
     raise ValueError(f"config.train.stages.*.schedule={stage.schedule!r}: expected cosine or constant")
 
 
-def trainable_groups(stage: ml_collections.ConfigDict, params: dict[str, Any]) -> list[str]:
-    """The stage's trainable groups that this model has; unknown names are an error."""
-    names = split_list(stage.trainable)
-    unknown = [n for n in names if n not in params and n not in KNOWN_GROUPS]
-    if unknown:
-        raise ValueError(f"config.train.stages.*.trainable: unknown parameter groups {unknown}; "
-                         f"this model has {sorted(params)}")
-    return [n for n in names if n in params]
+def present_groups(paths: list[str], params: Any) -> list[str]:
+    """The group paths ('a' or 'a/b/...') that exist in `params` (a model without a group the
+    stage names simply does not train it)."""
+    out = []
+    for path in paths:
+        node, ok = params, True
+        for part in path.split("/"):
+            if hasattr(node, "keys") and part in node:
+                node = node[part]
+            else:
+                ok = False
+                break
+        if ok:
+            out.append(path)
+    return out
 
 
-def make_optimizer(stage: ml_collections.ConfigDict, train: ml_collections.ConfigDict,
-                   params: dict[str, Any]) -> optax.GradientTransformation:
-    """Clipping + the base optimizer on the trainable groups, zero updates elsewhere."""
-    schedule = make_schedule(stage)
-    if stage.optimizer == "adam":
+def path_labels(params: Any, paths: dict[str, str], default: str) -> Any:
+    """A pytree like `params` whose leaves are the label of the longest path in `paths`
+    ({'a/b': label}) that contains them, else `default`."""
+    def label(keypath, _):
+        names = [getattr(k, "key", getattr(k, "name", str(k))) for k in keypath]
+        best, depth = default, -1
+        for path, lab in paths.items():
+            parts = path.split("/")
+            if names[:len(parts)] == parts and len(parts) > depth:
+                best, depth = lab, len(parts)
+        return best
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def freeze_except(params: Any, paths: list[str]) -> Any:
+    """`params` with `stop_gradient` on every leaf outside `paths`, so XLA never computes (or
+    compiles) the backward pass of frozen groups."""
+    labels = path_labels(params, {p: "train" for p in paths}, "frozen")
+    return jax.tree.map(lambda v, lab: v if lab == "train" else jax.lax.stop_gradient(v),
+                        params, labels)
+
+
+def base_optimizer(opt: ml_collections.ConfigDict, train: ml_collections.ConfigDict
+                   ) -> optax.GradientTransformation:
+    """Clipping + Adam(W) or SGD with momentum on the optimizer's schedule."""
+    schedule = make_schedule(opt)
+    if opt.optimizer == "adam":
         base = optax.adamw(schedule, weight_decay=float(train.weight_decay))
-    elif stage.optimizer == "sgd":
+    elif opt.optimizer == "sgd":
         base = optax.chain(optax.add_decayed_weights(float(train.weight_decay)),
                            optax.sgd(schedule, momentum=0.9))
     else:
-        raise ValueError(f"config.train.stages.*.optimizer={stage.optimizer!r}: expected adam or sgd")
-    tx = optax.chain(optax.clip_by_global_norm(float(train.grad_clip_norm)), base) \
+        raise ValueError(f"config.train.stages.*.optimizer={opt.optimizer!r}: expected adam or sgd")
+    return optax.chain(optax.clip_by_global_norm(float(train.grad_clip_norm)), base) \
         if train.grad_clip_norm > 0 else base
-    groups = set(trainable_groups(stage, params))
-    labels = {k: ("train" if k in groups else "frozen") for k in params}
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                                 lambda p: {k: labels[k] for k in p})
+
+
+def make_optimizers(stage: ml_collections.ConfigDict, train: ml_collections.ConfigDict,
+                    params: Any) -> dict[str, tuple[optax.GradientTransformation, list[str]]]:
+    """{name: (tx, trained group paths)} of a stage: each tx updates its own groups and gives
+    the others zero updates. Empty when no optimizer has a group in `params`. Groups of two
+    optimizers must not overlap."""
+    out, seen = {}, {}
+    for name, opt in optimizer_specs(stage).items():
+        groups = present_groups(split_list(opt.trainable), params)
+        for g in groups:
+            for other, owner in seen.items():
+                if g == other or g.startswith(other + "/") or other.startswith(g + "/"):
+                    raise ValueError(f"config.train.stages.*.optimizers: '{g}' ({name}) and "
+                                     f"'{other}' ({owner}) overlap; each group belongs to one "
+                                     "optimizer")
+            seen[g] = name
+        if not groups:
+            continue
+        tx = optax.multi_transform(
+            {"train": base_optimizer(opt, train), "frozen": optax.set_to_zero()},
+            lambda p, groups=tuple(groups): path_labels(p, {g: "train" for g in groups},
+                                                        "frozen"))
+        out[name] = (tx, groups)
+    return out

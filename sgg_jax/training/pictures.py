@@ -1,18 +1,18 @@
 """Prediction pictures of an evaluation: the first N images of the split, predicted scene graph
 next to the ground truth, for a quick look at what a run learned.
 
-`trainer.evaluate(..., num_pictures=N)` keeps the first N (groundtruth, prediction) pairs of the
+`eval_loop.evaluate(..., num_pictures=N)` keeps the first N (groundtruth, prediction) pairs of the
 most complete mode it evaluates (`picture_mode`: sgdet, else sgcls, else predcls) as the
 evaluator receives them (original pixels) and `write_pictures` writes, per image,
-`<dir>/<mode>_<image_id>.json` (the prediction as a `sgg_jax.predict.SceneGraph` document, its
-top relations ranked as `--mode predict` ranks them; in PredCls / SGCls the objects keep the
+`<dir>/<mode>_<image_id>.json` (the prediction as a `sgg_jax.scene_graph.SceneGraph` document,
+its top relations ranked as `--mode predict` ranks them; in PredCls / SGCls the objects keep the
 ground truth's order, so both drawings give an object the same number and colour),
 `<dir>/<mode>_<image_id>_gt.json` (the ground truth in the same format, scores 1) and
 `<dir>/<mode>_<image_id>.png`: both graphs drawn by `sgg_jax.visualize.draw_scene_graph` from
 exactly those documents, prediction on the left and ground truth on the right (`compose`).
-For captioning models (MSDN, SGDet) the prediction also carries its top region proposals with
+For models that caption regions (in SGDet) the prediction also carries its top region proposals with
 their captions and the ground truth its caption regions with their phrases (`Example.pred_regions`
-/ `gt_regions`, built by `predict.region_fields` for the pictured images only).
+/ `gt_regions`, built by `scene_graph.region_fields` for the pictured images only).
 Files are written atomically.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_pipelines.errors import atomic_write_bytes
-from sgg_jax import predict, visualize
+from sgg_jax import scene_graph, visualize
 
 MODE_ORDER = ("sgdet", "sgcls", "predcls")  # most complete first
 GAP = 16  # white pixels between the two drawings
@@ -36,7 +36,7 @@ GAP = 16  # white pixels between the two drawings
 class Example:
     """One picture's inputs: the evaluator's dicts (original pixels) and the image; for
     captioning models also the predicted and ground-truth caption regions
-    (`predict.region_fields`)."""
+    (`scene_graph.region_fields`)."""
 
     image_id: int
     groundtruth: Mapping[str, np.ndarray]
@@ -66,22 +66,22 @@ def original_image(record: Mapping[str, Any] | None, image_id: int, canvas: np.n
 def prediction_graph(prediction: Mapping[str, np.ndarray], image: Image.Image,
                      class_names: Sequence[str], predicate_names: Sequence[str],
                      top_relations: int, keep_order: bool = False,
-                     regions: Mapping[str, Any] | None = None) -> predict.SceneGraph:
+                     regions: Mapping[str, Any] | None = None) -> scene_graph.SceneGraph:
     """The evaluator's prediction dict (boxes in original pixels, every scored pair) as a
-    SceneGraph: relations ranked by `predict.rank_triplets` (graph constraint, as `--mode
+    SceneGraph: relations ranked by `scene_graph.rank_triplets` (graph constraint, as `--mode
     predict`), the top `top_relations`; objects sorted by score, or in their own order with
     `keep_order` (PredCls / SGCls: the ground truth's order, so both drawings share colours);
-    `regions`: caption-region fields (`predict.region_fields`), kept as given."""
+    `regions`: caption-region fields (`scene_graph.region_fields`), kept as given."""
     scores = np.asarray(prediction["scores"], np.float64).reshape(-1)
     n = scores.shape[0]
     order = np.arange(n) if keep_order else np.argsort(-scores, kind="stable")
     new_index = np.empty(n, np.int64)
     new_index[order] = np.arange(n)
     pairs = np.asarray(prediction["rel_pairs"], np.int64).reshape(-1, 2)
-    rp, pred, tscore, pscore = predict.rank_triplets(
+    rp, pred, tscore, pscore = scene_graph.rank_triplets(
         scores, pairs, prediction["rel_scores"], pairs[:, 0] != pairs[:, 1], top_relations)
     boxes = np.asarray(prediction["boxes"], np.float64).reshape(n, 4)[order]
-    return predict.SceneGraph(
+    return scene_graph.SceneGraph(
         width=image.size[0], height=image.size[1], boxes=np.round(boxes, 2),
         labels=np.asarray(prediction["labels"], np.int64)[order],
         scores=np.round(scores[order], 6), rel_pairs=new_index[rp].reshape(-1, 2),
@@ -92,12 +92,12 @@ def prediction_graph(prediction: Mapping[str, np.ndarray], image: Image.Image,
 
 def groundtruth_graph(groundtruth: Mapping[str, np.ndarray], image: Image.Image,
                       class_names: Sequence[str], predicate_names: Sequence[str],
-                      regions: Mapping[str, Any] | None = None) -> predict.SceneGraph:
+                      regions: Mapping[str, Any] | None = None) -> scene_graph.SceneGraph:
     """The ground truth as a SceneGraph (objects in their order, every relation, scores 1;
     `regions`: its caption regions, as `prediction_graph`'s)."""
     rels = np.asarray(groundtruth["relations"], np.int64).reshape(-1, 3)
     n, r = len(groundtruth["labels"]), len(rels)
-    return predict.SceneGraph(
+    return scene_graph.SceneGraph(
         width=image.size[0], height=image.size[1],
         boxes=np.round(np.asarray(groundtruth["boxes"], np.float64).reshape(n, 4), 2),
         labels=np.asarray(groundtruth["labels"], np.int64), scores=np.ones(n),
@@ -120,7 +120,7 @@ def compose(left: Image.Image, right: Image.Image, titles: tuple[str, str]) -> I
     return out
 
 
-def render(pred: predict.SceneGraph, gt: predict.SceneGraph, image: Image.Image,
+def render(pred: scene_graph.SceneGraph, gt: scene_graph.SceneGraph, image: Image.Image,
            mode: str) -> Image.Image:
     """The picture of one image: prediction (left) and ground truth (right) drawn on `image`."""
     return compose(pred.draw(image), gt.draw(image),

@@ -4,7 +4,10 @@ results.json layout (docs/architecture.md): `results[mode]` holds the neural-mot
 metrics of each evaluated mode (phrdet included when sgdet is evaluated), `results["msdn"][mode]`
 the MSDN / F-Net protocol's, `results["detection"]` the detector's COCO mAP,
 `results["detection_refined"]` that of the SGDet boxes after the relation model's box
-refinement (`eval.sgdet_refine_boxes`) and `results["captions"]` MSDN's region-caption BLEU-4.
+refinement (`eval.sgdet_refine_boxes`), `results["ground_truth"]` the evaluated ground truth's
+counts (and how much lay beyond the input limits), `results["partial"]` the unfinished stage an
+evaluation accepted (`eval.allow_partial`), and a model's extra evaluations under their names
+(`results["captions"]`: region-caption BLEU-4).
 """
 from __future__ import annotations
 
@@ -13,11 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import jax
 
-from sgg_jax.evaluation.sgg import PROTOCOLS
+from sgg_jax.evaluation.sgg import MODES, PROTOCOLS
 
-# Top-level results.json keys that are not a mode of the motifs protocol.
-MSDN_KEY = "msdn"
-NON_MODE_KEYS = ("detection", "detection_refined", "captions", MSDN_KEY)
 # The recall families shown per protocol.
 PROTOCOL_FAMILIES = {"motifs": ("R", "ngR", "mR", "ngmR", "zR", "ngzR"), "msdn": ("R", "predR")}
 PROTOCOL_NOTES = {"motifs": "per-image mean", "msdn": "micro-averaged over the split"}
@@ -44,7 +44,7 @@ def store_metrics(results: dict, protocol: str, mode: str, metrics: dict) -> Non
 def recall_results(results: Mapping[str, Any]) -> dict[str, dict[str, Mapping[str, Any]]]:
     """{protocol: {mode: metrics}} of a results dict (only protocols that are present)."""
     out: dict[str, dict[str, Mapping[str, Any]]] = {}
-    motifs = {m: r for m, r in results.items() if m not in NON_MODE_KEYS}
+    motifs = {m: r for m, r in results.items() if m in MODES}
     if motifs:
         out["motifs"] = motifs
     for protocol in PROTOCOLS:
@@ -55,17 +55,35 @@ def recall_results(results: Mapping[str, Any]) -> dict[str, dict[str, Mapping[st
 
 def scalar_groups(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """TensorBoard groups of a results dict: "<mode>" (motifs recalls), "<protocol>_<mode>"
-    (other protocols' recalls), "detection" (mAP) and "captions" (BLEU-4); numbers only."""
+    (other protocols' recalls), and each other section of numbers ("detection" mAP, a model's
+    extra evaluations such as "captions" BLEU-4, "ground_truth" counts); numbers only."""
     groups: dict[str, dict[str, float]] = {}
     for protocol, modes in recall_results(results).items():
         for mode, vals in modes.items():
             name = mode if protocol == "motifs" else f"{protocol}_{mode}"
             groups[name] = {k: v for k, v in vals.items() if "@" in k}
-    for key in ("detection", "detection_refined", "captions"):
-        if key in results:
-            groups[key] = {k: v for k, v in results[key].items()
-                           if isinstance(v, (int, float)) and not k.startswith("num_")}
+    for key, section in results.items():
+        if key in MODES or key in PROTOCOLS or not isinstance(section, Mapping):
+            continue
+        numbers = {k: v for k, v in section.items()
+                   if isinstance(v, (int, float)) and not k.startswith("num_")}
+        if numbers:
+            groups[key] = numbers
     return groups
+
+
+def format_ground_truth(counts: Mapping[str, int], max_objects: int, max_relations: int) -> str:
+    """One line on the evaluated ground truth and what lay beyond the input limits."""
+    return (f"ground truth: {counts['images']} images, {counts['objects']} objects, "
+            f"{counts['relations']} relations; beyond input.max_objects={max_objects} / "
+            f"max_relations={max_relations} (never shown in PredCls / SGCls, scored as misses): "
+            f"{counts['objects_beyond_limits']} objects, {counts['relations_beyond_limits']} "
+            f"relations ({_percent(counts['relations_beyond_limits'], counts['relations'])} of "
+            f"the relations), in {counts['images_truncated']} images")
+
+
+def _percent(a: int, b: int) -> str:
+    return f"{100.0 * a / b:.1f}%" if b else "-"
 
 
 
@@ -96,9 +114,11 @@ def format_results_table(results: Mapping[str, Mapping[str, float]], title: str 
     return "\n".join(lines)
 
 
-def format_report(results: Mapping[str, Any], name: str) -> str:
+def format_report(results: Mapping[str, Any], name: str, limits: tuple[int, int] | None = None
+                  ) -> str:
     """The recall tables of a results dict, one per protocol (motifs first, with its few-shot
-    table), titled "<name> (protocol: <p>, <how averaged>; recalls in %)"."""
+    table), titled "<name> (protocol: <p>, <how averaged>; recalls in %)", then the ground
+    truth's counts (`limits` = (max_objects, max_relations)) and a partial run's stage."""
     parts = []
     for protocol, modes in recall_results(results).items():
         title = f"{name} (protocol: {protocol}, {PROTOCOL_NOTES[protocol]}; recalls in %)"
@@ -107,6 +127,12 @@ def format_report(results: Mapping[str, Any], name: str) -> str:
             few_shot = format_few_shot_table(modes)
             if few_shot:
                 parts.append(few_shot)
+    if "ground_truth" in results and limits is not None:
+        parts.append(format_ground_truth(results["ground_truth"], *limits))
+    if results.get("partial"):
+        p = results["partial"]
+        parts.append(f"PARTIAL: stage '{p['stage']}' had run {p['step']} of its "
+                     f"{p['num_steps']} steps (eval.allow_partial)")
     return "\n\n".join(parts)
 
 

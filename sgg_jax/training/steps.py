@@ -1,15 +1,20 @@
-"""The jitted training and evaluation steps.
+"""The jitted training steps, one builder per stage kind.
 
-`train_step(state, batch, rng)` (relation stages) is pure: it samples relations per image on
-device, runs the model, computes the stage's losses and applies one optimizer update. A non-finite loss leaves the state
-unchanged and raises a flag the host checks at log and checkpoint time, so the last good state
-is what gets saved. `make_detector_train_step` is the `detector` stage's step (Faster R-CNN
-losses on the ground-truth boxes), `make_region_train_step` the `regions` stage's (MSDN's
-region RPN on the caption-region boxes); all share `apply_update`.
+Every step is pure, `step(state, batch, rng) -> (state, metrics)`:
+- relation stages (`make_relation_step`): samples relations per image on device, runs the
+  relation model, sums the stage's loss terms (looked up by name: the generic ones of
+  sgg_jax/losses.py and the model's own, `ModelSpec.losses`, plus terms the model returns in
+  `ModelOutputs.losses`) and applies the stage's optimizer(s);
+- the detector stage (`make_detector_step`): Faster R-CNN losses on the ground-truth boxes;
+- an auxiliary network's stage (`make_loss_step`): the network's own loss function
+  (`AuxiliaryNetwork.make_loss`).
+A non-finite loss leaves the state unchanged and raises a flag the host checks at log and
+checkpoint time, so the last good state is what gets saved. All share `apply_update`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -20,23 +25,35 @@ import optax
 from data_pipelines.batch import Batch
 from sgg_jax import losses as losses_lib
 from sgg_jax import relation_sampling
-from sgg_jax.models import DETECTOR_GROUP, relation_params
-from sgg_jax.models.interface import ModelInputs, ModelOutputs
+from sgg_jax.models.interface import ModelInputs
+from sgg_jax.models.registry import DETECTOR_GROUP
+from sgg_jax.training.optim import freeze_except, path_labels
+
+# {optimizer name: (optax transformation, the group paths it trains)}
+Optimizers = Mapping[str, tuple[optax.GradientTransformation, list[str]]]
 
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a stage checkpoints besides the data iterator."""
+    """Everything a stage checkpoints besides the data iterator: one optimizer state per
+    optimizer of the stage (`opt_state[name]`), and the models' non-trainable collections
+    (`frozen`: {"model": ..., "detector": ...}, e.g. ImageNet batch-norm statistics), so a run
+    restores from its checkpoints alone."""
 
     step: jax.Array
     params: Any
-    opt_state: Any
+    opt_state: dict
     nonfinite: jax.Array  # count of steps whose loss was NaN/Inf (update skipped)
+    frozen: dict = flax.struct.field(default_factory=dict)
 
     @classmethod
-    def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                   nonfinite=jnp.zeros((), jnp.int32))
+    def create(cls, params: Any, optimizers: Optimizers | optax.GradientTransformation,
+               frozen: dict | None = None) -> "TrainState":
+        if isinstance(optimizers, optax.GradientTransformation):
+            optimizers = {"main": (optimizers, [])}
+        return cls(step=jnp.zeros((), jnp.int32), params=params,
+                   opt_state={n: tx.init(params) for n, (tx, _) in optimizers.items()},
+                   nonfinite=jnp.zeros((), jnp.int32), frozen=dict(frozen or {}))
 
 
 def model_inputs(batch: Batch, pairs: jax.Array, pair_mask: jax.Array) -> ModelInputs:
@@ -57,181 +74,152 @@ def sample_training_pairs(rng: jax.Array, batch: Batch, *, num_rels: int, fg_fra
                             batch.rel_mask)
 
 
-ROI_LOSSES = ("region", "object_box")  # need MSDN's training RoIs (`roi_sampler`)
+def loss_terms(names: tuple[str, ...], model_losses: Mapping[str, Callable | None]
+               ) -> dict[str, Callable | None]:
+    """{name: loss function} for a stage's loss names: the generic terms and the model's own;
+    None marks a term the model returns itself (`ModelOutputs.losses`)."""
+    table = {**losses_lib.GENERIC_LOSSES, **model_losses}
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"losses {unknown}: not terms of this model (it has {sorted(table)})")
+    return {n: table[n] for n in names}
 
 
-def compute_losses(outputs: ModelOutputs, batch: Batch, pair_labels: jax.Array,
-                   pair_mask: jax.Array, *, loss_names: tuple[str, ...], edge_kind: str,
-                   obj_weight: float, rel_weight: float, inputs: ModelInputs | None = None,
-                   rois: Any = None) -> tuple[jax.Array, dict]:
-    """The stage's weighted total loss and its parts. With `rois` (MSDN's sampled training
-    RoIs, `models.region_proposals.MSDNTrainingRoIs`) the caption loss runs over the sampled
-    fg regions of `inputs`, and the `region` / `object_box` losses are available."""
+def compute_losses(outputs: Any, targets: losses_lib.LossTargets,
+                   terms: Mapping[str, Callable | None], config: Any
+                   ) -> tuple[jax.Array, dict]:
+    """The weighted total of the named loss terms and each logged part."""
     parts = {}
-    missing = [n for n in loss_names if n in ROI_LOSSES] if rois is None else []
-    if missing:
-        raise ValueError(f"losses {missing} need MSDN's training RoIs (a model with region "
-                         "and box heads, and the detector + region RPN of an SGDet run)")
-    if "object" in loss_names:
-        parts["object_loss"] = obj_weight * losses_lib.object_loss(
-            outputs.obj_logits, batch.labels, batch.box_mask)
-    if "relation" in loss_names:
-        parts["relation_loss"] = rel_weight * losses_lib.edge_loss(
-            outputs.rel_logits, pair_labels, pair_mask, kind=edge_kind)
-    if "caption" in loss_names:  # region captioning (MSDN): outputs.aux["caption_logits"]
-        if "caption_logits" not in outputs.aux:
-            raise ValueError("loss 'caption': this model has no aux['caption_logits'] (only "
-                             "captioning models such as msdn can train it)")
-        if rois is None:
-            tokens, regions = batch.region_tokens, batch.region_mask
+    weights = config.loss.get("weights", None) or {}
+    for name, fn in terms.items():
+        if fn is None:
+            if name not in outputs.losses:
+                raise ValueError(f"loss {name!r}: the model returned no such term in "
+                                 f"ModelOutputs.losses (it returned {sorted(outputs.losses)})")
+            parts[f"{name}_loss"] = float(weights.get(name, 1.0)) * outputs.losses[name]
         else:
-            tokens = inputs.region_tokens
-            regions = rois.region_fg[:, :tokens.shape[1]]
-        parts["caption_loss"] = losses_lib.caption_loss(outputs.aux["caption_logits"], tokens,
-                                                        regions)
-    if "region" in loss_names:
-        objectness, box = losses_lib.region_losses(
-            outputs.aux["region_scores"], outputs.aux["region_deltas"], rois.region_fg,
-            inputs.region_mask, rois.region_deltas)
-        parts["region_objectness_loss"], parts["region_box_loss"] = objectness, box
-    if "object_box" in loss_names:
-        parts["object_box_loss"] = losses_lib.box_refinement_loss(
-            outputs.aux["proposal_box_deltas"], rois.proposal_labels, rois.proposal_deltas)
+            parts.update(fn(outputs, targets, config))
     total = sum(parts.values()) if parts else jnp.zeros(())
     return total, parts
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
-                    loss_names: tuple[str, ...], edge_kind: str, obj_weight: float,
-                    rel_weight: float, num_rels: int, fg_fraction: float,
-                    must_overlap: bool, trainable: tuple[str, ...] | None = None,
-                    model_state: dict | None = None,
-                    roi_sampler: Callable | None = None) -> Callable:
-    """Builds the (un-jitted) pure train step for one stage.
-
-    `roi_sampler(params, batch, key) -> MSDNTrainingRoIs` (MSDN with a trained detector and
-    region RPN: `models.region_proposals.make_msdn_roi_sampler`) replaces the batch's caption
-    regions by sampled region RoIs and adds object RoIs for the box head, on device.
-
-    `trainable` names the parameter groups this stage trains; the others are wrapped in
-    `stop_gradient`, so XLA never computes (or compiles) their backward pass, e.g. a frozen
-    backbone costs only its forward pass. None = all groups. `model_state` holds the model's
-    non-trainable collections (e.g. frozen batch-norm statistics), passed to every apply.
-    """
-    model_state = dict(model_state or {})
-
-    def train_step(state: TrainState, batch: Batch, rng: jax.Array):
-        rng = jax.random.fold_in(rng, state.step)
-        sample_rng, dropout_rng = jax.random.split(rng)
-        pairs, pair_labels, pair_mask = sample_training_pairs(
-            sample_rng, batch, num_rels=num_rels, fg_fraction=fg_fraction,
-            must_overlap=must_overlap)
-        inputs = model_inputs(batch, pairs, pair_mask)
-        rois = None
-        if roi_sampler is not None:
-            rois = roi_sampler(state.params, batch, jax.random.fold_in(rng, 1))
-            inputs = inputs.replace(**rois.inputs)
-
-        def loss_fn(params):
-            params = relation_params(params)  # the frozen detector plays no part here
-            if trainable is not None:
-                params = {k: (v if k in trainable else jax.lax.stop_gradient(v))
-                          for k, v in params.items()}
-            outputs = model.apply({"params": params, **model_state}, inputs, train=True,
-                                  rngs={"dropout": dropout_rng})
-            return compute_losses(outputs, batch, pair_labels, pair_mask,
-                                  loss_names=loss_names, edge_kind=edge_kind,
-                                  obj_weight=obj_weight, rel_weight=rel_weight,
-                                  inputs=inputs, rois=rois)
-
-        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        new_state = apply_update(state, tx, loss, grads)
-        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
-                       fg_pairs=jnp.sum(pair_mask & (pair_labels > 0)) / batch.boxes.shape[0],
-                       **parts)
-        return new_state, metrics
-
-    return train_step
-
-
-def apply_update(state: TrainState, tx: optax.GradientTransformation, loss: jax.Array,
-                 grads: Any) -> TrainState:
-    """One optimizer update, skipped (state kept, `nonfinite` counted) when the loss or any
-    gradient is NaN/Inf. Shared by every kind of stage."""
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+def apply_update(state: TrainState, name: str, tx: optax.GradientTransformation,
+                 loss: jax.Array, grads: Any) -> TrainState:
+    """One update of optimizer `name`, skipped (state kept, `nonfinite` counted, step not
+    advanced) when the loss or any gradient is NaN/Inf. Other optimizers' states are
+    untouched."""
+    updates, new_opt = tx.update(grads, state.opt_state[name], state.params)
     new_params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    return TrainState(step=state.step + 1, params=keep(new_params, state.params),
-                      opt_state=keep(new_opt_state, state.opt_state),
-                      nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
+    return state.replace(params=keep(new_params, state.params),
+                         opt_state={**state.opt_state, name: keep(new_opt, state.opt_state[name])},
+                         nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
 
 
-def make_detector_train_step(detector: nn.Module, tx: optax.GradientTransformation, *,
-                             detector_state: dict | None = None) -> Callable:
-    """The (un-jitted) pure train step of the `detector` stage.
+def _trained_norm(grads: Any, paths: list[str]) -> jax.Array:
+    """Global norm of the gradients of the trained groups."""
+    labels = path_labels(grads, {p: "t" for p in paths}, "f")
+    leaves = [g for g, lab in zip(jax.tree.leaves(grads), jax.tree.leaves(labels)) if lab == "t"]
+    return optax.tree.norm(leaves) if leaves else jnp.zeros(())
 
-    Trains the Faster R-CNN under the run's top-level params group "detector" on the batch's
-    ground-truth boxes and labels with `DetectorLosses.total` (RPN objectness + RPN box +
-    RoI classifier + RoI box). Other groups are not used (zero gradients, frozen by the
-    optimizer). `detector_state`: the detector's non-trainable collections (frozen BN).
+
+def make_relation_step(model: nn.Module, optimizers: Optimizers, opt_losses: Mapping[str, tuple],
+                       *, config: Any, model_losses: Mapping[str, Callable | None],
+                       relation_params: Callable[[Any], Any], update: str = "joint",
+                       model_state: dict | None = None,
+                       extras: Callable | None = None) -> Callable:
+    """The (un-jitted) pure step of a relation stage.
+
+    optimizers: {name: (tx, group paths)}; opt_losses: {name: loss names}. With one optimizer
+    (or `update="joint"`) one loss (the sum of every optimizer's terms, each counted once) is
+    differentiated once and each optimizer updates its groups; with `update="alternating"` the
+    optimizers run in order, each differentiating its own terms at the parameters the previous
+    one left. `relation_params(params)` picks the relation model's groups (the frozen detector
+    and auxiliary networks take no part). `extras(params, batch, key)` (the model's
+    `train_extras`, e.g. MSDN's sampled RoIs) replaces inputs and feeds the loss terms.
+    Groups no optimizer trains are wrapped in `stop_gradient`, so their backward pass is never
+    built (a frozen backbone costs only its forward pass).
     """
-    detector_state = dict(detector_state or {})
+    model_state = dict(model_state or {})
+    sampling = config.sampling
 
-    def train_step(state: TrainState, batch: Batch, rng: jax.Array):
+    def forward_loss(params, batch, inputs, targets, names, trained, dropout_rng):
+        params = freeze_except(relation_params(params), trained)
+        outputs = model.apply({"params": params, **model_state}, inputs, train=True,
+                              rngs={"dropout": dropout_rng})
+        return compute_losses(outputs, targets, loss_terms(names, model_losses), config)
+
+    def step(state: TrainState, batch: Batch, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
         sample_rng, dropout_rng = jax.random.split(rng)
-        gt_mask = batch.box_mask & (batch.labels > 0)
+        pairs, pair_labels, pair_mask = sample_training_pairs(
+            sample_rng, batch, num_rels=int(sampling.num_rels),
+            fg_fraction=float(sampling.fg_fraction), must_overlap=bool(sampling.must_overlap))
+        inputs = model_inputs(batch, pairs, pair_mask)
+        extra = None
+        if extras is not None:
+            extra = extras(state.params, batch, jax.random.fold_in(rng, 1))
+            inputs = inputs.replace(**extra.inputs)
+        targets = losses_lib.LossTargets(batch=batch, inputs=inputs, pair_labels=pair_labels,
+                                         pair_mask=pair_mask, extras=extra)
+        metrics: dict = {}
+        if update == "joint" or len(optimizers) == 1:
+            names = tuple(dict.fromkeys(n for o in optimizers for n in opt_losses[o]))
+            trained = [g for _, groups in optimizers.values() for g in groups]
+            (loss, parts), grads = jax.value_and_grad(forward_loss, has_aux=True)(
+                state.params, batch, inputs, targets, names, trained, dropout_rng)
+            for name, (tx, _) in optimizers.items():
+                state = apply_update(state, name, tx, loss, grads)
+            metrics.update(loss=loss, grad_norm=_trained_norm(grads, trained), **parts)
+        else:
+            total = jnp.zeros(())
+            for name, (tx, groups) in optimizers.items():
+                (loss, parts), grads = jax.value_and_grad(forward_loss, has_aux=True)(
+                    state.params, batch, inputs, targets, tuple(opt_losses[name]), groups,
+                    dropout_rng)
+                state = apply_update(state, name, tx, loss, grads)
+                total = total + loss
+                metrics.update({f"{name}/loss": loss,
+                                f"{name}/grad_norm": _trained_norm(grads, groups), **parts})
+            metrics["loss"] = total
+        metrics["fg_pairs"] = jnp.sum(pair_mask & (pair_labels > 0)) / batch.boxes.shape[0]
+        return state.replace(step=state.step + 1), metrics
 
-        def loss_fn(params):
-            losses = detector.apply({"params": params[DETECTOR_GROUP], **detector_state},
-                                    batch.images, batch.image_sizes, batch.boxes, batch.labels,
-                                    gt_mask, train=True,
-                                    rngs={"sampling": sample_rng, "dropout": dropout_rng})
-            return losses.total, losses
-
-        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        new_state = apply_update(state, tx, loss, grads)
-        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads[DETECTOR_GROUP]),
-                       rpn_objectness=parts.rpn_objectness, rpn_box=parts.rpn_box,
-                       classifier=parts.classifier, box=parts.box,
-                       roi_accuracy=parts.roi_accuracy)
-        return new_state, metrics
-
-    return train_step
+    return step
 
 
-def make_region_train_step(detector: nn.Module, region_rpn: nn.Module,
-                           tx: optax.GradientTransformation, *,
-                           detector_state: dict | None = None) -> Callable:
-    """The (un-jitted) pure train step of the `regions` stage (MSDN's region RPN).
+def make_loss_step(loss_fn: Callable, optimizers: Optimizers) -> Callable:
+    """The (un-jitted) pure step of a stage whose loss is one function
+    `loss_fn(params, batch, rng) -> (total, metrics)` (the detector, auxiliary networks)."""
+    (name, (tx, groups)), = optimizers.items()
 
-    The frozen detector's backbone (params["detector"], forward only, no gradient) gives the
-    features; the region head (params["region_rpn"], `models.region_proposals.RegionRPN`) is
-    trained on the batch's caption-region boxes with RPN objectness + box losses.
-    """
-    from sgg_jax.models.region_proposals import REGION_RPN_GROUP, DetectorTrunk
+    def step(state: TrainState, batch: Batch, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch,
+                                                                          rng)
+        state = apply_update(state, name, tx, loss, grads)
+        metrics = dict(loss=loss, grad_norm=_trained_norm(grads, groups), **parts)
+        return state.replace(step=state.step + 1), metrics
 
-    trunk = DetectorTrunk(detector.config, detector.dtype)
+    return step
+
+
+def detector_loss(detector: nn.Module, detector_state: dict | None = None) -> Callable:
+    """The detector stage's loss: Faster R-CNN (RPN objectness + RPN box + RoI classifier + RoI
+    box, `DetectorLosses.total`) of params["detector"] on the batch's ground-truth boxes."""
     detector_state = dict(detector_state or {})
 
-    def train_step(state: TrainState, batch: Batch, rng: jax.Array):
-        rng = jax.random.fold_in(rng, state.step)
-        # Outside loss_fn: the trunk is frozen and its backward pass is never built.
-        feats = trunk.apply({"params": state.params[DETECTOR_GROUP], **detector_state},
-                            batch.images)
+    def loss(params: Any, batch: Batch, rng: jax.Array):
+        sample_rng, dropout_rng = jax.random.split(rng)
+        gt_mask = batch.box_mask & (batch.labels > 0)
+        losses = detector.apply({"params": params[DETECTOR_GROUP], **detector_state},
+                                batch.images, batch.image_sizes, batch.boxes, batch.labels,
+                                gt_mask, train=True,
+                                rngs={"sampling": sample_rng, "dropout": dropout_rng})
+        return losses.total, dict(rpn_objectness=losses.rpn_objectness, rpn_box=losses.rpn_box,
+                                  classifier=losses.classifier, box=losses.box,
+                                  roi_accuracy=losses.roi_accuracy)
 
-        def loss_fn(params):
-            losses = region_rpn.apply({"params": params[REGION_RPN_GROUP]}, feats,
-                                      batch.image_sizes, batch.region_boxes, batch.region_mask,
-                                      train=True, rngs={"sampling": rng})
-            return losses.total, losses
-
-        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        new_state = apply_update(state, tx, loss, grads)
-        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads[REGION_RPN_GROUP]),
-                       region_objectness=parts.objectness, region_box=parts.box)
-        return new_state, metrics
-
-    return train_step
+    return loss

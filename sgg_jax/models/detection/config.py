@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 BACKBONES = ("small_resnet", "vgg16", "resnet50", "resnet50_fpn")
 

@@ -18,7 +18,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sgg_jax.models.backbone import build_backbone
 from sgg_jax.models.detection import _ops

@@ -6,7 +6,6 @@ no Python loop runs over boxes. Functions here handle one image; vmap them over 
 """
 from __future__ import annotations
 
-import dataclasses
 
 import flax
 import jax
