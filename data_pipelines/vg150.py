@@ -482,6 +482,11 @@ def _one_predicate_per_pair(pairs: np.ndarray, rng: np.random.Generator
     return first[order], pick[order]
 
 
+def find_dicts_file(data_dir: str | os.PathLike) -> str:
+    """The vocabulary file of a VG150 directory (VG-SGG-dicts.json or SGB's name for it)."""
+    return _first_existing(os.fspath(data_dir), DICTS_NAME, SGB_DICTS_NAME)
+
+
 def _first_existing(data_dir: str, name: str, alternative: str) -> str:
     """data_dir/name, or data_dir/alternative when only that exists (SGB's file names)."""
     path = os.path.join(data_dir, name)

@@ -21,7 +21,7 @@ import numpy as np
 
 from sgg_jax.evaluation.detection import DetectionEvaluator
 from sgg_jax.evaluation.prediction_file import PredictionReader
-from sgg_jax.evaluation.sgg import MODES, SGGEvaluator
+from sgg_jax.evaluation.sgg import EVAL_MODES, SGGEvaluator
 from sgg_jax.io_utils import write_json_atomic
 from sgg_jax.evaluation.zero_shot import load_vg150_zero_shot_triplets, load_zero_shot_triplets
 
@@ -29,6 +29,29 @@ PROTOCOL_TITLES = {
     "motifs": "neural-motifs / Scene-Graph-Benchmark protocol (per-image recall, mean over images)",
     "msdn": "MSDN / F-Net protocol (recall micro-averaged over the dataset)",
 }
+
+
+def check_vocabulary(predictions: str, reader: PredictionReader, dicts: Any, where: str
+                     ) -> None:
+    """The predictions' class and predicate counts (and names, when the file's metadata has
+    `idx_to_label` / `idx_to_predicate`) are the ground truth's; else a ValueError naming the
+    file, the field and both values (a file of another dataset must not score silently)."""
+    labels, predicates = list(dicts.idx_to_label), list(dicts.idx_to_predicate)
+    if reader.num_predicates != len(predicates) - 1:
+        raise ValueError(f"{predictions}: field 'num_predicates': {reader.num_predicates}, but "
+                         f"the ground truth {where} has {len(predicates) - 1} predicates")
+    if reader.num_classes and reader.num_classes != len(labels) - 1:
+        raise ValueError(f"{predictions}: field 'num_classes': {reader.num_classes}, but the "
+                         f"ground truth {where} has {len(labels) - 1} classes")
+    for key, names in (("idx_to_label", labels), ("idx_to_predicate", predicates)):
+        given = reader.metadata.get(key)
+        if given is not None and list(given) != names:
+            diff = next(i for i in range(max(len(given), len(names)))
+                        if i >= len(given) or i >= len(names) or given[i] != names[i])
+            raise ValueError(
+                f"{predictions}: field 'metadata.{key}': entry {diff} is "
+                f"{given[diff] if diff < len(given) else None!r}, the ground truth {where} "
+                f"has {names[diff] if diff < len(names) else None!r} (another vocabulary)")
 
 
 def _load_groundtruth(path: str, split: str) -> dict[int, dict[str, np.ndarray]]:
@@ -105,6 +128,10 @@ def evaluate_file(predictions: str, groundtruth: str, modes: Sequence[str], *,
                 raise ValueError(f"{predictions}: field 'groundtruth': the file has no "
                                  "ground-truth group")
         else:
+            if os.path.isdir(groundtruth):
+                from data_pipelines import vg150  # lazy: only needed for directories
+                dicts = vg150.load_vg150_dicts(vg150.find_dicts_file(groundtruth))
+                check_vocabulary(predictions, reader, dicts, groundtruth)
             gt_by_id = _load_groundtruth(groundtruth, split)
             missing = [int(i) for i in reader.image_ids if int(i) not in gt_by_id]
             if missing:
@@ -146,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--groundtruth", required=True,
                         help="HDF5 file with a groundtruth group, or a VG150 dataset directory")
     parser.add_argument("--mode", default=None,
-                        help=f"comma-separated modes from {MODES} (default: metadata 'mode')")
+                        help=f"comma-separated modes from {EVAL_MODES} (default: metadata 'mode')")
     parser.add_argument("--protocol", choices=("motifs", "msdn"), default="motifs")
     parser.add_argument("--iou-convention", choices=("plus_one", "continuous"),
                         default="plus_one")
@@ -174,8 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"{args.predictions}: field 'metadata.mode': absent; pass --mode")
         modes = [m.strip() for m in str(modes).split(",") if m.strip()]
         for m in modes:
-            if m not in MODES:
-                raise ValueError(f"--mode: expected one of {MODES}, got {m!r}")
+            if m not in EVAL_MODES:
+                raise ValueError(f"--mode: expected one of {EVAL_MODES}, got {m!r}")
         results = evaluate_file(args.predictions, args.groundtruth, modes,
                                 protocol=args.protocol, iou_convention=args.iou_convention,
                                 iou_threshold=args.iou_threshold, ks=ks,

@@ -111,8 +111,10 @@ def test_sample_proposals_labels_and_order():
         assert any(np.allclose(b, c) for c in cands)  # padded proposals are never sampled
 
 
-def np_decode(deltas, anchors, clip=np.log(1000.0 / 16)):
-    """Faster R-CNN box decoding, weights (1, 1, 1, 1), continuous widths (x2 - x1)."""
+def np_decode(deltas, anchors):
+    """Faster R-CNN box decoding, weights (1, 1, 1, 1), continuous widths (x2 - x1), dw / dh
+    clipped at log(1000 / 16)."""
+    clip = np.log(1000.0 / 16)
     w, h = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
     cx, cy = anchors[:, 0] + 0.5 * w + deltas[:, 0] * w, anchors[:, 1] + 0.5 * h + deltas[:, 1] * h
     pw = np.exp(np.minimum(deltas[:, 2], clip)) * w
@@ -151,6 +153,10 @@ def test_select_proposals_shapes_and_nms():
     anchors = random_boxes(rng, 200, size=64)
     logits = rng.normal(size=200).astype(np.float32)
     deltas = (0.1 * rng.normal(size=(200, 4))).astype(np.float32)
+    # The best anchor of each level lies right of the 60-px-wide image: clipped to zero width,
+    # it must be dropped (min_size), not proposed.
+    anchors[[7, 150]] = [[70.0, 10.0, 90.0, 30.0], [64.0, 0.0, 80.0, 20.0]]
+    logits[[7, 150]] = 5.0
     fn = jax.jit(lambda l, d, a, hw: select_proposals(
         l, d, a, [120, 80], hw, pre_nms_top_n=50, post_nms_top_n=30, nms_thresh=0.5, min_size=1.0))
     boxes, scores, valid = map(np.asarray, fn(logits, deltas, anchors, jnp.array([50.0, 60.0])))
@@ -165,6 +171,8 @@ def test_select_proposals_shapes_and_nms():
     assert not scores[n:].any()
     b = boxes[valid]
     assert np.all(b[:, 0] >= 0) and np.all(b[:, 2] <= 60) and np.all(b[:, 3] <= 50)
+    assert np.all(b[:, 2] - b[:, 0] >= 1.0) and np.all(b[:, 3] - b[:, 1] >= 1.0)
+    assert scores[0] < 1 / (1 + np.exp(-5.0)) - 1e-3  # the two clipped-away anchors are gone
     assert np.all(np.diff(scores[valid]) <= 1e-6)
     # Within a level no two kept proposals overlap above the threshold; across levels they may
     # (a level never suppresses another), and in this draw some do.

@@ -228,8 +228,12 @@ def test_cli_dataset_directory_uses_load_vg150(split_file, tmp_path, monkeypatch
                                  boxes=g["boxes"], labels=g["labels"], relations=g["relations"])
                 for i, g in zip(ids, gts)]
 
-    monkeypatch.setitem(sys.modules, "data_pipelines.vg150",
-                        types.SimpleNamespace(load_vg150=fake_load_vg150))
+    dicts = types.SimpleNamespace(idx_to_label=["__background__"] + [f"c{i}" for i in range(C)],
+                                  idx_to_predicate=["__background__"]
+                                  + [f"p{i}" for i in range(P)])
+    monkeypatch.setitem(sys.modules, "data_pipelines.vg150", types.SimpleNamespace(
+        load_vg150=fake_load_vg150, find_dicts_file=lambda d: d,
+        load_vg150_dicts=lambda path: dicts))
     out = str(tmp_path / "r.json")
     assert cli.main(["--predictions", path, "--groundtruth", str(tmp_path), "--mode", "sgdet",
                      "--output", out]) == 0
@@ -301,3 +305,41 @@ def test_cli_real_vg150_directory_end_to_end(tmp_path):
                            [{"boxes": r.boxes, "labels": r.labels, "relations": r.relations}
                             for r in records[1:]], "predcls")
     assert res["R@20"] == pytest.approx(want["R@20"])
+
+
+def test_cli_refuses_predictions_of_another_vocabulary(tmp_path, capsys):
+    """Predictions with another predicate or class count, or other names in their metadata,
+    are not scored against a VG150 directory: exit 2 naming the file, the field and both."""
+    vg150 = pytest.importorskip("data_pipelines.vg150")
+    from data_pipelines.records import SceneGraphRecord
+
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float32)
+    records = [SceneGraphRecord(image_id=7, image_path="7.jpg", width=64, height=64, boxes=boxes,
+                                labels=np.array([1, 2], np.int32),
+                                relations=np.array([[0, 1, 1]], np.int32), split=split)
+               for split in ("train", "test")]
+    records[0].image_id = 6
+    vg_dir = tmp_path / "vg"
+    classes, predicates = [f"c{i}" for i in range(1, C + 1)], [f"p{i}" for i in range(1, P + 1)]
+    vg150.write_vg150(vg_dir, records, classes, predicates)
+
+    def run(num_predicates, metadata):
+        pred = {"boxes": boxes, "labels": np.array([1, 2]), "scores": np.ones(2),
+                "rel_pairs": np.array([[0, 1]]),
+                "rel_scores": np.full((1, num_predicates + 1), 1.0 / (num_predicates + 1))}
+        path = str(tmp_path / "p.h5")
+        write_predictions(path, [7], [pred], None, metadata)
+        code = cli.main(["--predictions", path, "--groundtruth", str(vg_dir), "--mode",
+                         "predcls"])
+        return code, capsys.readouterr().err
+
+    names = dict(idx_to_label=["__background__"] + classes,
+                 idx_to_predicate=["__background__"] + predicates)
+    assert run(P, {"num_classes": C, **names})[0] == 0
+    code, err = run(P + 1, {})
+    assert code == 2 and "num_predicates" in err and f"has {P} predicates" in err
+    code, err = run(P, {"num_classes": C + 2})
+    assert code == 2 and "num_classes" in err and f"has {C} classes" in err
+    other = dict(names, idx_to_predicate=["__background__", "on"] + predicates[1:])
+    code, err = run(P, {"num_classes": C, **other})
+    assert code == 2 and "metadata.idx_to_predicate" in err and "'on'" in err and "'p1'" in err

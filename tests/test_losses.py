@@ -49,7 +49,7 @@ def numpy_edge_loss(logits, labels, mask, kind):
     ce = log_z - np.take_along_axis(logits, labels[..., None].astype(np.int64), -1)[..., 0]
     real = np.asarray(mask, bool)
     fg, bg = real & (labels > 0), real & (labels == 0)
-    count = lambda m: max(int(m.sum()), 1)  # noqa: E731
+    count = lambda m: max(int(m.sum()), 1)
     if kind == "baseline":
         return ce[real].sum() / count(real)
     if kind == "dnorm":

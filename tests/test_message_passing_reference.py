@@ -23,6 +23,7 @@ comparison that passes is not one that could not fail.
 from __future__ import annotations
 
 import copy
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +63,7 @@ def as_numpy(tree):
 
 
 def dense(p, x):
-    return x @ p["kernel"] + (p["bias"] if "bias" in p else 0.0)
+    return x @ p["kernel"] + p.get("bias", 0.0)
 
 
 def gru(p, x, h, variant="flax"):
@@ -195,7 +196,7 @@ def imp_head():
     heads, outputs = {}, {}
     for t in (1, 2):
         head = IMPRelationHead(P, hidden_dim=H, num_iterations=t, num_obj_classes=C)
-        shapes = jax.eval_shape(lambda *a: head.init(jax.random.PRNGKey(0), *a), *args)
+        shapes = jax.eval_shape(functools.partial(head.init, jax.random.PRNGKey(0)), *args)
         variables = random_params(shapes, seed=1)  # same names and shapes for any t
         nodes, rel, nobj = jax.jit(head.apply)(variables, *args)
         heads[t] = variables
@@ -287,7 +288,7 @@ def test_imp_model_logits_equal_numpy_reference_on_its_roi_features():
     inputs = imp_model_inputs(5)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, False), inputs)
     variables = random_params(shapes, seed=6)
-    capture = lambda mdl, method: mdl.name == "roi_features"  # noqa: E731
+    capture = lambda mdl, method: mdl.name == "roi_features"
     out, inter = jax.jit(lambda v, x: model.apply(v, x, False, capture_intermediates=capture,
                                                   mutable=["intermediates"]))(variables, inputs)
     obj_feats, union_feats = map(lambda a: np.asarray(a, np.float64), roi_outputs(inter))
@@ -362,7 +363,7 @@ def msdn_reference(params, obj_feats, phrase_feats, region_feats, boxes, pairs, 
         p[a], p[c] = p[c], p[a]
     agg = (lambda v: np.sum(v, axis=0) if v else np.zeros(H)) if wrong == "sum_not_mean" \
         else mean_or_zero
-    g = lambda name, t, s: msdn_gate(p[name], t, s, wrong)  # noqa: E731
+    g = lambda name, t, s: msdn_gate(p[name], t, s, wrong)
     links = msdn_links(boxes, pairs, pair_mask, region_boxes, region_mask, threshold)
     out = dict(obj=np.zeros((B, O, H)), phr=np.zeros((B, M, H)), reg=np.zeros((B, Q, H)),
                rel=np.zeros((B, M, P + 1)), region_scores=np.zeros((B, Q)),
@@ -415,7 +416,7 @@ def msdn_boxes(seed: int):
     region_boxes = np.tile(np.array([0, 0, S, S], np.float32), (B, Q, 1))
     region_mask = np.arange(Q)[None] < np.array(N_REGIONS)[:, None]
     for b in range(B):
-        def union(m):
+        def union(m, b=b):
             s, o = pairs[b, m]
             return np.r_[np.minimum(boxes[b, s, :2], boxes[b, o, :2]),
                          np.maximum(boxes[b, s, 2:], boxes[b, o, 2:])]
@@ -437,7 +438,7 @@ def msdn_head():
     params, outputs = {}, {}
     for t in (1, 2):
         head = MSDNRefinement(P, hidden_dim=H, num_iterations=t, gate_width=W)
-        shapes = jax.eval_shape(lambda *a: head.init(jax.random.PRNGKey(0), *a), *args)
+        shapes = jax.eval_shape(functools.partial(head.init, jax.random.PRNGKey(0)), *args)
         variables = random_params(shapes, seed=12)
         obj, phr, reg, rel, scores, deltas = jax.jit(head.apply)(variables, *args)
         params[t] = variables
@@ -514,7 +515,7 @@ def test_msdn_model_outputs_equal_numpy_reference_on_its_roi_features():
                       gate_width=W, fc_dim=F, roi_size=2, sampling_ratio=1)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, True), inputs)
     variables = random_params(shapes, seed=15)
-    capture = lambda mdl, method: mdl.name == "roi_features"  # noqa: E731
+    capture = lambda mdl, method: mdl.name == "roi_features"
     out, inter = jax.jit(lambda v, x: model.apply(v, x, True, capture_intermediates=capture,
                                                   mutable=["intermediates"]))(variables, inputs)
     obj_f, phr_f, reg_f = (np.asarray(a, np.float64) for a in roi_outputs(inter)[:3])

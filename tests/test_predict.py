@@ -627,3 +627,45 @@ def test_end_to_end_predict_on_generated_images(tiny_sgdet_run, tmp_path):
         png = Image.open(out_dir / f"{stem}.png")
         k = visualize.draw_scale(w, h)
         assert png.width >= w * k and png.height > h * k
+
+
+def test_a_run_directory_alone_predicts_and_unfinished_runs_are_refused(tiny_sgdet_run,
+                                                                         tmp_path):
+    """A run copied elsewhere predicts with its dataset gone (config.json + dataset facts +
+    checkpoints suffice). A run whose stage stopped early is refused, naming the stage and the
+    step, unless allow_partial; evaluated that way, results.json says it is partial."""
+    import shutil
+
+    from sgg_jax.training import runs, trainer
+
+    workdir, data = tiny_sgdet_run
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(workdir, copy)
+    image = Image.open(os.path.join(data.raw_dir, "VG_100K", sorted(os.listdir(
+        os.path.join(data.raw_dir, "VG_100K")))[0])).convert("RGB")
+    cache = os.path.dirname(data.raw_dir)
+    away = cache + ".away"
+    os.rename(cache, away)  # no dataset anywhere
+    try:
+        predictor = P.load(copy)
+        sg = predictor.predict(image)
+    finally:
+        os.rename(away, cache)
+    assert sg.class_names == list(data.idx_to_label)
+    assert len(sg.labels) >= 1 and sg.boxes.shape[1] == 4
+
+    # The detector stage now asks for 2 steps; its checkpoint has 1 and no finished marker.
+    config = json.loads((copy / "config.json").read_text())
+    config["train"]["stages"]["detector"]["num_steps"] = 2
+    (copy / "config.json").write_text(json.dumps(config))
+    os.remove(copy / "checkpoints" / "detector" / runs.FINISHED_FILE)
+    with pytest.raises(runs.UnfinishedRunError, match=r"stage 'detector' stopped at step 1 of 2"):
+        P.load(copy)
+    assert P.load(copy, allow_partial=True).predict(image).boxes.shape[1] == 4
+    run_config = runs.load_run_config(str(copy))
+    with run_config.unlocked():
+        run_config.eval.allow_partial = True
+        run_config.eval.num_pictures = 0
+    results = trainer.evaluate_run(run_config, str(copy))
+    assert results["partial"] == {"stage": "detector", "step": 1, "num_steps": 2}
+    assert json.loads((copy / "results.json").read_text())["partial"] == results["partial"]

@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import torch_reference_spec as spec
 from pallas_kernels.roi_align import roi_align, roi_pool
 from sgg_jax import weights as W
 from sgg_jax.models.backbone import VGG16, ResNet50
+import torch_reference_spec as spec
 
 TOL = 2e-5  # RoI ops: tests/test_roi_align.py's tolerance
 
@@ -75,6 +75,7 @@ def _imported(model, state_dict, rules, tmp_path):
                                                jnp.zeros((1, 32, 32, 3), jnp.uint8)))
     variables, report = W.import_weights(shapes, W.load_state_dict(path), rules)
     assert report.unassigned_targets == []
+    assert all(k.endswith(".num_batches_tracked") for k in report.unused_sources)
     return variables
 
 
@@ -97,3 +98,22 @@ def test_resnet50_c4_matches_stored_torchvision(ref, tmp_path):
     ours, stride = jax.jit(model.apply)(variables, jnp.asarray(ref["images"]))
     assert stride == 16 and ours.shape == ref["resnet50_c4"].shape
     np.testing.assert_allclose(np.asarray(ours), ref["resnet50_c4"], rtol=1e-4, atol=1e-4)
+
+
+def test_stored_reference_is_what_the_script_computes_when_torch_available(ref):
+    """Where torch is installed: the script, run now, gives the stored arrays (the file is
+    current for this torch / torchvision and for the spec's generators)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(spec.REFERENCE_PATH), "make_torch_reference.py")
+    loader = importlib.util.spec_from_file_location("make_torch_reference", path)
+    script = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(script)
+    now = script.compute()
+    assert set(now) == set(ref)
+    for k in ref:
+        if ref[k].dtype.kind in "fiu":
+            np.testing.assert_allclose(now[k], ref[k], rtol=1e-6, atol=1e-6, err_msg=k)

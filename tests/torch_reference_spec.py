@@ -106,7 +106,7 @@ def resnet_state_dict(seed: int = 23) -> dict[str, np.ndarray]:
     block 0 (v1.5: the stride on conv2)."""
     rng = np.random.default_rng(seed)
     sd: dict[str, np.ndarray] = {}
-    conv = lambda o, i, k: _conv(rng, o, i, k, gain=1.0)  # noqa: E731 (residual sums grow)
+    conv = lambda o, i, k: _conv(rng, o, i, k, gain=1.0)  # residual sums grow
     sd["conv1.weight"] = conv(RESNET_BASE, 3, 7)
     _bn(rng, sd, "bn1", RESNET_BASE)
     cin = RESNET_BASE

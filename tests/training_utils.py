@@ -89,3 +89,23 @@ def make_facts(num_classes: int, num_predicates: int, fg_matrix=None, bg_matrix=
     words = ["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(num_words - 4)]
     return DatasetFacts(idx_to_label=tuple(labels), idx_to_predicate=tuple(predicates),
                         idx_to_word=tuple(words), statistics=stats)
+
+
+def random_variables(model, inputs, seed: int = 0, train: bool = False):
+    """Variables with the shapes `model.init` gives (traced by eval_shape, so no init is
+    compiled) filled on the host: kernels ~ N(0, 1/fan_in), scales 1, biases ~ N(0, 0.1)."""
+    import jax.numpy as jnp
+
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train), inputs)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if leaf.ndim >= 2:
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape), leaf.dtype)
+        if name in ("scale", "var"):
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.asarray(rng.normal(0, 0.1, leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)

@@ -11,10 +11,10 @@ See docs/evaluation.md.
 """
 from sgg_jax.evaluation.boxes import box_iou
 from sgg_jax.evaluation.detection import DetectionEvaluator
-from sgg_jax.evaluation.sgg import FEW_SHOT_BUCKETS, MODES, PROTOCOLS, SGGEvaluator
+from sgg_jax.evaluation.sgg import EVAL_MODES, FEW_SHOT_BUCKETS, PROTOCOLS, SGGEvaluator
 from sgg_jax.evaluation.zero_shot import load_vg150_zero_shot_triplets, load_zero_shot_triplets
 
 __all__ = [
     "SGGEvaluator", "DetectionEvaluator", "load_vg150_zero_shot_triplets",
-    "load_zero_shot_triplets", "box_iou", "MODES", "PROTOCOLS", "FEW_SHOT_BUCKETS",
+    "load_zero_shot_triplets", "box_iou", "EVAL_MODES", "PROTOCOLS", "FEW_SHOT_BUCKETS",
 ]

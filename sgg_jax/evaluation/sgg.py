@@ -23,7 +23,9 @@ import numpy as np
 from sgg_jax.evaluation.ranking import (best_predicates, first_hit_ranks, rank_graph_constrained,
                                         rank_no_graph_constraint, triplet_nms_keep)
 
-MODES = ("predcls", "sgcls", "sgdet", "phrdet", "preddet")
+# What the evaluator scores: the three task modes (sgg_jax.models.registry.MODES) plus phrase
+# detection and predicate detection.
+EVAL_MODES = ("predcls", "sgcls", "sgdet", "phrdet", "preddet")
 PROTOCOLS = ("motifs", "msdn")
 # Knyazev et al. (BMVC 2020) test subsets by the triplet's training count: (name, lo, hi).
 FEW_SHOT_BUCKETS = (("0-shot", 0, 0), ("1-10-shot", 1, 10), ("11-100-shot", 11, 100),
@@ -289,8 +291,8 @@ class SGGEvaluator:
                  triplet_counts: Any = None, few_shot_ks: tuple[int, ...] = FEW_SHOT_KS,
                  top_predicates_per_pair: int = 10,
                  triplet_nms_threshold: float | None = 0.4):
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        if mode not in EVAL_MODES:
+            raise ValueError(f"mode: expected one of {EVAL_MODES}, got {mode!r}")
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
         if iou_convention not in ("plus_one", "continuous"):

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 
-from sgg_jax.evaluation.sgg import MODES, PROTOCOLS
+from sgg_jax.evaluation.sgg import EVAL_MODES, PROTOCOLS
 
 # The recall families shown per protocol.
 PROTOCOL_FAMILIES = {"motifs": ("R", "ngR", "mR", "ngmR", "zR", "ngzR"), "msdn": ("R", "predR")}
@@ -44,7 +44,7 @@ def store_metrics(results: dict, protocol: str, mode: str, metrics: dict) -> Non
 def recall_results(results: Mapping[str, Any]) -> dict[str, dict[str, Mapping[str, Any]]]:
     """{protocol: {mode: metrics}} of a results dict (only protocols that are present)."""
     out: dict[str, dict[str, Mapping[str, Any]]] = {}
-    motifs = {m: r for m, r in results.items() if m in MODES}
+    motifs = {m: r for m, r in results.items() if m in EVAL_MODES}
     if motifs:
         out["motifs"] = motifs
     for protocol in PROTOCOLS:
@@ -63,7 +63,7 @@ def scalar_groups(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
             name = mode if protocol == "motifs" else f"{protocol}_{mode}"
             groups[name] = {k: v for k, v in vals.items() if "@" in k}
     for key, section in results.items():
-        if key in MODES or key in PROTOCOLS or not isinstance(section, Mapping):
+        if key in EVAL_MODES or key in PROTOCOLS or not isinstance(section, Mapping):
             continue
         numbers = {k: v for k, v in section.items()
                    if isinstance(v, (int, float)) and not k.startswith("num_")}

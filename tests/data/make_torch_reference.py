@@ -22,7 +22,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for torch_reference_spec
 
-import torch_reference_spec as spec  # noqa: E402
+import torch_reference_spec as spec
 
 
 def to_torch_state(sd):
@@ -58,7 +58,8 @@ def reduced_resnet50():
     return net
 
 
-def main() -> int:
+def compute() -> dict[str, np.ndarray]:
+    """The stored arrays: versions, small inputs and torchvision's outputs."""
     import torch
     import torchvision
 
@@ -96,7 +97,11 @@ def main() -> int:
     with torch.no_grad():
         t = res.maxpool(res.relu(res.bn1(res.conv1(x))))
         out["resnet50_c4"] = res.layer3(res.layer2(res.layer1(t))).numpy().transpose(0, 2, 3, 1)
+    return out
 
+
+def main() -> int:
+    out = compute()
     np.savez_compressed(spec.REFERENCE_PATH, **out)
     size = os.path.getsize(spec.REFERENCE_PATH)
     print(f"wrote {spec.REFERENCE_PATH} ({size} bytes): " + ", ".join(
