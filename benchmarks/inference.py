@@ -52,11 +52,12 @@ def step_functions(exp: Any, mode: str, detector: bool = False) -> dict[str, Cal
     """{row name: un-jitted fn(params, batch)} timed for one mode (SGDet: the pipeline, and
     with `detector` also the detector alone)."""
     from sgg_jax.models import DETECTOR_GROUP
-    from sgg_jax.training import eval_loop, trainer
+    from sgg_jax.training import eval_loop
 
     if mode != "sgdet":
-        return {mode: eval_loop.make_score_step(exp.model(mode), mode, exp.model_state)}
-    sgdet = trainer.make_sgdet_step(exp)
+        score = eval_loop.make_score_step(exp.model(mode), mode, exp.model_state)
+        return {mode: lambda p, b: score(exp.relation_params(p), b)}
+    sgdet = eval_loop.make_sgdet_step(exp)
     out = {"sgdet": lambda p, b: sgdet(p, b.images, b.image_sizes)}
     if detector:
         model, state = exp.detector(), exp.detector_state
@@ -81,13 +82,13 @@ def interleaved_medians(calls: list[Callable[[], Any]], repeats: int) -> list[fl
 
 def prepare(path: str, args: argparse.Namespace) -> dict:
     """A config's experiment, parameters and first test batch (device arrays)."""
-    from sgg_jax.training import data as data_lib, trainer
+    from sgg_jax.training import data as data_lib, experiment
 
     config = load_config(path, args.preset, args.modes, args.cache_dir)
-    exp = trainer.setup(config, tempfile.mkdtemp(prefix="sgg_bench_inference_"))
+    exp = experiment.setup(config, tempfile.mkdtemp(prefix="sgg_bench_inference_"))
     rng = jax.random.key(int(config.seed))
-    params = (trainer.restore_final_params(exp, rng, args.checkpoint) if args.checkpoint
-              else trainer.init_params(exp, rng))
+    params = (experiment.restore_final_params(exp, rng, args.checkpoint)[0] if args.checkpoint
+              else experiment.init_params(exp, rng))
     host = next(iter(data_lib.eval_loader(config, exp.data, exp.mesh, config.eval.split)))
     return dict(name=config.model.name, exp=exp, params=params,
                 batch=jax.tree.map(jnp.asarray, host))

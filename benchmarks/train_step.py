@@ -37,8 +37,8 @@ def main() -> None:
     ap.add_argument("--output", default="")
     args = ap.parse_args()
 
-    from sgg_jax.training import data as data_lib, mesh as mesh_lib, optim, trainer
-    from sgg_jax.training.steps import TrainState, make_train_step
+    from sgg_jax.training import data as data_lib, experiment, mesh as mesh_lib, optim, trainer
+    from sgg_jax.training.steps import TrainState
 
     spec = importlib.util.spec_from_file_location("cfg", args.config)
     mod = importlib.util.module_from_spec(spec)
@@ -46,18 +46,13 @@ def main() -> None:
     config = mod.get_config(args.preset)
     if args.cache_dir:
         config.data.cache_dir = args.cache_dir
-    exp = trainer.setup(config, "/tmp/sgg_bench_train_step")
-    params = trainer.init_params(exp, jax.random.key(0))
-    stage_name = optim.split_list(config.train.stage_order)[-1]
-    stage = config.train.stages[stage_name]
-    tx = optim.make_optimizer(stage, config.train, params)
-    step_fn = make_train_step(
-        exp.model(exp.train_mode), tx, loss_names=tuple(optim.split_list(stage.losses)),
-        edge_kind=config.loss.edge, obj_weight=1.0, rel_weight=1.0,
-        num_rels=config.sampling.num_rels, fg_fraction=config.sampling.fg_fraction,
-        must_overlap=False, trainable=tuple(optim.trainable_groups(stage, params)),
-        model_state=exp.model_state)
-    state = TrainState.create(params, tx)
+    exp = experiment.setup(config, "/tmp/sgg_bench_train_step")
+    params = experiment.init_params(exp, jax.random.key(0))
+    plan = exp.stages[-1]  # the last relation stage, as the run trains it
+    stage_name = plan.name
+    optimizers = optim.make_optimizers(plan.config, config.train, params)
+    step_fn = trainer.make_stage_step(exp, plan, optimizers)
+    state = TrainState.create(params, optimizers)
     batch = mesh_lib.to_global(next(iter(data_lib.train_loader(config, exp.data, exp.mesh, seed=0))),
                                exp.mesh)
     rng = jax.random.key(0)

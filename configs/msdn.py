@@ -5,7 +5,7 @@ Presets (`--config configs/msdn.py:<preset>`):
              stages, MSDN's box heads included, and reports PredCls / SGCls / SGDet recalls,
              phrase detection, the box mAP of the detector's and of the refined SGDet boxes and
              region-caption BLEU-4 ("given regions": ground-truth region boxes), with a few
-             prediction pictures; 10m30 from nothing on an idle 2-core CPU (docs/models.md).
+             prediction pictures (time and figures: README and docs/models.md).
   tiny       a seconds-long smoke run (tests; box heads in the relations stage only).
   vg         the published setup: MSDN's sizes on a local VG-MSDN copy (data.name="vg_msdn",
              MSDN's own 150-object / 50-predicate split; objects, relations and caption regions
@@ -33,8 +33,7 @@ _ALL_BUT_BACKBONE = ("roi_features", "obj_classifier", "relation_head", "caption
 # MSDN's region objectness + box and object box-refinement losses on sampled region / object
 # RoIs (they need the detector and region RPN, so runs without sgdet drop them with a warning).
 # Trained in both relation stages: in the relations stage alone (a frozen trunk) they lowered
-# PredCls R@50 50.91 -> 44.55 (docs/models.md). Cost on an idle 2-core CPU: relations step
-# 405 -> 458 ms.
+# PredCls R@50 50.91 -> 44.55; their cost per step: docs/models.md, MSDN.
 _BOX_HEADS = ("region", "object_box")
 
 

@@ -7,6 +7,10 @@ same numbers without touching the images again.
 Conventions follow neural-motifs `lib/get_dataset_counts.py get_counts` (the table FREQ uses):
 - `fg_matrix[s, o, p]` counts training relations with subject class s, object class o and
   predicate p (duplicates included: NM counts on data loaded with `filter_duplicate_rels=False`).
+- `cooccurrence[i, j]` (KERN's object knowledge, `generate_knowledge.py`, with the corrected
+  pairing): for each training image, the set of classes present adds one to every ordered pair
+  of distinct classes (i, j) of the set, and one to [k, k] when class k appears at least twice;
+  `class_images[i]` counts the images containing class i (KERN divides row i by it).
 - `bg_matrix[s, o]` counts ordered pairs (i, j), i != j, of training boxes that intersect, with NM's
   "+1 pixel" rule evaluated at the 1024 long-side scale: min(x2) - max(x1) + 1 > 0 and likewise in
   y (so touching boxes count). If no pair in an image intersects, every ordered pair of that image
@@ -29,6 +33,8 @@ from data_pipelines.records import SceneGraphRecord
 
 STATS_NPZ = "statistics.npz"
 STATS_JSON = "statistics.json"
+# 2: cooccurrence and class_images added. Version 1 files load without them (None).
+FORMAT_VERSION = 2
 _BOX_SCALE = 1024.0  # NM evaluates overlaps on boxes whose long side is 1024 pixels.
 
 
@@ -44,6 +50,9 @@ class DatasetStatistics:
       idx_to_label: C+1 names, index 0 "__background__".
       idx_to_predicate: P+1 names, index 0 "__background__".
       num_images: training images counted.
+      cooccurrence: [C+1, C+1] int64 class co-occurrence over images (module docstring), or
+        None in statistics written before format version 2.
+      class_images: [C+1] int64 training images containing each class (or None, as above).
     """
 
     object_counts: np.ndarray
@@ -53,6 +62,8 @@ class DatasetStatistics:
     idx_to_label: list[str]
     idx_to_predicate: list[str]
     num_images: int
+    cooccurrence: np.ndarray | None = None
+    class_images: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -90,11 +101,12 @@ class DatasetStatistics:
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         buf = io.BytesIO()
+        priors = {k: getattr(self, k) for k in OPTIONAL_ARRAYS if getattr(self, k) is not None}
         np.savez_compressed(buf, object_counts=self.object_counts,
                             predicate_counts=self.predicate_counts,
-                            fg_matrix=self.fg_matrix, bg_matrix=self.bg_matrix)
+                            fg_matrix=self.fg_matrix, bg_matrix=self.bg_matrix, **priors)
         atomic_write_bytes(os.path.join(directory, STATS_NPZ), buf.getvalue())
-        meta = dict(idx_to_label=list(self.idx_to_label),
+        meta = dict(format_version=FORMAT_VERSION, idx_to_label=list(self.idx_to_label),
                     idx_to_predicate=list(self.idx_to_predicate),
                     num_images=int(self.num_images), num_classes=self.num_classes,
                     num_predicates=self.num_predicates, num_relations=self.num_relations,
@@ -116,10 +128,14 @@ class DatasetStatistics:
                 meta = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{json_path}: expected valid JSON statistics ({e})") from e
+        version = int(meta.get("format_version", 1))
+        if version > FORMAT_VERSION:
+            raise ValueError(f"{json_path}: field 'format_version': {version} is newer than this "
+                             f"sgg_jax reads ({FORMAT_VERSION}); update sgg_jax or rebuild")
         with np.load(npz_path, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in
                       ("object_counts", "predicate_counts", "fg_matrix", "bg_matrix")
-                      if k in z.files}
+                      + OPTIONAL_ARRAYS if k in z.files}
         missing = {"object_counts", "predicate_counts", "fg_matrix", "bg_matrix"} - set(arrays)
         if missing:
             raise ValueError(f"{npz_path}: missing arrays {sorted(missing)}")
@@ -133,10 +149,17 @@ class DatasetStatistics:
         return stats
 
 
+# Priors added after version 1 (None when a file predates them).
+OPTIONAL_ARRAYS = ("cooccurrence", "class_images")
+
+
 def _check_shapes(stats: DatasetStatistics, where: str) -> None:
     c1, p1 = stats.object_counts.shape[0], stats.predicate_counts.shape[0]
-    expected = {"fg_matrix": (c1, c1, p1), "bg_matrix": (c1, c1)}
+    expected = {"fg_matrix": (c1, c1, p1), "bg_matrix": (c1, c1), "cooccurrence": (c1, c1),
+                "class_images": (c1,)}
     for name, shape in expected.items():
+        if getattr(stats, name) is None:
+            continue
         got = getattr(stats, name).shape
         if got != shape:
             raise ValueError(f"{where}: field '{name}': expected shape {shape}, got {got}")
@@ -222,8 +245,23 @@ def compute_statistics(records: Sequence[SceneGraphRecord], num_classes: int,
         pairs = intersecting_pairs(boxes, wh[:, 0], wh[:, 1])
         pair_index = lab[:, :, None] * c1 + lab[:, None, :]  # [N, G, G]
         bg += np.bincount(pair_index[pairs], minlength=c1 * c1)
+    cooccurrence, class_images = class_cooccurrence(labels, n_boxes, c1)
     return DatasetStatistics(
         object_counts=np.bincount(labels, minlength=c1).astype(np.int64),
         predicate_counts=np.bincount(rels_all[:, 2], minlength=p1).astype(np.int64),
         fg_matrix=fg, bg_matrix=bg.reshape(c1, c1), idx_to_label=idx_to_label,
-        idx_to_predicate=idx_to_predicate, num_images=len(records))
+        idx_to_predicate=idx_to_predicate, num_images=len(records),
+        cooccurrence=cooccurrence, class_images=class_images)
+
+
+def class_cooccurrence(labels: np.ndarray, n_boxes: np.ndarray, c1: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(cooccurrence [c1, c1], class_images [c1]) from the concatenated labels of images with
+    `n_boxes` boxes each (module docstring): one matrix product of the images' class counts."""
+    image = np.repeat(np.arange(len(n_boxes)), n_boxes)
+    counts = np.zeros((len(n_boxes), c1), np.int64)
+    np.add.at(counts, (image, labels), 1)
+    present = (counts > 0).astype(np.int64)
+    mat = present.T @ present
+    np.fill_diagonal(mat, (counts >= 2).sum(axis=0))
+    return mat.astype(np.int64), present.sum(axis=0).astype(np.int64)

@@ -67,8 +67,8 @@ def get_base_config() -> ml_collections.ConfigDict:
         # built-in models), imported before config.model.name is looked up.
         module="",
         # Stride 8: at 128 px the smallest synthetic objects (~5 px) are under one stride-16
-        # cell; measured on the default preset it raised FREQ's SGCls R@50 26.5 -> 33.6 and
-        # IMP's 13.2 -> 25.0 (docs/models.md). The tiny preset keeps stride 16 (test speed).
+        # cell (the measured gain: docs/models.md, Backbones). The tiny preset keeps stride 16
+        # (test speed).
         name="imp", backbone="small_resnet_s8", hidden_dim=128, num_iterations=3,
         roi_size=7, sampling_ratio=2, fc_dim=256, dtype="float32", dropout=0.0,
         # Add Motifs' frequency bias log p(pred | subj class, obj class) to the relation logits

@@ -44,13 +44,29 @@ def test_hand_case():
         st.triplet_counts(), [[1, 2, 1, 1], [1, 2, 2, 1], [1, 3, 2, 1], [3, 1, 1, 1]])
     assert st.num_images == 4 and st.num_relations == 4 and st.num_objects == 9
     assert st.idx_to_label[0] == "__background__" and len(st.idx_to_predicate) == 4
+    # KERN's co-occurrence: images {1,2,3}, {1} (twice), {3}, {1,2,3}.
+    co = np.zeros((4, 4), np.int64)
+    for i, j in ((1, 2), (1, 3), (2, 3)):
+        co[i, j] = co[j, i] = 2
+    co[1, 1] = 1  # class 1 twice in image 2
+    np.testing.assert_array_equal(st.cooccurrence, co)
+    np.testing.assert_array_equal(st.class_images, [0, 3, 2, 3])
 
 
 def _loop_reference(records, c, p):
-    """Per-box loops in the style of NM get_counts (independent of the vectorised code)."""
+    """Per-box loops in the style of NM get_counts and KERN's generate_knowledge (corrected
+    pairing), independent of the vectorised code."""
     fg = np.zeros((c + 1, c + 1, p + 1), np.int64)
     bg = np.zeros((c + 1, c + 1), np.int64)
+    co = np.zeros((c + 1, c + 1), np.int64)
+    images = np.zeros(c + 1, np.int64)
     for r in records:
+        present = sorted(set(int(x) for x in r.labels))
+        for i in present:
+            images[i] += 1
+            co[i, i] += int(list(r.labels).count(i) >= 2)
+            for j in present:
+                co[i, j] += int(i != j)
         for s, o, pr in r.relations:
             fg[r.labels[s], r.labels[o], pr] += 1
         k = 1024.0 / max(r.width, r.height)
@@ -63,7 +79,7 @@ def _loop_reference(records, c, p):
             pairs = [(i, j) for i in range(g) for j in range(g) if i != j]
         for i, j in pairs:
             bg[r.labels[i], r.labels[j]] += 1
-    return fg, bg
+    return fg, bg, co, images
 
 
 def _random_records(rng, n, c, p):
@@ -85,9 +101,11 @@ def test_matches_loop_reference():
     rng = np.random.default_rng(0)
     recs = _random_records(rng, 60, c=5, p=4)
     st = compute_statistics(recs, 5, 4)
-    fg, bg = _loop_reference(recs, 5, 4)
+    fg, bg, co, images = _loop_reference(recs, 5, 4)
     np.testing.assert_array_equal(st.fg_matrix, fg)
     np.testing.assert_array_equal(st.bg_matrix, bg)
+    np.testing.assert_array_equal(st.cooccurrence, co)
+    np.testing.assert_array_equal(st.class_images, images)
     assert st.predicate_counts.sum() == sum(len(r.relations) for r in recs)
     np.testing.assert_array_equal(st.fg_matrix.sum((0, 1)), st.predicate_counts)
     trip = st.triplet_counts()
@@ -99,7 +117,8 @@ def test_save_load_round_trip(tmp_path):
                             ["__background__", "on", "left of", "near"])
     st.save(tmp_path / "stats")
     back = DatasetStatistics.load(tmp_path / "stats")
-    for f in ("object_counts", "predicate_counts", "fg_matrix", "bg_matrix"):
+    for f in ("object_counts", "predicate_counts", "fg_matrix", "bg_matrix", "cooccurrence",
+              "class_images"):
         np.testing.assert_array_equal(getattr(back, f), getattr(st, f))
         assert getattr(back, f).dtype == np.int64
     assert back.idx_to_label == st.idx_to_label
@@ -116,3 +135,25 @@ def test_bad_input_raises(tmp_path):
         compute_statistics([_rec(1, 10, 10, [[0, 0, 5, 5]], [1], [[0, 1, 1]])], 3, 3)
     with pytest.raises(FileNotFoundError):
         DatasetStatistics.load(tmp_path / "nowhere")
+
+
+def test_format_versions(tmp_path):
+    """Version 1 files (before the co-occurrence prior) still load, without it; a newer version
+    than this library reads is refused, naming the file and field."""
+    import json
+
+    st = compute_statistics(_hand_records(), 3, 3)
+    st.save(tmp_path)
+    meta = json.loads((tmp_path / "statistics.json").read_text())
+    assert meta["format_version"] == 2
+    with np.load(tmp_path / "statistics.npz") as z:
+        old = {k: z[k] for k in ("object_counts", "predicate_counts", "fg_matrix", "bg_matrix")}
+    np.savez(tmp_path / "statistics.npz", **old)
+    del meta["format_version"]
+    (tmp_path / "statistics.json").write_text(json.dumps(meta))
+    v1 = DatasetStatistics.load(tmp_path)
+    assert v1.cooccurrence is None and v1.class_images is None
+    np.testing.assert_array_equal(v1.fg_matrix, st.fg_matrix)
+    (tmp_path / "statistics.json").write_text(json.dumps(dict(meta, format_version=3)))
+    with pytest.raises(ValueError, match="format_version"):
+        DatasetStatistics.load(tmp_path)

@@ -110,8 +110,8 @@ class ModelSpec:
       `module.apply(variables, inputs: ModelInputs, train) -> ModelOutputs`.
     param_groups: the top-level submodule names of its params (stages train or freeze them).
     description: one line for the model table (docs/models.md, `--help` errors).
-    requires: facts the builder reads ("fg_matrix", "vocabulary"), checked before anything
-      compiles.
+    requires: facts the builder reads ("fg_matrix", "cooccurrence", "vocabulary"), checked
+      before anything compiles.
     losses: loss terms the model adds for relation stages, name -> function
       `(outputs, targets, config) -> {part name: scalar}` (sgg_jax/losses.py `LossTargets`),
       or None for a term the model returns itself in `ModelOutputs.losses`.
@@ -279,6 +279,10 @@ def check_requirements(spec: ModelSpec, facts: Any) -> None:
             if fg is None:
                 raise ValueError(f"model {spec.name!r} needs the training statistics' "
                                  "fg_matrix [C+1, C+1, P+1]")
+        elif need == "cooccurrence":
+            if getattr(getattr(facts, "statistics", None), "cooccurrence", None) is None:
+                raise ValueError(f"model {spec.name!r} needs the class co-occurrence prior "
+                                 "(statistics format version 2: rebuild the dataset)")
         elif need == "vocabulary":
             if len(getattr(facts, "idx_to_word", ()) or ()) < 4:
                 raise ValueError(f"model {spec.name!r} needs a caption vocabulary (>= 4 words "
