@@ -75,7 +75,7 @@ def select_regions(boxes: np.ndarray, mask: np.ndarray, scores: np.ndarray, toke
     it is skipped (greedy NMS, as dense captioning shows its regions; MSDN's refined proposals
     often converge on one object). Returns (boxes [R,4], scores [R], caption texts), R <= top_k.
     """
-    from sgg_jax.evaluation.boxes import box_iou
+    from sgg_jax.ops.np_boxes import box_iou
     valid = np.flatnonzero(np.asarray(mask, bool).reshape(-1))
     sc = np.asarray(scores, np.float64).reshape(-1)
     bx = np.asarray(boxes, np.float64).reshape(-1, 4)

@@ -77,8 +77,8 @@ def test_anchor_labels_and_sampling_match_numpy_reference():
     assert fg.sum() == min(n_fg, 4) and bg.sum() == 16 - fg.sum()
     assert np.all(ref[fg] == 1) and np.all(ref[bg] == 0)
     # regression targets decode back to the matched gt box
-    from sgg_jax.models.detection import _ops
-    dec = _ops.decode(t.deltas[fg], jnp.asarray(anchors[fg]), (1.0, 1.0, 1.0, 1.0))
+    from sgg_jax.ops.boxes import decode_boxes
+    dec = decode_boxes(t.deltas[fg], jnp.asarray(anchors[fg]), (1.0, 1.0, 1.0, 1.0))
     np.testing.assert_allclose(dec, gt[np.asarray(t.matched_gt)[fg]], atol=1e-3)
     # a different key draws a different sample of the same sizes
     t2 = targets(key(4))

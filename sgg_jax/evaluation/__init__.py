@@ -9,7 +9,7 @@ Public API:
   write_predictions(...), read_predictions(path)   the HDF5 prediction file format
 See docs/evaluation.md.
 """
-from sgg_jax.evaluation.boxes import box_iou
+from sgg_jax.ops.np_boxes import box_iou
 from sgg_jax.evaluation.detection import DetectionEvaluator
 from sgg_jax.evaluation.sgg import EVAL_MODES, FEW_SHOT_BUCKETS, PROTOCOLS, SGGEvaluator
 from sgg_jax.evaluation.zero_shot import load_vg150_zero_shot_triplets, load_zero_shot_triplets

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sgg_jax.evaluation.boxes import box_iou, paired_iou, union_boxes
+from sgg_jax.ops.np_boxes import box_iou, paired_iou, union_boxes
 
 NO_HIT = np.iinfo(np.int64).max  # first-hit rank of a ground truth that no candidate hits
 

@@ -13,13 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-
-def _roi_align(features, boxes, box_indices, output_size, spatial_scale, sampling_ratio):
-    """Calls the shared RoI-align kernel (imported lazily so this module imports on its own)."""
-    from pallas_kernels import roi_align as roi_align_lib
-
-    return roi_align_lib.roi_align(features, boxes, box_indices, output_size, spatial_scale,
-                                   sampling_ratio, aligned=True)
+from sgg_jax.ops.roi import pool_rois
 
 
 def union_boxes(boxes: jnp.ndarray, pairs: jnp.ndarray) -> jnp.ndarray:
@@ -33,11 +27,7 @@ def union_boxes(boxes: jnp.ndarray, pairs: jnp.ndarray) -> jnp.ndarray:
 def pool_boxes(features: jnp.ndarray, boxes: jnp.ndarray, stride: int, roi_size: int,
                sampling_ratio: int) -> jnp.ndarray:
     """RoI-align every box of every image. features [B,H,W,C], boxes [B,N,4] -> [B,N,s,s,C]."""
-    b, n = boxes.shape[:2]
-    box_indices = jnp.repeat(jnp.arange(b, dtype=jnp.int32), n)
-    pooled = _roi_align(features, boxes.reshape(b * n, 4).astype(jnp.float32), box_indices,
-                        (roi_size, roi_size), 1.0 / stride, sampling_ratio)
-    return pooled.reshape((b, n) + pooled.shape[1:])
+    return pool_rois([features], [stride], boxes, roi_size, sampling_ratio)
 
 
 def pair_masks(boxes: jnp.ndarray, pairs: jnp.ndarray, size: int) -> jnp.ndarray:

@@ -19,8 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sgg_jax.ops.roi import pool_rois
+
 from sgg_jax.models.backbone import build_backbone
-from sgg_jax.models.detection import _ops
 from sgg_jax.models.detection.anchors import level_base_anchors, multilevel_anchors
 from sgg_jax.models.detection.config import DetectorConfig
 from sgg_jax.models.detection.fpn import ResNet50FPN
@@ -118,7 +119,7 @@ class FasterRCNN(nn.Module):
                 bg_thresh_hi=cfg.roi_bg_iou_thresh_hi, bg_thresh_lo=cfg.roi_bg_iou_thresh_lo,
                 weights=cfg.box_weights))(proposals, prop_valid, gt_boxes, gt_labels, gt_mask,
                                           jax.random.split(k_roi, b))
-            pooled = _ops.pool_rois(roi_feats, roi_strides, rt.boxes, cfg.roi_size, cfg.sampling_ratio)
+            pooled = pool_rois(roi_feats, roi_strides, rt.boxes, cfg.roi_size, cfg.sampling_ratio)
             cls_logits, box_deltas, _ = head(pooled, train)
             cls_loss, box_loss, acc = roi_losses(cls_logits, box_deltas, rt.labels, rt.fg, rt.valid,
                                                  rt.deltas, cfg.smooth_l1_beta)
@@ -126,7 +127,7 @@ class FasterRCNN(nn.Module):
             return DetectorLosses(total=total, rpn_objectness=obj_loss, rpn_box=rpn_box_loss,
                                   classifier=cls_loss, box=box_loss, roi_accuracy=acc)
 
-        pooled = _ops.pool_rois(roi_feats, roi_strides, proposals, cfg.roi_size, cfg.sampling_ratio)
+        pooled = pool_rois(roi_feats, roi_strides, proposals, cfg.roi_size, cfg.sampling_ratio)
         cls_logits, box_deltas, fc7 = head(pooled, train)
         post_fn = lambda l, d, r, v, hw: postprocess_image(
             l, d, r, v, hw, score_thresh=cfg.score_thresh, nms_thresh=cfg.box_nms_thresh,

@@ -8,9 +8,11 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from sgg_jax.ops import boxes as box_ops
+from sgg_jax.ops import nms
 import optax
 
-from sgg_jax.models.detection import _ops
 from sgg_jax.models.detection.rpn import smooth_l1
 
 
@@ -93,7 +95,8 @@ def postprocess_image(logits: jnp.ndarray, deltas: jnp.ndarray, rois: jnp.ndarra
     c = n - 1
     probs = jax.nn.softmax(logits, axis=-1)
     ref = jnp.broadcast_to(rois[:, None, :], (s, c, 4)).reshape(-1, 4)
-    boxes = _ops.clip(_ops.decode(deltas[:, 1:].reshape(-1, 4), ref, weights), image_hw)
+    boxes = box_ops.clip_boxes(box_ops.decode_boxes(deltas[:, 1:].reshape(-1, 4), ref, weights),
+                               image_hw[..., 0], image_hw[..., 1])
     scores = probs[:, 1:].reshape(-1)
     ok = (jnp.repeat(roi_valid, c) & (scores > score_thresh)
           & ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size))
@@ -102,7 +105,8 @@ def postprocess_image(logits: jnp.ndarray, deltas: jnp.ndarray, rois: jnp.ndarra
     cand_ok = ok[cand]
     cand_cls = (cand % c).astype(jnp.int32)
     cand_boxes = boxes[cand]
-    keep, valid = _ops.batched_nms(cand_boxes, cand_scores, cand_cls, cand_ok, nms_thresh, detections)
+    keep, valid = nms.batched_nms(cand_boxes, cand_scores, cand_cls, nms_thresh, detections,
+                                  valid=cand_ok)
     roi = (cand[keep] // c).astype(jnp.int32)
     vf = valid.astype(jnp.float32)
     return (cand_boxes[keep] * vf[:, None], jnp.where(valid, cand_cls[keep] + 1, 0),

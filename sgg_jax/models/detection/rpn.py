@@ -7,7 +7,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sgg_jax.models.detection import _ops
+from sgg_jax.ops import boxes as box_ops
+from sgg_jax.ops import nms
+
 from sgg_jax.ops.conv import Conv
 
 
@@ -60,10 +62,11 @@ def select_proposals(logits: jnp.ndarray, deltas: jnp.ndarray, anchors: jnp.ndar
     idx = jnp.concatenate(idx)
     lvl = jnp.concatenate(lvl)
     scores = logits[idx]
-    boxes = _ops.clip(_ops.decode(deltas[idx], anchors[idx], weights), image_hw)
+    boxes = box_ops.clip_boxes(box_ops.decode_boxes(deltas[idx], anchors[idx], weights),
+                               image_hw[..., 0], image_hw[..., 1])
     ok = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
     ok = ok & jnp.isfinite(scores)
-    keep, valid = _ops.batched_nms(boxes, scores, lvl, ok, nms_thresh, post_nms_top_n)
+    keep, valid = nms.batched_nms(boxes, scores, lvl, nms_thresh, post_nms_top_n, valid=ok)
     return boxes[keep], jax.nn.sigmoid(scores[keep]) * valid, valid
 
 

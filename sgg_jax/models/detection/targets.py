@@ -11,7 +11,8 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from sgg_jax.models.detection import _ops
+from sgg_jax.ops import boxes as box_ops
+
 
 
 def _sample(candidates: jnp.ndarray, limit: jnp.ndarray, k: int, key: jax.Array) -> jnp.ndarray:
@@ -41,7 +42,7 @@ def anchor_labels(anchors: jnp.ndarray, gt_boxes: jnp.ndarray, gt_mask: jnp.ndar
     fg: IoU >= fg_thresh with some valid gt, or an anchor with the highest IoU (> 0) for some gt
     (ties included, as torchvision); bg: max IoU < bg_thresh; anchors outside `inside` are ignored.
     """
-    iou = _ops.pairwise_iou(anchors, gt_boxes)
+    iou = box_ops.pairwise_iou(anchors, gt_boxes)
     iou = jnp.where(gt_mask[None, :], iou, -1.0)
     max_iou = jnp.max(iou, axis=1)
     matched = jnp.argmax(iou, axis=1).astype(jnp.int32)
@@ -80,7 +81,7 @@ def rpn_targets(anchors: jnp.ndarray, gt_boxes: jnp.ndarray, gt_mask: jnp.ndarra
     fg = _sample(labels == 1, max_fg, max_fg, k_fg)
     n_bg = batch_size - jnp.sum(fg)
     bg = _sample(labels == 0, n_bg, batch_size, k_bg)
-    deltas = _ops.encode(gt_boxes[matched], anchors, weights)
+    deltas = box_ops.encode_boxes(anchors, gt_boxes[matched], weights)
     return AnchorTargets(fg=fg, bg=bg, deltas=jnp.where(fg[:, None], deltas, 0.0), matched_gt=matched)
 
 
@@ -111,7 +112,7 @@ def sample_proposals(proposals: jnp.ndarray, proposal_mask: jnp.ndarray, gt_boxe
     gt_labels = jnp.asarray(gt_labels, jnp.int32)
     boxes = jnp.concatenate([proposals, gt_boxes], axis=0)
     mask = jnp.concatenate([proposal_mask, gt_mask], axis=0)
-    iou = jnp.where(gt_mask[None, :], _ops.pairwise_iou(boxes, gt_boxes), -1.0)
+    iou = jnp.where(gt_mask[None, :], box_ops.pairwise_iou(boxes, gt_boxes), -1.0)
     max_iou = jnp.max(iou, axis=1)
     matched = jnp.argmax(iou, axis=1)
     has_gt = jnp.any(gt_mask)
@@ -135,6 +136,6 @@ def sample_proposals(proposals: jnp.ndarray, proposal_mask: jnp.ndarray, gt_boxe
     sel_boxes = boxes[order]
     sel_gt = matched[order]
     labels = jnp.where(sel_fg, gt_labels[sel_gt], 0).astype(jnp.int32)
-    deltas = _ops.encode(gt_boxes[sel_gt], sel_boxes, weights)
+    deltas = box_ops.encode_boxes(sel_boxes, gt_boxes[sel_gt], weights)
     return RoITargets(boxes=sel_boxes, labels=labels, deltas=jnp.where(sel_fg[:, None], deltas, 0.0),
                       fg=sel_fg, valid=sel_valid, matched_gt=sel_gt.astype(jnp.int32))

@@ -1,4 +1,5 @@
-"""Box overlap helpers for the evaluators (NumPy, float64).
+"""Box overlap helpers on the host (NumPy, float64), for the evaluators and result documents;
+their jittable counterparts are `sgg_jax.ops.boxes` (continuous areas by default there).
 
 The field's scene graph numbers (neural-motifs, Scene-Graph-Benchmark, MSDN, F-Net) all use the
 "+1 pixel" convention inherited from py-faster-rcnn: a box [x1, y1, x2, y2] covers
