@@ -24,7 +24,7 @@ import numpy as np
 
 from data_pipelines import tfds_sgg
 from data_pipelines.facts import DatasetFacts
-from data_pipelines.pipeline import InputConfig, flip_predicate_pairs, make_loader
+from data_pipelines.pipeline import InputConfig, make_loader
 from data_pipelines.statistics import DatasetStatistics
 
 DEFAULT_CACHE = os.path.join("~", ".cache", "sgg_jax")
@@ -136,12 +136,12 @@ class PreparedDataset:
     @property
     def num_classes(self) -> int:
         """C, object classes without background."""
-        return len(self.idx_to_label) - 1
+        return self.facts.num_classes
 
     @property
     def num_predicates(self) -> int:
         """P, predicates without background."""
-        return len(self.idx_to_predicate) - 1
+        return self.facts.num_predicates
 
     @property
     def split_sizes(self) -> dict[str, int]:
@@ -149,7 +149,7 @@ class PreparedDataset:
 
     def flip_predicate_map(self) -> tuple[tuple[int, int], ...]:
         """Left/right predicate pairs of this dataset (swapped by horizontal flips)."""
-        return flip_predicate_pairs(self.idx_to_predicate)
+        return self.facts.flip_predicate_map()
 
     @functools.cached_property
     def facts(self) -> DatasetFacts:

@@ -34,11 +34,10 @@ Contract (stable; `--mode predict` and `sgg_jax.load(ckpt).predict(image)` build
     rel_scores [B, M, P + 1] float32 softmax over predicates, column 0 = no relation
   The triplet score of (pair m, predicate p >= 1) is
   rel_scores[b, m, p] * scores[b, s] * scores[b, o] (the evaluator's ranking).
-  Models that caption regions (their SGDet hooks add them; MSDN: the region RPN's proposals,
-  Q = config.model.region_rpn.num_proposals, refined by its box heads with
-  config.eval.sgdet_refine_boxes) add:
+  Models that caption regions (their SGDet hooks add them, e.g. a region RPN's Q proposals,
+  refined by the model's box heads with config.eval.sgdet_refine_boxes) add:
     region_boxes  [B, Q, 4]  float32 canvas pixels;  region_mask [B, Q] bool (real first)
-    region_scores [B, Q]     float32 objectness probabilities (region RPN's, or MSDN's)
+    region_scores [B, Q]     float32 objectness probabilities (the proposals', or refined)
     captions      [B, Q, L]  int32 token ids (<start>, words, <end>, 0 padding; words from the
                              run's caption vocabulary, `exp.facts.idx_to_word`)
 """

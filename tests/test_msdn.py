@@ -20,7 +20,7 @@ from sgg_jax.losses import LossTargets
 from sgg_jax.models import build_model, captioning, msdn
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.training import steps
-from training_utils import load_config, make_facts
+from training_utils import load_config, make_facts, random_variables
 from test_detector import np_iou  # the NumPy IoU reference the detector tests use
 
 C, P, V = 4, 3, 12  # object classes, predicates, caption words (incl. 4 specials)
@@ -41,21 +41,8 @@ def make_model(mode="sgcls"):
 
 
 def init(model, inputs, seed=0):
-    """Parameters with `model.init`'s shapes (eval_shape) filled on the host: compiling a jitted
-    init costs more CPU time than the tests themselves."""
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, False), inputs)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = str(getattr(path[-1], "key", path[-1]))
-        if leaf.ndim >= 2:
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape), leaf.dtype)
-        if name == "scale":
-            return jnp.ones(leaf.shape, leaf.dtype)
-        return jnp.asarray(rng.normal(0, 0.1, leaf.shape), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
+    """Random variables filled on the host (`training_utils.random_variables`)."""
+    return random_variables(model, inputs, seed)
 
 
 def random_boxes(rng, shape, lo=8.0, hi=24.0):

@@ -19,9 +19,9 @@ import pytest
 from sgg_jax import inference
 from sgg_jax.models import DETECTOR_GROUP, detector_config
 from sgg_jax.training import data as data_lib
-from sgg_jax.training import eval_loop, experiment, mesh as mesh_lib, trainer
-from training_utils import (RecordingWriter, flat_params, load_config, make_facts,
-                            one_batch_forever, run_stages)
+from sgg_jax.training import eval_loop, experiment, trainer
+from training_utils import (Interrupt, RecordingWriter, flat_params, interrupted_after,
+                            load_config, make_facts, one_batch_forever, run_stages)
 
 DET_STEPS = 8
 
@@ -104,26 +104,13 @@ def test_detector_loss_decreases_on_a_fixed_batch(cache_dir, tmp_path, monkeypat
     assert np.mean(losses[-2:]) < 0.85 * np.mean(losses[:2]), losses
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def test_detector_interrupt_and_resume_is_exact(cache_dir, trained, tmp_path, monkeypatch):
     _, reference, _, _ = trained
-    real_to_global = mesh_lib.to_global
-    calls = {"n": 0}
-
-    def flaky(tree, mesh):
-        calls["n"] += 1
-        if calls["n"] > 6:
-            raise _Interrupt()
-        return real_to_global(tree, mesh)
-
     workdir = str(tmp_path / "resumed")
-    monkeypatch.setattr(mesh_lib, "to_global", flaky)
-    with pytest.raises(_Interrupt):
+    restore = interrupted_after(monkeypatch, 6)
+    with pytest.raises(Interrupt):
         run_stages(det_config(cache_dir), workdir)
-    monkeypatch.setattr(mesh_lib, "to_global", real_to_global)
+    restore()
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "detector"))) == ["4"]
     _, resumed = run_stages(det_config(cache_dir), workdir)
     ref, res = flat_params(reference), flat_params(resumed)

@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 
 from sgg_jax.training import data as data_lib
-from sgg_jax.training import mesh as mesh_lib
 from sgg_jax.training import experiment, trainer
-from training_utils import (REPO, RecordingWriter, flat_params, load_config, one_batch_forever,
-                            run_stages)
+from training_utils import (REPO, Interrupt, RecordingWriter, flat_params, interrupted_after,
+                            load_config, one_batch_forever, run_stages)
 
 
 @pytest.fixture(scope="module")
@@ -85,29 +84,15 @@ def test_four_devices_match_one_device(cache_dir, tmp_path):
     assert_trees_close(one, four)
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def test_interrupt_and_resume_is_exact(cache_dir, tmp_path, monkeypatch):
     """Both stages; killed after 5 of the second stage's 6 steps (tiny checkpoints every 4 steps: the last is 4)."""
     config = tiny(cache_dir, **{"train.data_parallel": 1})
     reference = cached_run("both1", config, str(tmp_path / "ref"))
 
-    real_to_global = mesh_lib.to_global
-    calls = {"n": 0}
-    limit = config.train.stages.objects.num_steps + 5
-
-    def flaky(tree, mesh):
-        calls["n"] += 1
-        if calls["n"] > limit:
-            raise _Interrupt()
-        return real_to_global(tree, mesh)
-
-    monkeypatch.setattr(mesh_lib, "to_global", flaky)
-    with pytest.raises(_Interrupt):
+    restore = interrupted_after(monkeypatch, config.train.stages.objects.num_steps + 5)
+    with pytest.raises(Interrupt):
         _train(config, str(tmp_path / "resumed"))
-    monkeypatch.setattr(mesh_lib, "to_global", real_to_global)
+    restore()
     assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints" / "relations")) == ["4"]
     resumed = _train(config, str(tmp_path / "resumed"))
     assert_trees_close(reference, resumed, exact=True)
@@ -161,19 +146,10 @@ def test_two_optimizers_alternate_and_resume_exactly(cache_dir, tmp_path, monkey
     # the backbone belongs to no optimizer; each optimizer moved its groups
     assert moved == {"['relation_head']", "['roi_features']", "['obj_classifier']"}, moved
 
-    real_to_global = mesh_lib.to_global
-    calls = {"n": 0}
-
-    def flaky(tree, mesh):
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise _Interrupt()
-        return real_to_global(tree, mesh)
-
-    monkeypatch.setattr(mesh_lib, "to_global", flaky)
-    with pytest.raises(_Interrupt):
+    restore = interrupted_after(monkeypatch, 5)
+    with pytest.raises(Interrupt):
         _train(config, str(tmp_path / "resumed"))
-    monkeypatch.setattr(mesh_lib, "to_global", real_to_global)
+    restore()
     assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints" / "relations")) == ["4"]
     assert_trees_close(reference, _train(config, str(tmp_path / "resumed")), exact=True)
 

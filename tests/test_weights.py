@@ -1,7 +1,6 @@
 """Weight import: name / layout mapping with NumPy only, and layer outputs against torch."""
 from __future__ import annotations
 
-import os
 
 import flax.linen as nn
 import jax

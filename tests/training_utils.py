@@ -109,3 +109,25 @@ def random_variables(model, inputs, seed: int = 0, train: bool = False):
         return jnp.asarray(rng.normal(0, 0.1, leaf.shape), leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+class Interrupt(Exception):
+    """Raised by `interrupted_after` in place of a training step."""
+
+
+def interrupted_after(monkeypatch, steps: int):
+    """Makes the trainer's batch transfer raise `Interrupt` after `steps` batches (a run killed
+    mid-stage); call the returned function to undo it."""
+    from sgg_jax.training import mesh as mesh_lib
+
+    real = mesh_lib.to_global
+    calls = {"n": 0}
+
+    def flaky(tree, mesh):
+        calls["n"] += 1
+        if calls["n"] > steps:
+            raise Interrupt()
+        return real(tree, mesh)
+
+    monkeypatch.setattr(mesh_lib, "to_global", flaky)
+    return lambda: monkeypatch.setattr(mesh_lib, "to_global", real)

@@ -100,7 +100,7 @@ def make_sgdet_step(exp: Any) -> Callable:
     class distributions as `ModelInputs.obj_dists`. Object labels and scores come from the
     detector (`config.eval.sgdet_object_source="detector"`) or from the relation model
     (`"model"`: its own labels, else the argmax over 1..C and its probability). The model's
-    SGDet hooks (`ModelSpec.sgdet`) may add inputs (MSDN's caption-region proposals) and
+    SGDet hooks (`ModelSpec.sgdet`) may add inputs (e.g. caption-region proposals) and
     outputs, and move the boxes with a box-refinement head (`config.eval.sgdet_refine_boxes`).
 
     Returns boxes [B,D,4] (canvas pixels), box_mask, labels, scores [B,D], pairs [B,M,2],

@@ -3,7 +3,7 @@ the facts a run saved), the mesh, the model and detector, parameter initialisati
 parameters of a finished run.
 
 Every model is reached through its registered `ModelSpec` (sgg_jax/models/registry.py): which
-parameter groups and losses its stages may name, the networks it adds (MSDN's region RPN) and
+parameter groups and losses its stages may name, the networks it adds (a region RPN) and
 its hooks. Nothing here names a model.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ class StagePlan:
     """One stage this run trains: its config section, kind, training mode and seed index.
 
     kind: "relation" (the relation model), "detector" (the Faster R-CNN) or an auxiliary
-      network's kind (`ModelSpec.auxiliary`, e.g. MSDN's "regions").
+      network's kind (`ModelSpec.auxiliary`, e.g. "regions" for a region RPN).
     mode: what a relation stage trains in ("predcls" | "sgcls"; `stages.<name>.mode`, default
       the run's: sgcls when eval.modes has it).
     seed_index: seeds the stage's rng and data order: its position among the relation stages

@@ -138,7 +138,7 @@ def make_relation_step(model: nn.Module, optimizers: Optimizers, opt_losses: Map
     optimizers run in order, each differentiating its own terms at the parameters the previous
     one left. `relation_params(params)` picks the relation model's groups (the frozen detector
     and auxiliary networks take no part). `extras(params, batch, key)` (the model's
-    `train_extras`, e.g. MSDN's sampled RoIs) replaces inputs and feeds the loss terms.
+    `train_extras`, e.g. sampled box-head RoIs) replaces inputs and feeds the loss terms.
     Groups no optimizer trains are wrapped in `stop_gradient`, so their backward pass is never
     built (a frozen backbone costs only its forward pass).
     """
