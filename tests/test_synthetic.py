@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import synthetic as S
-from data_pipelines import synthetic_spec as spec
+from data_pipelines.synthetic import spec
 from data_pipelines import vg150
 
 PRED = spec.PREDICATE_ID
@@ -38,7 +38,7 @@ def test_vocabulary():
         assert name in spec.PREDICATE_ID
     assert len(spec.APPEARANCE_PREDICATES) >= 3
     # classes differ in appearance: no two share colours, size range and shape
-    from data_pipelines.synthetic_render import RENDERERS
+    from data_pipelines.synthetic.render import RENDERERS
     assert set(RENDERERS) == set(spec.CLASS_NAMES)
     sigs = {(c.colours, c.size, c.aspect) for c in spec.CLASSES}
     assert len(sigs) == len(spec.CLASSES)
@@ -171,7 +171,7 @@ def test_rendered_pixels_show_object_colour_and_eyes():
             assert close.mean() > 0.05, (cls, g.colours[i], close.mean())
             checked[cls] += 1
             if g.facing[i] != 0:  # the pupil: a dark pixel at the eye point
-                from data_pipelines.synthetic_render import eye_point
+                from data_pipelines.synthetic.render import eye_point
                 ex, ey = eye_point(cls, tuple(b), int(g.facing[i]))
                 assert img[int(round(ey)), int(round(ex))].sum() < 200, cls
                 mirror_x = b[0] + b[2] - ex  # the eye is on the facing side only
@@ -181,7 +181,7 @@ def test_rendered_pixels_show_object_colour_and_eyes():
 
 
 def test_holding_draws_a_hand():
-    from data_pipelines.synthetic_render import SKIN
+    from data_pipelines.synthetic.render import SKIN, render
     found = 0
     for k in range(30):
         rng = np.random.default_rng(k)
@@ -189,7 +189,7 @@ def test_holding_draws_a_hand():
         hands = [it for it in items if it.hand is not None]
         if not hands:
             continue
-        img = S.render(rng, graph.width, graph.height, horizon, graph.scene_type, bg, items)
+        img = render(rng, graph.width, graph.height, horizon, graph.scene_type, bg, items)
         for it in hands:
             hx, hy, _ = it.hand
             assert np.abs(img[hy, hx].astype(int) - SKIN).sum() < 40

@@ -114,17 +114,25 @@ def _full_rect(d: ImageDraw.ImageDraw, w: int, h: int, f: int) -> None:
     d.rectangle([0, 0, w - 1, h - 1], fill=255)
 
 
+def _legs(g: ImageDraw.ImageDraw, box: tuple[int, int, int, int], rgb: tuple[int, int, int],
+          xs: tuple[float, ...], top: float, width: float, dark: float) -> None:
+    """Straight legs (bench, chair, table): from `top` (fraction of the height) down to the
+    box's bottom, `width` (fraction of the width) wide, at fractions `xs` of the width, in a
+    darker shade of the object's colour."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    lw = max(1, int(width * w))
+    for fx in xs:
+        g.rectangle([x1 + int(fx * w), y1 + int(top * h), x1 + int(fx * w) + lw, y2 - 1],
+                    fill=shade(rgb, dark))
+
+
 def _bench(d, w, h, f):
     d.rectangle([0, 0, w - 1, int(0.45 * h)], fill=255)
 
 
 def _bench_d(g, b, f, rgb):
-    x1, y1, x2, y2 = b
-    w, h = x2 - x1, y2 - y1
-    lw = max(1, int(0.07 * w))
-    for fx in (0.06, 0.87):
-        g.rectangle([x1 + int(fx * w), y1 + int(0.45 * h), x1 + int(fx * w) + lw, y2 - 1],
-                    fill=shade(rgb, 0.5))
+    _legs(g, b, rgb, (0.06, 0.87), top=0.45, width=0.07, dark=0.5)
 
 
 def _bicycle(d, w, h, f):
@@ -251,12 +259,7 @@ def _chair(d, w, h, f):
 
 
 def _chair_d(g, b, f, rgb):
-    x1, y1, x2, y2 = b
-    w, h = x2 - x1, y2 - y1
-    lw = max(1, int(0.1 * w))
-    for fx in (0.04, 0.86):
-        g.rectangle([x1 + int(fx * w), y1 + int(0.25 * h), x1 + int(fx * w) + lw, y2 - 1],
-                    fill=shade(rgb, 0.55))
+    _legs(g, b, rgb, (0.04, 0.86), top=0.25, width=0.1, dark=0.55)
 
 
 def _cup(d, w, h, f):
@@ -408,12 +411,7 @@ def _table(d, w, h, f):
 
 
 def _table_d(g, b, f, rgb):
-    x1, y1, x2, y2 = b
-    w, h = x2 - x1, y2 - y1
-    lw = max(1, int(0.06 * w))
-    for fx in (0.05, 0.89):
-        g.rectangle([x1 + int(fx * w), y1 + int(0.18 * h), x1 + int(fx * w) + lw, y2 - 1],
-                    fill=shade(rgb, 0.55))
+    _legs(g, b, rgb, (0.05, 0.89), top=0.18, width=0.06, dark=0.55)
 
 
 def _tree(d, w, h, f):
