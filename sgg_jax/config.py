@@ -110,6 +110,11 @@ def get_base_config() -> ml_collections.ConfigDict:
         # `backbone_weights` = a torchvision ImageNet VGG16 / ResNet-50 state dict for the
         # backbone alone (vgg16 / resnet50 / resnet50_fpn). Set at most one.
         weights="", backbone_weights="",
+        # A trained detector to reuse: a finished run (configs/detector.py, or any run with a
+        # detector) or one stage's checkpoint directory. Its parameters fill this run's
+        # "detector" group and the run trains no detector of its own; another architecture,
+        # class list or image size is refused before anything compiles (docs/detector.md).
+        checkpoint="",
     ))
     c.loss = ml_collections.ConfigDict(dict(
         edge="baseline",  # baseline | dnorm | dnorm-fgbg

@@ -127,13 +127,17 @@ def _independent(exp, mode, protocol, examples):
                       triplet_counts=exp.facts.triplet_counts() if motifs else None)
     for gt, pred in examples:
         ev.add(gt, pred)
-    return ev.compute()
+    out = ev.compute()
+    if motifs:  # each predicate's recall at K=50, by name
+        names = exp.facts.idx_to_predicate[1:]
+        out["per_predicate"] = {"K": 50, "recall": dict(zip(names, ev.per_predicate_recall(50)))}
+    return out
 
 
 def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
-        a[k] == b[k] or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k]))
-        for k in a)
+        (_same(a[k], b[k]) if isinstance(a[k], dict) else a[k] == b[k])
+        or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k])) for k in a)
 
 
 def test_results_hold_both_protocols_and_phrase_detection(evaluated):

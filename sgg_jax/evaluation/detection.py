@@ -63,15 +63,23 @@ class DetectionEvaluator:
         for box, lab, s in zip(_xywh(pb), pl, ps):
             self._dets.append([img, *box.tolist(), float(s), int(lab)])
 
-    def compute(self) -> dict[str, float]:
-        """Runs COCOeval; returns {"AP", "AP50", "AP75"} in percent (0 when there are no detections)."""
+    def compute(self) -> dict[str, Any]:
+        """Runs COCOeval; returns {"AP", "AP50", "AP75", "num_images", "per_class"} in percent
+        (0 when there are no detections): per_class[c - 1] = {"class": c, "AP", "AP50",
+        "num_gt"} for every class c = 1..C (AP None for a class without ground truth)."""
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
         if not self._images:
             raise ValueError("DetectionEvaluator.compute: no images were added")
+        num_gt = np.bincount([a["category_id"] for a in self._gt],
+                             minlength=self.num_classes + 1).astype(int)
         if not self._dets or not self._gt:
-            return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "num_images": len(self._images)}
+            per_class = [{"class": c, "AP": 0.0 if num_gt[c] else None,
+                          "AP50": 0.0 if num_gt[c] else None, "num_gt": int(num_gt[c])}
+                         for c in range(1, self.num_classes + 1)]
+            return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "num_images": len(self._images),
+                    "per_class": per_class}
         log = io.StringIO()
         with contextlib.redirect_stdout(log):
             gt = COCO()
@@ -88,4 +96,22 @@ class DetectionEvaluator:
         s = ev.stats
         clean = lambda v: float(100.0 * max(v, 0.0))  # COCOeval reports -1 for "no data"
         return {"AP": clean(s[0]), "AP50": clean(s[1]), "AP75": clean(s[2]),
-                "num_images": len(self._images)}
+                "num_images": len(self._images),
+                "per_class": per_class_ap(ev.eval["precision"], num_gt)}
+
+
+def per_class_ap(precision: np.ndarray, num_gt: np.ndarray) -> list[dict]:
+    """Per-class AP (IoU 0.50:0.95) and AP50 in percent from COCOeval's accumulated precision
+    [T, R, K, A, M] (all areas, the largest maxDets), as COCOeval's summary averages them: over
+    the IoU thresholds and recall points that have a value. None for a class without ground
+    truth."""
+    out = []
+    for k in range(precision.shape[2]):
+        p = precision[:, :, k, 0, -1]
+        valid = p > -1
+        ap = float(100.0 * p[valid].mean()) if valid.any() else None
+        ap50 = float(100.0 * p[0][valid[0]].mean()) if valid[0].any() else None
+        has_gt = bool(num_gt[k + 1])
+        out.append({"class": k + 1, "AP": ap if has_gt else None,
+                    "AP50": ap50 if has_gt else None, "num_gt": int(num_gt[k + 1])})
+    return out

@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 MODES = ("predcls", "sgcls", "sgdet")
+# An evaluation mode of a run, not of a model: the detector's box AP alone.
+DETECTION_MODE = "detection"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Parameter group of the Faster R-CNN of every run that evaluates SGDet (not a model's own).
 DETECTOR_GROUP = "detector"
@@ -35,6 +37,7 @@ DETECTOR_GROUP = "detector"
 GENERIC_LOSSES = ("object", "relation")
 
 BUILTIN_MODULES = {
+    "detector": "sgg_jax.models.detector",
     "freq": "sgg_jax.models.freq",
     "imp": "sgg_jax.models.imp",
     "msdn": "sgg_jax.models.msdn",
@@ -128,6 +131,8 @@ class ModelSpec:
     evaluations: extra evaluations the generic evaluator runs for this model, by name
       (sgg_jax/training/eval_loop.py `EXTRA_EVALUATIONS`: "captions" = region-caption BLEU);
       results.json stores each under its name.
+    relations: False for the detector-only "model" (no relation stages, evaluated in
+      `DETECTION_MODE` only).
     """
 
     name: str
@@ -143,6 +148,7 @@ class ModelSpec:
     sgdet: Callable[[Any], SGDetHooks] | None = None
     sgdet_refines_boxes: bool = False
     evaluations: tuple[str, ...] = ()
+    relations: bool = True
 
     @property
     def loss_names(self) -> tuple[str, ...]:
@@ -291,6 +297,6 @@ def check_requirements(spec: ModelSpec, facts: Any) -> None:
             raise ValueError(f"model {spec.name!r}: unknown requirement {need!r}")
 
 
-__all__ = ["MODES", "DTYPES", "DETECTOR_GROUP", "GENERIC_LOSSES", "BuildContext",
+__all__ = ["MODES", "DETECTION_MODE", "DTYPES", "DETECTOR_GROUP", "GENERIC_LOSSES", "BuildContext",
            "AuxiliaryNetwork", "SGDetHooks", "ModelSpec", "register", "get_spec", "spec_for", "model_names",
            "build_model", "trunk_kwargs", "field", "option", "import_model_module"]

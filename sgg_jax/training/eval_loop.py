@@ -30,7 +30,7 @@ from sgg_jax.evaluation import DetectionEvaluator, SGGEvaluator
 from sgg_jax.evaluation.prediction_file import write_predictions
 from sgg_jax.models import postprocess
 from sgg_jax.models.interface import ModelInputs
-from sgg_jax.models.registry import DETECTOR_GROUP
+from sgg_jax.models.registry import DETECTION_MODE, DETECTOR_GROUP
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import mesh as mesh_lib
 from sgg_jax.training import optim, pictures as pictures_lib, reporting
@@ -299,6 +299,10 @@ def evaluate(exp: Any, params: Any, split: str | None = None,
     results: dict[str, Any] = {}
     counts = None
     for mode in modes:
+        if mode == DETECTION_MODE:
+            results["detection"] = evaluate_detector(
+                exp, params, split, shown if mode == picture_mode else None, num_pictures)
+            continue
         evaluators = make_evaluators(
             mode, protocols, exp.facts.num_predicates, ks=tuple(cfg.eval.ks),
             zero_shot_triplets=exp.facts.zero_shot_triplets,
@@ -342,7 +346,13 @@ def evaluate(exp: Any, params: Any, split: str | None = None,
                                                   pred, scored))
                 seen += 1
         for (protocol, m), evaluator in evaluators.items():
-            reporting.store_metrics(results, protocol, m, evaluator.compute())
+            metrics = evaluator.compute()
+            if protocol == "motifs":  # each predicate's recall (what mR@K averages)
+                k = 50 if 50 in evaluator.ks else evaluator.ks[len(evaluator.ks) // 2]
+                recall = evaluator.per_predicate_recall(k)
+                metrics["per_predicate"] = {"K": k, "recall": {
+                    name: float(r) for name, r in zip(exp.facts.idx_to_predicate[1:], recall)}}
+            reporting.store_metrics(results, protocol, m, metrics)
         if det_evaluator is not None:
             results["detection"] = det_evaluator.compute()
             if refined_evaluator is not None:
@@ -362,6 +372,44 @@ def evaluate(exp: Any, params: Any, split: str | None = None,
     for name in exp.spec.evaluations:
         results[name] = EXTRA_EVALUATIONS[name](exp, params, split)
     return results
+
+
+def evaluate_detector(exp: Any, params: Any, split: str,
+                      shown: list | None = None, num_pictures: int = 0) -> dict:
+    """The detector alone ("detection" mode): COCO box AP / AP50 / AP75 and per-class AP
+    (pycocotools) of its detections against each image's full ground truth; with `shown`,
+    the first `num_pictures` images' detections are kept for pictures."""
+    cfg = exp.config
+    detector, state = exp.detector(), dict(exp.detector_state)
+    detect = jax.jit(lambda p, b: detector.apply({"params": p[DETECTOR_GROUP], **state},
+                                                 b.images, b.image_sizes))
+    ground_truth = exp.data.ground_truth(split)
+    evaluator = DetectionEvaluator(exp.facts.num_classes)
+    seen, limit = 0, int(cfg.eval.max_images)
+    empty_pairs = np.zeros((0, 2), np.int64)
+    empty_scores = np.zeros((0, exp.facts.num_predicates + 1))
+    for batch, full in _batches(exp, split, f"eval[{DETECTION_MODE}]"):
+        if 0 <= limit <= seen:
+            break
+        dets = gather_to_host(detect(params, batch))
+        for b in range(full.images.shape[0]):
+            if full.image_ids[b] < 0 or 0 <= limit <= seen:
+                continue
+            gt = ground_truth[int(full.image_ids[b])]
+            valid = np.asarray(dets.valid[b], bool)
+            pred = dict(boxes=np.asarray(dets.boxes[b][valid], np.float64) / float(full.scales[b]),
+                        labels=np.asarray(dets.labels[b][valid], np.int64),
+                        scores=np.asarray(dets.scores[b][valid], np.float64))
+            evaluator.add(gt, pred)
+            if shown is not None and len(shown) < num_pictures:
+                shown.append(_picture_example(exp, split, len(shown), full, b, gt, dict(
+                    pred, rel_pairs=empty_pairs, rel_scores=empty_scores), {}))
+            seen += 1
+    result = evaluator.compute()
+    names = exp.facts.idx_to_label
+    for row in result["per_class"]:
+        row["name"] = names[row["class"]]
+    return result
 
 
 def _save_predictions(exp: Any, split: str, mode: str, written: list[tuple[int, dict]]) -> str:

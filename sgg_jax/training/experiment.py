@@ -22,7 +22,7 @@ from sgg_jax import models as models_lib
 from sgg_jax.models import registry
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import mesh as mesh_lib
-from sgg_jax.training import optim, pretrained, reporting, runs
+from sgg_jax.training import detector_source, optim, pretrained, reporting, runs
 from sgg_jax.training.checkpointing import StageCheckpointer, abstract_like
 
 log = logging.getLogger("sgg_jax")
@@ -61,8 +61,9 @@ class StagePlan:
 
 
 def uses_detector(config: ml_collections.ConfigDict) -> bool:
-    """A run has a detector (trained by its detector stage) iff it evaluates SGDet."""
-    return "sgdet" in optim.split_list(config.eval.modes)
+    """A run has a detector iff it evaluates SGDet or the detector alone ("detection")."""
+    modes = optim.split_list(config.eval.modes)
+    return "sgdet" in modes or registry.DETECTION_MODE in modes
 
 
 def default_train_mode(config: ml_collections.ConfigDict) -> str:
@@ -89,7 +90,9 @@ def plan_stages(config: ml_collections.ConfigDict, spec: registry.ModelSpec | No
     """The stages this run trains, in order: the detector stage first when eval.modes contains
     sgdet (added if the order omits it, dropped otherwise: PredCls / SGCls need no detector),
     then the auxiliary networks' stages the order names (also only with sgdet), then the
-    relation stages in `train.stage_order`."""
+    relation stages in `train.stage_order`. ("detection" in eval.modes also needs the
+    detector.) A run that reuses a trained detector (`model.detector.checkpoint`) has no
+    detector stage."""
     spec = spec or registry.spec_for(config.model)
     names = optim.split_list(config.train.stage_order)
     for name in names:
@@ -104,15 +107,20 @@ def plan_stages(config: ml_collections.ConfigDict, spec: registry.ModelSpec | No
             raise ValueError(f"config.train.stages.{name}.kind={kinds[name]!r}: expected one of "
                              f"{known} (model {spec.name!r})")
     relation = [n for n in names if kinds[n] == RELATION_KIND]
+    if relation and not spec.relations:
+        raise ValueError(f"config.train.stage_order names relation stages {relation}, but "
+                         f"model {spec.name!r} has no relation model (stage_order='detector')")
     train_mode = default_train_mode(config)
     plan = []
-    if uses_detector(config):
+    reused = bool(config.model.detector.get("checkpoint", ""))  # no detector stage then
+    if uses_detector(config) and not reused:
         detector = [n for n in config.train.stages if kinds[n] == DETECTOR_KIND]
         if not detector:
-            raise ValueError("config.eval.modes contains sgdet, which needs a trained detector: "
-                             "config.train.stages has no stage of kind 'detector'")
+            raise ValueError(f"config.eval.modes={config.eval.modes!r} needs a trained "
+                             "detector: config.train.stages has no stage of kind 'detector'")
         name = next((n for n in names if kinds[n] == DETECTOR_KIND), detector[0])
         plan.append(StagePlan(name, config.train.stages[name], DETECTOR_KIND, "sgdet", 100))
+    if uses_detector(config):
         for i, kind in enumerate(aux_kinds):
             for n in names:
                 if kinds[n] == kind:
@@ -173,10 +181,12 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> regist
     weight files exist. Returns the model's spec."""
     spec = registry.spec_for(config.model)
     modes = optim.split_list(config.eval.modes)
-    bad = [m for m in modes if m not in registry.MODES]
+    allowed = registry.MODES + (registry.DETECTION_MODE,) if spec.relations else (
+        registry.DETECTION_MODE,)
+    bad = [m for m in modes if m not in allowed]
     if bad or not modes:
         raise ValueError(f"config.eval.modes={config.eval.modes!r}: expected a comma list of "
-                         f"{', '.join(registry.MODES)}")
+                         f"{', '.join(allowed)} (model {spec.name!r})")
     reporting.parse_protocols(config.eval.get("protocols", "motifs,msdn"))
     source = str(config.eval.get("sgdet_object_source", "detector"))
     if source not in OBJECT_SOURCES:
@@ -193,6 +203,8 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> regist
         _check_stage(plan, spec)
     if training:
         pretrained.check_pretrained(config)
+        if uses_detector(config):
+            detector_source.check_config(config)
     return spec
 
 
@@ -218,6 +230,8 @@ class Experiment:
     detector_state: dict = dataclasses.field(default_factory=dict)
     # The top-level parameter groups of this run's params (set by init_params).
     groups: tuple[str, ...] = ()
+    # A trained detector this run reuses (model.detector.checkpoint), or None.
+    detector_source: Any = None
 
     def model(self, mode: str):
         return registry.build_model(self.config.model, self.facts, mode)
@@ -295,8 +309,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *,
         data = data_lib.prepare(config)
         facts = data.facts
     registry.check_requirements(spec, facts)
+    source = detector_source.check_config(config) if training and uses_detector(config) \
+        else None
+    if source is not None:
+        detector_source.check_classes(source, facts)
     return Experiment(config=config, workdir=workdir, mesh=mesh, facts=facts, spec=spec,
-                      stages=plan_stages(config, spec), data=data)
+                      stages=plan_stages(config, spec), data=data, detector_source=source)
 
 
 def _rbg_key(rng: jax.Array) -> jax.Array:
@@ -323,7 +341,7 @@ def init_params(exp: Experiment, rng: jax.Array, load_pretrained: bool = True) -
     variables = jax.jit(lambda r: model.init({"params": r, "dropout": r}, inputs, train=False),
                         out_shardings=replicated)(rng)
     exp.model_state = {k: v for k, v in variables.items() if k != "params"}
-    params = dict(variables["params"])
+    params = dict(variables.get("params", {}))
     if exp.uses_detector:
         detector = exp.detector()
         images, sizes = jnp.asarray(dummy.images), jnp.asarray(dummy.image_sizes)
@@ -332,6 +350,12 @@ def init_params(exp: Experiment, rng: jax.Array, load_pretrained: bool = True) -
             out_shardings=replicated)(jax.random.fold_in(rng, 1))
         exp.detector_state = {k: v for k, v in det_vars.items() if k != "params"}
         params[registry.DETECTOR_GROUP] = det_vars["params"]
+        if load_pretrained and exp.detector_source is not None:
+            params[registry.DETECTOR_GROUP], exp.detector_state = detector_source.load(
+                exp.detector_source, det_vars["params"], exp.detector_state)
+            det_vars = dict(det_vars, params=params[registry.DETECTOR_GROUP])
+            log.info("detector: %s step %d (model.detector.checkpoint)",
+                     exp.detector_source.directory, exp.detector_source.step)
         for i, aux in enumerate(exp.auxiliary):
             params[aux.group] = jax.jit(
                 lambda r, p, aux=aux: aux.init(exp, r, p, images, sizes),

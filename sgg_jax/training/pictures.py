@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from data_pipelines.errors import atomic_write_bytes
 from sgg_jax import scene_graph, visualize
 
-MODE_ORDER = ("sgdet", "sgcls", "predcls")  # most complete first
+MODE_ORDER = ("sgdet", "sgcls", "predcls", "detection")  # most complete first
 GAP = 16  # white pixels between the two drawings
 
 
@@ -47,7 +47,8 @@ class Example:
 
 
 def picture_mode(modes: Sequence[str]) -> str | None:
-    """The most complete of the evaluated modes (sgdet > sgcls > predcls), or None."""
+    """The most complete of the evaluated modes (sgdet > sgcls > predcls > detection: the
+    detector's boxes alone), or None."""
     return next((m for m in MODE_ORDER if m in modes), None)
 
 
@@ -137,7 +138,7 @@ def write_pictures(directory: str, mode: str, examples: Sequence[Example],
     for ex in examples:
         stem = os.path.join(directory, f"{mode}_{ex.image_id}")
         pred = prediction_graph(ex.prediction, ex.image, class_names, predicate_names,
-                                top_relations, keep_order=mode != "sgdet",
+                                top_relations, keep_order=mode not in ("sgdet", "detection"),
                                 regions=ex.pred_regions)
         gt = groundtruth_graph(ex.groundtruth, ex.image, class_names, predicate_names,
                                regions=ex.gt_regions)

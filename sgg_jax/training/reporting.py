@@ -65,8 +65,8 @@ def scalar_groups(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     for key, section in results.items():
         if key in EVAL_MODES or key in PROTOCOLS or not isinstance(section, Mapping):
             continue
-        numbers = {k: v for k, v in section.items()
-                   if isinstance(v, (int, float)) and not k.startswith("num_")}
+        numbers = {k: v for k, v in section.items() if isinstance(v, (int, float))
+                   and not isinstance(v, bool) and not k.startswith("num_")}
         if numbers:
             groups[key] = numbers
     return groups
@@ -156,6 +156,21 @@ def format_few_shot_table(results: Mapping[str, Mapping[str, float]]) -> str:
         cells = "".join(f"{vals[k]:>11.2f}" if isinstance(vals.get(k), (int, float))
                         and math.isfinite(vals[k]) else f"{'-':>11}" for k in ks)
         lines.append(f"{mode:<10}{bucket:<14}{cells}")
+    return "\n".join(lines)
+
+
+def format_per_class_ap(per_class: Sequence[Mapping[str, Any]], title: str = "") -> str:
+    """Per-class AP and AP50 of a detector, worst first (what limits its AP), with each
+    class's ground-truth count; classes without ground truth last."""
+    rows = sorted(per_class, key=lambda r: (r["AP"] is None, r["AP"] or 0.0))
+    width = max([len(str(r.get("name", r["class"]))) for r in rows] + [5])
+    lines = [title] if title else []
+    header = f"{'class':<{width}}{'AP':>9}{'AP50':>9}{'gt':>7}"
+    lines += [header, "-" * len(header)]
+    fmt = lambda v: f"{v:>9.2f}" if v is not None else f"{'-':>9}"
+    for r in rows:
+        lines.append(f"{str(r.get('name', r['class'])):<{width}}{fmt(r['AP'])}{fmt(r['AP50'])}"
+                     f"{r['num_gt']:>7d}")
     return "\n".join(lines)
 
 

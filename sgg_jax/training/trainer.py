@@ -224,6 +224,9 @@ def report(exp: Experiment, results: dict[str, Any], name: str = "results.json")
             print(reporting.format_detection_table(
                 results["detection"], f"detector ({exp.config.model.detector.backbone}) box mAP "
                 f"on {exp.config.data.name}/{exp.config.eval.split} (COCO, %)"))
+            if not exp.spec.relations and results["detection"].get("per_class"):
+                print(reporting.format_per_class_ap(results["detection"]["per_class"],
+                                                    "per-class AP (%), worst first"))
         if "detection_refined" in results:
             print(reporting.format_detection_table(
                 results["detection_refined"], f"SGDet boxes after {exp.config.model.name}'s box "

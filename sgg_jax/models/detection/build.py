@@ -22,9 +22,12 @@ _DETECTOR_FIELDS = {  # config.model.detector field -> DetectorConfig field
     "box_nms_candidates": "box_nms_candidates", "detections_per_image": "detections_per_image",
     "dropout": "dropout",
 }
-# config.model.detector fields that are not DetectorConfig's: the weight files read by
-# sgg_jax/training/pretrained.py when parameters are initialised.
-DETECTOR_WEIGHT_FIELDS = ("weights", "backbone_weights")
+# config.model.detector fields that are not DetectorConfig's: where its weights come from (the
+# files read by sgg_jax/training/pretrained.py, a trained detector's checkpoint).
+DETECTOR_WEIGHT_FIELDS = ("weights", "backbone_weights", "checkpoint")
+# The fields that shape the detector's parameters (a reused checkpoint must agree on them).
+DETECTOR_ARCHITECTURE_FIELDS = ("backbone", "backbone_widths", "anchor_sizes", "aspect_ratios",
+                                "rpn_channels", "fc_dim")
 
 
 def detector_config(detector_cfg: Any, num_classes: int):

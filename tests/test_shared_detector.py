@@ -1,0 +1,124 @@
+"""One detector for every head: a detector-only run (configs/detector.py) reports its box AP,
+and a relation run reuses its parameters (model.detector.checkpoint) instead of training a
+detector; checkpoints that do not fit are refused before anything compiles, naming what
+differs. The comparison runner (python -m sgg_jax.compare) over models and seeds."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from sgg_jax.models import DETECTOR_GROUP
+from sgg_jax.training import detector_source, eval_loop, experiment, runs
+from training_utils import REPO, flat_params, load_config, run_stages
+
+
+@pytest.fixture(scope="module")
+def detector_run(tmp_path_factory):
+    """(workdir, exp, params) of a finished tiny detector-only run."""
+    cache = str(tmp_path_factory.mktemp("shared_cache"))
+    workdir = str(tmp_path_factory.mktemp("detector_run"))
+    config = load_config("detector", "tiny", **{"data.cache_dir": cache,
+                                                 "train.data_parallel": 1,
+                                                 "model.detector.score_thresh": 0.0})
+    exp, params = run_stages(config, workdir)
+    return workdir, exp, params, cache
+
+
+def test_the_detector_alone_is_evaluated_by_box_ap(detector_run):
+    """eval.modes="detection": the detector's COCO AP and per-class AP against the full ground
+    truth; the plan is the detector stage alone and the params are its group alone."""
+    _, exp, params, _ = detector_run
+    assert [p.name for p in exp.stages] == ["detector"] and set(params) == {DETECTOR_GROUP}
+    results = eval_loop.evaluate(exp, params)
+    det = results["detection"]
+    assert set(results) == {"detection"}
+    assert det["num_images"] == len(exp.data.sources["test"])
+    per_class = {r["name"]: r for r in det["per_class"]}
+    assert len(per_class) == exp.facts.num_classes
+    ground_truth = exp.data.ground_truth("test")
+    counts = np.bincount(np.concatenate([ground_truth[int(exp.data.sources["test"][i][
+        "image_id"])]["labels"] for i in range(len(exp.data.sources["test"]))]),
+        minlength=exp.facts.num_classes + 1)
+    for c, name in enumerate(exp.facts.idx_to_label[1:], start=1):
+        assert per_class[name]["num_gt"] == counts[c]
+        assert (per_class[name]["AP"] is None) == (counts[c] == 0)
+    aps = [r["AP"] for r in det["per_class"] if r["AP"] is not None]
+    assert det["AP"] == pytest.approx(np.mean(aps), abs=1e-6)  # COCO's mean over classes
+
+
+def test_a_relation_run_reuses_the_detector(detector_run, tmp_path):
+    workdir, _, det_params, cache = detector_run
+    config = load_config("imp", "tiny", **{
+        "data.cache_dir": cache, "train.data_parallel": 1, "eval.modes": "sgdet",
+        "train.stage_order": "relations", "model.detector.checkpoint": workdir})
+    exp = experiment.setup(config, str(tmp_path / "imp"))
+    assert [p.name for p in exp.stages] == ["relations"]  # no detector stage of its own
+    params = experiment.init_params(exp, jax.random.key(0))
+    a, b = flat_params(det_params[DETECTOR_GROUP]), flat_params(params[DETECTOR_GROUP])
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_detector_checkpoints_that_do_not_fit_are_refused(detector_run, tmp_path):
+    workdir, _, _, cache = detector_run
+
+    def refused(match, path=workdir, **overrides):
+        config = load_config("imp", "tiny", **{
+            "data.cache_dir": cache, "train.data_parallel": 1, "eval.modes": "sgdet",
+            "model.detector.checkpoint": str(path), **overrides})
+        with pytest.raises(detector_source.DetectorSourceError, match=match):
+            experiment.setup(config, str(tmp_path / "run"))
+
+    refused("nosuch.*does not exist", path=tmp_path / "nosuch")
+    refused(r"model.detector.fc_dim 32 there, 64 here", **{"model.detector.fc_dim": 64})
+    refused(r"input.image_size 128 there, 96 here", **{"input.image_size": 96})
+    other = tmp_path / "other"
+    shutil.copytree(workdir, other)
+    facts = json.loads((other / "dataset" / "facts.json").read_text())
+    facts["idx_to_label"][1] = "unicorn"
+    (other / "dataset" / "facts.json").write_text(json.dumps(facts))
+    refused("another class list", path=other)
+    os.remove(other / "checkpoints" / "detector" / runs.FINISHED_FILE)
+    refused("has not finished", path=other)
+
+
+def test_the_comparison_runner(tmp_path):
+    """Two seeds of the tiny IMP, and an entry that fails: the table holds mean and sample std
+    of the runs' own results.json, the failure is reported and the others go on (exit 2);
+    run again, nothing finished is redone."""
+    root = tmp_path / "compare"
+    args = ["--configs", "configs/imp.py,configs/nosuch.py", "--preset", "tiny", "--seeds",
+            "2", "--workdir", str(root), "--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", "train.data_parallel=1", "--set", "eval.num_pictures=0"]
+    run = lambda: subprocess.run([sys.executable, "-m", "sgg_jax.compare", *args], cwd=REPO,
+                                 capture_output=True, text=True, timeout=900)
+    out = run()
+    assert out.returncode == 2, out.stderr[-3000:]
+    report = json.loads((root / "comparison.json").read_text())
+    assert set(report["failed"]) == {"nosuch-tiny"}
+    assert "nosuch" in report["failed"]["nosuch-tiny"]
+    per_seed = [json.loads((root / "imp-tiny" / f"seed{s}" / "results.json").read_text())
+                for s in (0, 1)]
+    table = (root / "comparison.md").read_text()
+    for mode in ("predcls", "sgcls"):
+        for metric in ("R@50", "mR@50"):
+            values = [r[mode][metric] for r in per_seed]
+            stats = report["summary"]["imp-tiny"]["motifs"][mode][metric]
+            assert stats["mean"] == pytest.approx(np.mean(values), abs=1e-9)
+            assert stats["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-9)
+            assert f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}" in table
+    # the seeds train different models (so the std is not vacuously 0)
+    assert any(per_seed[0]["predcls"][k] != per_seed[1]["predcls"][k]
+               for k in ("R@50", "R@100", "ngR@50", "mR@50"))
+    assert (root / "per_predicate_imp-tiny.png").stat().st_size > 0
+    logs = [root / "imp-tiny" / f"seed{s}" / "compare.log" for s in (0, 1)]
+    stamps = [p.stat().st_mtime_ns for p in logs]
+    again = run()
+    assert again.returncode == 2
+    assert [p.stat().st_mtime_ns for p in logs] == stamps  # finished runs were not redone
