@@ -129,8 +129,9 @@ def evaluate_file(predictions: str, groundtruth: str, modes: Sequence[str], *,
                                  "ground-truth group")
         else:
             if os.path.isdir(groundtruth):
-                from data_pipelines import vg150  # lazy: only needed for directories
-                dicts = vg150.load_vg150_dicts(vg150.find_dicts_file(groundtruth))
+                # lazy: only needed for directories
+                from data_pipelines.vg150 import find_dicts_file, load_vg150_dicts
+                dicts = load_vg150_dicts(find_dicts_file(groundtruth))
                 check_vocabulary(predictions, reader, dicts, groundtruth)
             gt_by_id = _load_groundtruth(groundtruth, split)
             missing = [int(i) for i in reader.image_ids if int(i) not in gt_by_id]

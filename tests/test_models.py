@@ -386,7 +386,7 @@ def test_imp_bfloat16_and_dropout_run(imp_setup):
 # ------------------------------------------------------------------------------------- registry
 
 def test_build_model_rejects_bad_config():
-    with pytest.raises(ValueError, match="model.name='nosuch'.*registered models: freq, imp"):
+    with pytest.raises(ValueError, match="model.name='nosuch'.*registered models: detector, freq, imp, msdn"):
         build_model(model_config("nosuch"), facts(), "sgcls")
     with pytest.raises(ValueError, match="model.dtype"):
         build_model(model_config("imp", dtype="float16"), facts(), "sgcls")
