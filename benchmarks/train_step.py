@@ -8,6 +8,7 @@ the compiled step; the peak is the FLOP/s of a large float32 matmul measured in 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import os
 import sys
@@ -35,6 +36,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--cache-dir", default="")
     ap.add_argument("--output", default="")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override, e.g. model.detector.backbone_stride=8")
     args = ap.parse_args()
 
     from sgg_jax.training import data as data_lib, experiment, mesh as mesh_lib, optim, trainer
@@ -46,6 +49,14 @@ def main() -> None:
     config = mod.get_config(args.preset)
     if args.cache_dir:
         config.data.cache_dir = args.cache_dir
+    for item in args.set:
+        key, _, value = item.partition("=")
+        node = config
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = type(node[last])(ast.literal_eval(value)) if not isinstance(
+            node[last], str) else value
     exp = experiment.setup(config, "/tmp/sgg_bench_train_step")
     params = experiment.init_params(exp, jax.random.key(0))
     plan = exp.stages[-1]  # the last relation stage, as the run trains it

@@ -91,6 +91,7 @@ def get_base_config() -> ml_collections.ConfigDict:
         # small_resnet channels (4 ints; () = the backbone's default 32,64,128,256): a quarter
         # of the FLOPs of the relation model's trunk keeps the CPU demo's detector stage ~2 min.
         backbone_widths=(16, 32, 64, 128),
+        backbone_stride=16,  # small_resnet: 16, or 8 (finer features for small objects)
         # One size per anchor (sqrt of its area, canvas pixels) at stride 16; for resnet50_fpn
         # one size per level P2..P6. Sized for the synthetic objects on 128 px canvases
         # (median sqrt(area) ~14 px, 5-95%: 5-34 px).

@@ -11,12 +11,15 @@ evaluation accepted (`eval.allow_partial`), and a model's extra evaluations unde
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 import jax
 
 from sgg_jax.evaluation.sgg import EVAL_MODES, PROTOCOLS
+from sgg_jax.io_utils import json_safe
 
 # The recall families shown per protocol.
 PROTOCOL_FAMILIES = {"motifs": ("R", "ngR", "mR", "ngmR", "zR", "ngzR"), "msdn": ("R", "predR")}
@@ -183,6 +186,19 @@ def format_detection_table(metrics: Mapping[str, float], title: str = "") -> str
     lines.append("".join(f"{float(metrics[k]):>10.2f}" for k in names)
                  + f"{int(metrics.get('num_images', 0)):>10d}")
     return "\n".join(lines)
+
+
+HISTORY_FILE = "eval_history.jsonl"
+
+
+def append_history(workdir: str, stage: str, step: int, groups: Mapping[str, Any]) -> None:
+    """Appends one line {stage, step, results} to <workdir>/eval_history.jsonl (process 0): the
+    evaluations during training (`train.eval_every`), e.g. a detector's AP against steps."""
+    if jax.process_index() != 0:
+        return
+    line = json.dumps(json_safe(dict(stage=stage, step=int(step), results=groups)))
+    with open(os.path.join(workdir, HISTORY_FILE), "a", encoding="utf-8") as f:
+        f.write(line + "\n")
 
 
 class MetricWriter:

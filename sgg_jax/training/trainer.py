@@ -198,8 +198,10 @@ def train_stage(exp: Experiment, plan: StagePlan, params: Any, rng: jax.Array,
                                                       num_steps=num_steps))
             if eval_every and step % eval_every == 0 and step < num_steps:
                 results = eval_loop.evaluate(exp, state.params)
-                for group, vals in reporting.scalar_groups(results).items():
+                groups = reporting.scalar_groups(results)
+                for group, vals in groups.items():
                     writer.scalars(step, vals, prefix=f"eval_{group}/")
+                reporting.append_history(exp.workdir, plan.name, step, groups)
         ckpt.wait()
         if jax.process_index() == 0:
             runs.mark_finished(ckpt.directory, plan.name, step, num_steps)

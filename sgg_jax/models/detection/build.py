@@ -26,8 +26,8 @@ _DETECTOR_FIELDS = {  # config.model.detector field -> DetectorConfig field
 # files read by sgg_jax/training/pretrained.py, a trained detector's checkpoint).
 DETECTOR_WEIGHT_FIELDS = ("weights", "backbone_weights", "checkpoint")
 # The fields that shape the detector's parameters (a reused checkpoint must agree on them).
-DETECTOR_ARCHITECTURE_FIELDS = ("backbone", "backbone_widths", "anchor_sizes", "aspect_ratios",
-                                "rpn_channels", "fc_dim")
+DETECTOR_ARCHITECTURE_FIELDS = ("backbone", "backbone_widths", "backbone_stride", "anchor_sizes",
+                                "aspect_ratios", "rpn_channels", "fc_dim")
 
 
 def detector_config(detector_cfg: Any, num_classes: int):
@@ -35,14 +35,16 @@ def detector_config(detector_cfg: Any, num_classes: int):
 
     `anchor_sizes` is one flat list: all sizes share the single stride-16 level of
     small_resnet / vgg16 / resnet50, and resnet50_fpn takes one size per level (5).
-    `backbone_widths` (small_resnet only; empty = default) become `backbone_kwargs`.
+    `backbone_widths` (small_resnet only; empty = default) and `backbone_stride` (small_resnet:
+    16, or 8 for small objects) become `backbone_kwargs`.
     `DETECTOR_WEIGHT_FIELDS` are accepted and ignored (weight files, not architecture).
     Unknown fields are an error naming them.
     """
     from sgg_jax.models.detection import DetectorConfig
 
     items = dict(detector_cfg.items()) if hasattr(detector_cfg, "items") else dict(detector_cfg)
-    known = set(_DETECTOR_FIELDS) | {"anchor_sizes", "backbone_widths", *DETECTOR_WEIGHT_FIELDS}
+    known = set(_DETECTOR_FIELDS) | {"anchor_sizes", "backbone_widths", "backbone_stride",
+                                     *DETECTOR_WEIGHT_FIELDS}
     unknown = sorted(set(items) - known)
     if unknown:
         raise ValueError(f"config.model.detector: unknown fields {unknown}; expected some of "
@@ -52,11 +54,14 @@ def detector_config(detector_cfg: Any, num_classes: int):
     backbone = kwargs.get("backbone", "small_resnet")
     kwargs["anchor_sizes"] = tuple((s,) for s in sizes) if backbone == "resnet50_fpn" else (sizes,)
     widths = tuple(int(w) for w in items.get("backbone_widths", ()) or ())
-    if widths:
+    stride = int(items.get("backbone_stride", 16) or 16)
+    extra = ((("widths", widths),) if widths else ()) + ((("stride", stride),)
+                                                         if stride != 16 else ())
+    if extra:
         if backbone != "small_resnet":
-            raise ValueError("config.model.detector.backbone_widths: only for backbone "
-                             f"small_resnet, got backbone {backbone!r}")
-        kwargs["backbone_kwargs"] = (("widths", widths),)
+            raise ValueError("config.model.detector.backbone_widths / backbone_stride: only for "
+                             f"backbone small_resnet, got backbone {backbone!r}")
+        kwargs["backbone_kwargs"] = extra
     kwargs["aspect_ratios"] = tuple(float(r) for r in kwargs.get("aspect_ratios", (0.5, 1.0, 2.0)))
     return DetectorConfig.from_mapping(dict(num_classes=int(num_classes), **kwargs))
 
