@@ -49,6 +49,9 @@ class InputConfig:
     """
 
     image_size: int = 256
+    # The detector's canvas (0 = the same): a detector trained at another size (a reused
+    # detector run) sees the image letterboxed at its own size (`Batch.detector_images`).
+    detector_image_size: int = 0
     max_objects: int = 12
     max_relations: int = 32
     max_regions: int = 8
@@ -189,7 +192,13 @@ class DecodeAndPad(grain.transforms.Map):
         boxes = np.asarray(ex["boxes"], np.float32).reshape(-1, 4)[:g] * np.float32(scale)
         rboxes = np.asarray(ex["region_boxes"], np.float32).reshape(-1, 4)[:c.max_regions]
         q = len(rboxes)
+        detector = {}
+        if c.detector_image_size and c.detector_image_size != c.image_size:
+            det_canvas, _, dh, dw = decode_resize(ex["image"], c.detector_image_size)
+            detector = dict(detector_images=det_canvas,
+                            detector_image_sizes=np.array([dh, dw], np.int32))
         return dict(
+            **detector,
             images=canvas,
             image_sizes=np.array([th, tw], np.int32),
             scales=np.float32(scale),
@@ -205,16 +214,24 @@ class DecodeAndPad(grain.transforms.Map):
         )
 
 
-def flip_example(ex: dict[str, np.ndarray], perm: np.ndarray) -> dict[str, np.ndarray]:
-    """Horizontal flip of a fixed-shape example: content, boxes, regions and predicates."""
-    out = dict(ex)
-    th, tw = (int(v) for v in ex["image_sizes"])
-    src = np.ascontiguousarray(ex["images"])
+def _flip_canvas(canvas: np.ndarray, th: int, tw: int) -> np.ndarray:
+    """The canvas with its [th, tw] content mirrored left-right (padding untouched)."""
+    src = np.ascontiguousarray(canvas)
     img = src.copy()
     # Reverse whole pixels (one 3-byte item each) rather than a [H, W, 3] array: ~3x faster.
     pixel = np.dtype((np.void, src.shape[-1] * src.itemsize))
     img.view(pixel)[..., 0][:th, :tw] = src.view(pixel)[..., 0][:th, :tw][:, ::-1]
-    out["images"] = img
+    return img
+
+
+def flip_example(ex: dict[str, np.ndarray], perm: np.ndarray) -> dict[str, np.ndarray]:
+    """Horizontal flip of a fixed-shape example: content, boxes, regions and predicates."""
+    out = dict(ex)
+    th, tw = (int(v) for v in ex["image_sizes"])
+    out["images"] = _flip_canvas(ex["images"], th, tw)
+    if "detector_images" in ex:
+        dh, dw = (int(v) for v in ex["detector_image_sizes"])
+        out["detector_images"] = _flip_canvas(ex["detector_images"], dh, dw)
     for key, mask in (("boxes", "box_mask"), ("region_boxes", "region_mask")):
         b = ex[key]
         flipped = np.stack([tw - b[:, 2], b[:, 1], tw - b[:, 0], b[:, 3]], axis=1)
@@ -281,7 +298,12 @@ class StackPadded:
 def empty_batch(config: InputConfig, batch_size: int | None = None) -> Batch:
     """An all-padding batch (image_ids -1, masks False) with the loader's shapes."""
     c, b = config, batch_size or config.batch_size
-    return Batch(
+    detector = {}
+    if c.detector_image_size and c.detector_image_size != c.image_size:
+        d = c.detector_image_size
+        detector = dict(detector_images=np.zeros((b, d, d, 3), np.uint8),
+                        detector_image_sizes=np.zeros((b, 2), np.int32))
+    return Batch(**detector,
         images=np.zeros((b, c.image_size, c.image_size, 3), np.uint8),
         image_sizes=np.zeros((b, 2), np.int32), scales=np.zeros((b,), np.float32),
         image_ids=np.full((b,), -1, np.int32),

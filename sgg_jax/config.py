@@ -58,6 +58,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.input = ml_collections.ConfigDict(dict(
         # 128 px canvases keep the CPU demo to minutes (the synthetic images are 256 px).
         image_size=128, max_objects=12, max_relations=32, max_regions=8, max_phrase_len=12,
+        # The detector's canvas: 0 = input.image_size, or a reused detector's own size
+        # (model.detector.checkpoint): it sees the images at the size it was trained at and
+        # its boxes are scaled to the model's canvas (docs/detector.md).
+        detector_image_size=0,
         batch_size=8,  # global batch; divided over processes
         eval_batch_size=16,
         worker_count=0, flip_prob=0.5,

@@ -115,14 +115,29 @@ _REGION_OUTPUTS = {"region_boxes": np.float32, "region_mask": bool, "region_scor
                    "captions": np.int32}
 
 
-def make_sgdet_fn(exp: Any, params: Any) -> Callable[[np.ndarray, np.ndarray], dict]:
-    """The jitted SGDet predictor of the module docstring: (images, image_sizes) -> arrays."""
+def make_sgdet_fn(exp: Any, params: Any) -> Callable[..., dict]:
+    """The jitted SGDet predictor of the module docstring: (images, image_sizes) -> arrays; a
+    run whose detector reads its own canvas (`config.input.detector_image_size`) also takes
+    `detector_images` / `detector_image_sizes`, the same images letterboxed at that size."""
     size = int(exp.config.input.image_size)
+    det_size = int(exp.config.input.get("detector_image_size", 0) or 0)
     step = jax.jit(eval_loop.make_sgdet_step(exp))
 
-    def predict(images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
+    def predict(images: np.ndarray, image_sizes: np.ndarray, detector_images=None,
+                detector_image_sizes=None) -> dict[str, np.ndarray]:
         images = np.asarray(images)
         sizes = np.asarray(image_sizes)
+        if det_size and det_size != size:
+            if detector_images is None or np.asarray(detector_images).shape[1:] != (
+                    det_size, det_size, 3):
+                raise ValueError(f"make_sgdet_fn: this run's detector reads {det_size} px "
+                                 "canvases (config.input.detector_image_size): pass "
+                                 f"detector_images uint8 [B, {det_size}, {det_size}, 3] and "
+                                 "detector_image_sizes")
+            detector_images = jnp.asarray(detector_images)
+            detector_image_sizes = jnp.asarray(detector_image_sizes, jnp.int32)
+        else:
+            detector_images = detector_image_sizes = None
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
             raise ValueError(f"make_sgdet_fn: images must be uint8 [B, {size}, {size}, 3] "
                              f"(config.input.image_size={size}), got {images.dtype} {images.shape}")
@@ -132,7 +147,8 @@ def make_sgdet_fn(exp: Any, params: Any) -> Callable[[np.ndarray, np.ndarray], d
         if np.any(sizes < 1) or np.any(sizes > size):
             raise ValueError(f"make_sgdet_fn: image_sizes (h, w) must lie in [1, {size}], got "
                              f"{sizes.tolist()}")
-        out = jax.device_get(step(params, jnp.asarray(images), jnp.asarray(sizes, jnp.int32)))
+        out = jax.device_get(step(params, jnp.asarray(images), jnp.asarray(sizes, jnp.int32),
+                                  detector_images, detector_image_sizes))
         regions = {k: np.asarray(out[k], dtype) for k, dtype in _REGION_OUTPUTS.items()
                    if k in out}
         return {**regions, "boxes": np.asarray(out["boxes"], np.float32),

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from data_pipelines.errors import DataFormatError, atomic_write_bytes
-from sgg_jax.images import ImageInput, LoadedImage, find_images, load_image
+from sgg_jax.images import ImageInput, LoadedImage, find_images, letterbox, load_image
 from sgg_jax.scene_graph import SceneGraph, build_scene_graph
 
 SgdetFn = Callable[[np.ndarray, np.ndarray], dict]
@@ -76,7 +76,8 @@ class Predictor:
                  class_names: Sequence[str], predicate_names: Sequence[str],
                  top_relations: int = 20, max_drawn_relations: int | None = None,
                  io_threads: int = 4, idx_to_word: Sequence[str] | None = None,
-                 top_regions: int = 5, region_nms: float = 1.0):
+                 top_regions: int = 5, region_nms: float = 1.0,
+                 detector_image_size: int | None = None):
         if image_size < 1 or batch_size < 1:
             raise ValueError(f"Predictor: image_size and batch_size must be >= 1, got "
                              f"{image_size}, {batch_size}")
@@ -91,6 +92,9 @@ class Predictor:
         self.idx_to_word = list(idx_to_word) if idx_to_word else None
         self.top_regions = int(top_regions)
         self.region_nms = float(region_nms)
+        # The detector's own canvas when it differs (a reused detector trained at its size).
+        self.detector_image_size = (int(detector_image_size) if detector_image_size and
+                                    int(detector_image_size) != self.image_size else None)
 
     def _run(self, loaded: Sequence[LoadedImage]) -> list[SceneGraph]:
         """One padded batch (the last real image repeats into the padding rows)."""
@@ -98,7 +102,12 @@ class Predictor:
         rows = list(loaded) + [loaded[-1]] * (self.batch_size - n)
         images = np.stack([li.canvas for li in rows])
         sizes = np.array([li.content_hw for li in rows], np.int32)
-        out = {k: np.asarray(v) for k, v in self.sgdet_fn(images, sizes).items()}
+        detector = {}
+        if self.detector_image_size:
+            boxed = [letterbox(li.image, self.detector_image_size) for li in rows]
+            detector = dict(detector_images=np.stack([b[0] for b in boxed]),
+                            detector_image_sizes=np.array([b[2:] for b in boxed], np.int32))
+        out = {k: np.asarray(v) for k, v in self.sgdet_fn(images, sizes, **detector).items()}
         return [build_scene_graph(out, b, loaded[b], self.class_names, self.predicate_names,
                                   self.top_relations, self.idx_to_word, self.top_regions,
                                   self.region_nms)
@@ -245,7 +254,8 @@ def load(checkpoint: str | os.PathLike, config: Any = None, *, explicit: Any = N
         top_relations=int(top_relations if top_relations is not None
                           else cfg.predict.top_relations),
         idx_to_word=list(exp.facts.idx_to_word), top_regions=int(top_regions),
-        region_nms=float(region_nms))
+        region_nms=float(region_nms),
+        detector_image_size=int(cfg.input.get("detector_image_size", 0) or 0))
 
 
 def run_cli(config: Any, checkpoint: str, images: str, output: str,

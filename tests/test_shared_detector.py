@@ -16,7 +16,7 @@ import pytest
 
 from sgg_jax.models import DETECTOR_GROUP
 from sgg_jax.training import detector_source, eval_loop, experiment, runs
-from training_utils import REPO, flat_params, load_config, run_stages
+from training_utils import REPO, finished_run, flat_params, load_config, run_stages
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +53,51 @@ def test_the_detector_alone_is_evaluated_by_box_ap(detector_run):
     assert det["AP"] == pytest.approx(np.mean(aps), abs=1e-6)  # COCO's mean over classes
 
 
-def test_a_relation_run_reuses_the_detector(detector_run, tmp_path):
+def test_a_relation_run_reuses_the_detector_at_its_own_canvas(detector_run, tmp_path):
+    """A 96 px relation run reuses the 128 px detector: no detector stage, the detector's
+    parameters as they were, and the detector reads 128 px canvases whose boxes come back
+    scaled by 96 / 128 into the model's canvas (in SGDet and in its evaluation)."""
+    from sgg_jax.training import data as data_lib
+
     workdir, _, det_params, cache = detector_run
     config = load_config("imp", "tiny", **{
         "data.cache_dir": cache, "train.data_parallel": 1, "eval.modes": "sgdet",
-        "train.stage_order": "relations", "model.detector.checkpoint": workdir})
+        "train.stage_order": "relations", "model.detector.checkpoint": workdir,
+        "model.detector.backbone_stride": 8, "input.image_size": 96,
+        "model.detector.score_thresh": 0.0})
     exp = experiment.setup(config, str(tmp_path / "imp"))
     assert [p.name for p in exp.stages] == ["relations"]  # no detector stage of its own
+    assert exp.config.input.detector_image_size == 128  # kept in the run's saved config
     params = experiment.init_params(exp, jax.random.key(0))
     a, b = flat_params(det_params[DETECTOR_GROUP]), flat_params(params[DETECTOR_GROUP])
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    batch = next(iter(data_lib.eval_loader(exp.config, exp.data, exp.mesh, "test")))
+    assert batch.images.shape[1] == 96 and batch.detector_images.shape[1] == 128
+    out = jax.device_get(jax.jit(eval_loop.make_sgdet_step(exp))(
+        params, batch.images, batch.image_sizes, batch.detector_images,
+        batch.detector_image_sizes))
+    dets = jax.device_get(exp.detector().apply(
+        {"params": params[DETECTOR_GROUP], **exp.detector_state}, batch.detector_images,
+        batch.detector_image_sizes))
+    for i in range(batch.images.shape[0]):
+        real = np.asarray(dets.valid[i])
+        assert real.sum() == out["box_mask"][i].sum() > 0
+        np.testing.assert_allclose(out["det_boxes"][i][:real.sum()],
+                                   np.asarray(dets.boxes[i])[real] * 96 / 128, rtol=1e-6)
+    results = eval_loop.evaluate(exp, params)
+    assert results["detection"]["num_images"] == len(exp.data.sources["test"])
+
+    # From the run directory alone, predict letterboxes each image at both sizes.
+    from PIL import Image
+
+    from sgg_jax import predict
+
+    finished_run(config, tmp_path / "finished")
+    predictor = predict.load(tmp_path / "finished")
+    assert predictor.detector_image_size == 128 and predictor.image_size == 96
+    image = Image.open(os.path.join(exp.data.raw_dir, "VG_100K", sorted(os.listdir(
+        os.path.join(exp.data.raw_dir, "VG_100K")))[0])).convert("RGB")
+    assert predictor.predict(image).boxes.shape[1] == 4
 
 
 def test_detector_checkpoints_that_do_not_fit_are_refused(detector_run, tmp_path):
@@ -71,13 +106,15 @@ def test_detector_checkpoints_that_do_not_fit_are_refused(detector_run, tmp_path
     def refused(match, path=workdir, **overrides):
         config = load_config("imp", "tiny", **{
             "data.cache_dir": cache, "train.data_parallel": 1, "eval.modes": "sgdet",
-            "model.detector.checkpoint": str(path), **overrides})
+            "model.detector.checkpoint": str(path), "model.detector.backbone_stride": 8,
+            **overrides})
         with pytest.raises(detector_source.DetectorSourceError, match=match):
             experiment.setup(config, str(tmp_path / "run"))
 
     refused("nosuch.*does not exist", path=tmp_path / "nosuch")
     refused(r"model.detector.fc_dim 32 there, 64 here", **{"model.detector.fc_dim": 64})
-    refused(r"input.image_size 128 there, 96 here", **{"input.image_size": 96})
+    refused(r"input.image_size 128 there, input.detector_image_size 96 here",
+            **{"input.detector_image_size": 96})
     other = tmp_path / "other"
     shutil.copytree(workdir, other)
     facts = json.loads((other / "dataset" / "facts.json").read_text())

@@ -131,3 +131,25 @@ def interrupted_after(monkeypatch, steps: int):
 
     monkeypatch.setattr(mesh_lib, "to_global", flaky)
     return lambda: monkeypatch.setattr(mesh_lib, "to_global", real)
+
+
+def finished_run(config, workdir, stage="relations"):
+    """A run directory whose `stage` holds the initial parameters as its finished checkpoint
+    (no training step compiled): what restore_from reads. Returns its parameters."""
+    import jax
+
+    from sgg_jax.training import experiment, optim, runs
+    from sgg_jax.training.checkpointing import StageCheckpointer
+    from sgg_jax.training.steps import TrainState
+
+    exp = experiment.setup(config, str(workdir))
+    experiment.save_run_files(exp)
+    params = experiment.init_params(exp, jax.random.key(3))
+    stage_cfg = config.train.stages[stage]
+    state = TrainState.create(params, optim.make_optimizers(stage_cfg, config.train, params))
+    ckpt = StageCheckpointer(exp.checkpoint_dir(stage))
+    ckpt.save(int(stage_cfg.num_steps), state, None, dict(stage=stage))
+    ckpt.close()
+    runs.mark_finished(exp.checkpoint_dir(stage), stage, int(stage_cfg.num_steps),
+                       int(stage_cfg.num_steps))
+    return params

@@ -68,7 +68,7 @@ SPEC = registry.register(registry.ModelSpec(
     name="freq", build=build, param_groups=("backbone", "roi_features", "obj_classifier"),
     description="Motifs' frequency baseline: predicates from training triplet counts; only the "
                 "object classifier trains",
-    requires=("fg_matrix",), needs_training=False))
+    requires=("fg_matrix",), needs_training=False, sgdet_reads_labels=True))
 
 __all__ = ["FreqModel", "SPEC", "ConstantTable", "FrequencyBias", "frequency_log_table",
            "lookup_frequency", "predicted_labels"]

@@ -52,6 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from data_pipelines.batch import rescale
 from sgg_jax import losses as losses_lib
 from sgg_jax.models import region_proposals, registry
 from sgg_jax.models.backbone import build_backbone
@@ -441,10 +442,11 @@ def _region_rpn_loss(exp: Any):
     state = dict(exp.detector_state)
 
     def loss(params: Any, batch: Any, rng: jax.Array):
+        images, sizes, scale = batch.detector_view()  # the detector's canvas
         feats = trunk.apply({"params": jax.lax.stop_gradient(params[registry.DETECTOR_GROUP]),
-                             **state}, batch.images)
-        out = rpn.apply({"params": params[REGION_RPN_GROUP]}, feats, batch.image_sizes,
-                        batch.region_boxes, batch.region_mask, train=True,
+                             **state}, images)
+        out = rpn.apply({"params": params[REGION_RPN_GROUP]}, feats, sizes,
+                        rescale(batch.region_boxes, 1.0 / scale), batch.region_mask, train=True,
                         rngs={"sampling": rng})
         return out.total, dict(region_objectness=out.objectness, region_box=out.box)
 
@@ -462,8 +464,9 @@ def sgdet_hooks(exp: Any) -> registry.SGDetHooks:
         exp.detector(), _rpn_config(exp.config.model), detector_state=exp.detector_state)
     refine = bool(exp.config.eval.get("sgdet_refine_boxes", False))
 
-    def extra_inputs(params, images, image_sizes):
+    def extra_inputs(params, images, image_sizes, scale):
         boxes, scores, mask = propose(params, images, image_sizes)
+        boxes = rescale(boxes, scale)  # from the detector's canvas to the model's
         return (dict(region_boxes=boxes, region_mask=mask),
                 dict(region_boxes=boxes, region_mask=mask, region_scores=scores))
 

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from data_pipelines.batch import rescale
 from sgg_jax.models.captioning import PAD
 from sgg_jax.models.detection import FasterRCNN
 from sgg_jax.models.detection.anchors import level_base_anchors, multilevel_anchors
@@ -215,9 +216,11 @@ def make_msdn_roi_sampler(detector: FasterRCNN, config: RegionRPNConfig, *,
         params = jax.lax.stop_gradient({k: params[k] for k in (DETECTOR_GROUP, REGION_RPN_GROUP)})
         det_vars = {"params": params[DETECTOR_GROUP], **detector_state}
         b = batch.images.shape[0]
-        feats = trunk.apply(det_vars, batch.images)
+        images, sizes, scale = batch.detector_view()  # the detector's canvas
+        feats = trunk.apply(det_vars, images)
         reg_boxes, _, reg_valid = rpn.apply({"params": params[REGION_RPN_GROUP]}, feats,
-                                            batch.image_sizes, num_proposals=config.train_proposals)
+                                            sizes, num_proposals=config.train_proposals)
+        reg_boxes = rescale(reg_boxes, scale)  # back in the model's canvas, as the batch
         k_reg, k_obj = jax.random.split(key)
         rt = jax.vmap(lambda p, pm, g, gm, k: sample_proposals(
             p, pm, g, gm.astype(jnp.int32), gm, k, batch_size=config.train_rois,
@@ -234,8 +237,8 @@ def make_msdn_roi_sampler(detector: FasterRCNN, config: RegionRPNConfig, *,
         # The detector re-runs the same trunk on the same inputs: XLA computes it once in the
         # jitted step (measured: the whole sampler 64 ms/step; trunk 39 ms, object proposals
         # 62 ms, region proposals 58 ms when jitted apart).
-        props, prop_valid = detector.apply(det_vars, batch.images, batch.image_sizes,
-                                           proposals_only=True)
+        props, prop_valid = detector.apply(det_vars, images, sizes, proposals_only=True)
+        props = rescale(props, scale)
         gt_mask = batch.box_mask & (batch.labels > 0)
         ot = jax.vmap(lambda p, pm, g, gl, gm, k: sample_proposals(
             p, pm, g, gl, gm, k, batch_size=object_rois, positive_fraction=1.0,

@@ -93,8 +93,10 @@ class AuxiliaryNetwork:
 class SGDetHooks:
     """A model's part in the jitted SGDet step (sgg_jax/training/eval_loop.py).
 
-    extra_inputs(params, images, image_sizes) -> (ModelInputs fields, extra outputs): e.g. MSDN's
-      caption-region proposals; the outputs dict is merged into the step's predictions.
+    extra_inputs(params, images, image_sizes, scale) -> (ModelInputs fields, extra outputs): e.g.
+      MSDN's caption-region proposals, from the detector's view of the images (its canvas;
+      `scale` = model-canvas pixels per detector-canvas pixel, boxes returned in the model's
+      canvas); the outputs dict is merged into the step's predictions.
     finish(out, outputs, image_sizes) -> out: may move the returned boxes (a box-refinement
       head, only when `config.eval.sgdet_refine_boxes`; the spec then says
       `sgdet_refines_boxes`) and add outputs (region captions).
@@ -128,6 +130,8 @@ class ModelSpec:
     auxiliary: extra networks and their stage kinds (`AuxiliaryNetwork`).
     sgdet: optional (exp) -> `SGDetHooks`.
     sgdet_refines_boxes: the hooks honour `config.eval.sgdet_refine_boxes` (a box head).
+    sgdet_reads_labels: the model's predicates in SGDet are looked up by the detector's labels
+      (FREQ), so its objects must be reported with them (`eval.sgdet_object_source`).
     evaluations: extra evaluations the generic evaluator runs for this model, by name
       (sgg_jax/training/eval_loop.py `EXTRA_EVALUATIONS`: "captions" = region-caption BLEU);
       results.json stores each under its name.
@@ -147,6 +151,7 @@ class ModelSpec:
     auxiliary: tuple[AuxiliaryNetwork, ...] = ()
     sgdet: Callable[[Any], SGDetHooks] | None = None
     sgdet_refines_boxes: bool = False
+    sgdet_reads_labels: bool = False
     evaluations: tuple[str, ...] = ()
     relations: bool = True
 

@@ -23,6 +23,7 @@ from data_pipelines.batch import Batch
 from data_pipelines.dataset import DataConfig, PreparedDataset, prepare_dataset
 from data_pipelines.facts import DatasetFacts
 from sgg_jax.training import mesh as mesh_lib
+from sgg_jax.training.detector_source import canvas_size
 
 MAX_EPOCHS = 10_000  # the training stream's virtual length; stages end by step count
 
@@ -42,8 +43,11 @@ def input_config(config: ml_collections.ConfigDict, facts: DatasetFacts, *, batc
                  train: bool, seed: int = 0) -> pipeline.InputConfig:
     """The pipeline's InputConfig from the `input` section (per-process batch size)."""
     i = config.input
+    detector_size = canvas_size(config)
     return pipeline.InputConfig(
-        image_size=int(i.image_size), max_objects=int(i.max_objects),
+        image_size=int(i.image_size),
+        detector_image_size=detector_size if detector_size != int(i.image_size) else 0,
+        max_objects=int(i.max_objects),
         max_relations=int(i.max_relations), max_regions=int(i.max_regions),
         max_phrase_len=int(i.max_phrase_len), batch_size=batch_size, shuffle=train, seed=seed,
         worker_count=int(i.worker_count), flip_prob=float(i.flip_prob) if train else 0.0,

@@ -1,6 +1,9 @@
 """A trained detector reused by another run (`config.model.detector.checkpoint`).
 
-The checkpoint is a finished run (`configs/detector.py`, or any run whose plan has a detector
+The detector sees the images at the size it was trained at (`canvas_size`: the data
+pipeline letterboxes them a second time, `Batch.detector_images`), and its boxes are scaled to
+the model's canvas, so relation models keep their own input size. The checkpoint is a finished
+run (`configs/detector.py`, or any run whose plan has a detector
 stage) or one stage's checkpoint directory (every stage saves the whole parameter tree, so a
 relation stage of an SGDet run holds its detector too). The run then trains no detector: the
 "detector" group and the detector's frozen collections are loaded when parameters are
@@ -75,6 +78,22 @@ def locate(path: str) -> DetectorSource:
                           config=config)
 
 
+def canvas_size(config: ml_collections.ConfigDict) -> int:
+    """The detector's canvas size: `input.detector_image_size`, else a reused detector's own
+    input size, else `input.image_size`."""
+    explicit = int(config.input.get("detector_image_size", 0) or 0)
+    if explicit:
+        return explicit
+    path = str(config.model.detector.get("checkpoint", "") or "")
+    if path and os.path.exists(path):
+        try:
+            workdir, _ = runs.find_run(os.path.abspath(os.path.expanduser(path)))
+            return int(runs.load_run_config(workdir).input.image_size)
+        except (FileNotFoundError, runs.RunConfigError):
+            pass  # check_config reports it
+    return int(config.input.image_size)
+
+
 def check_config(config: ml_collections.ConfigDict) -> DetectorSource | None:
     """The configured detector checkpoint, checked against this run's detector architecture
     and input size; None when the run trains its own detector."""
@@ -91,9 +110,9 @@ def check_config(config: ml_collections.ConfigDict) -> DetectorSource | None:
         mine, theirs = config.model.detector.get(field), source.config.model.detector.get(field)
         if runs.flatten({field: mine}) != runs.flatten({field: theirs}):
             differ.append(f"model.detector.{field} {theirs!r} there, {mine!r} here")
-    if int(config.input.image_size) != int(source.config.input.image_size):
+    if canvas_size(config) != int(source.config.input.image_size):
         differ.append(f"input.image_size {source.config.input.image_size} there, "
-                      f"{config.input.image_size} here")
+                      f"input.detector_image_size {canvas_size(config)} here")
     if differ:
         raise DetectorSourceError(f"config.model.detector.checkpoint={path!r} does not fit this "
                                   f"run: {'; '.join(differ)}")

@@ -24,7 +24,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from data_pipelines.batch import Batch
+from data_pipelines.batch import Batch, detector_view, rescale
 from sgg_jax import relation_sampling, scene_graph
 from sgg_jax.evaluation import DetectionEvaluator, SGGEvaluator
 from sgg_jax.evaluation.prediction_file import write_predictions
@@ -91,9 +91,12 @@ def _real_first(valid: jax.Array) -> jax.Array:
 
 
 def make_sgdet_step(exp: Any) -> Callable:
-    """(params, images [B,S,S,3] uint8, image_sizes [B,2]) -> SGDet predictions (jittable).
+    """(params, images [B,S,S,3] uint8, image_sizes [B,2], detector_images=None,
+    detector_image_sizes=None) -> SGDet predictions (jittable).
 
-    The run's detector (params["detector"]) gives D boxes per image; they become the relation
+    The run's detector (params["detector"]) gives D boxes per image (on `detector_images`, its
+    own canvas, when given: a reused detector trained at another size; its boxes are then
+    scaled to the model's canvas); they become the relation
     model's boxes (box_mask = valid detections, real ones first) and every ordered pair of them
     a candidate (`detection_pairs`, `config.eval.sgdet_must_overlap`). The relation model sees
     the detector's labels as `ModelInputs.labels` (FREQ indexes its table with them) and its
@@ -115,19 +118,24 @@ def make_sgdet_step(exp: Any) -> Callable:
     must_overlap = bool(cfg.eval.get("sgdet_must_overlap", False))
     hooks = exp.spec.sgdet(exp) if exp.spec.sgdet is not None else None
 
-    def step(params: Any, images: jax.Array, image_sizes: jax.Array) -> dict[str, jax.Array]:
-        dets = detector.apply({"params": params[DETECTOR_GROUP], **detector_state}, images,
-                              image_sizes)
+    def step(params: Any, images: jax.Array, image_sizes: jax.Array,
+             detector_images: jax.Array | None = None,
+             detector_image_sizes: jax.Array | None = None) -> dict[str, jax.Array]:
+        det_images, det_sizes, det_scale = detector_view(images, image_sizes, detector_images,
+                                                         detector_image_sizes)
+        dets = detector.apply({"params": params[DETECTOR_GROUP], **detector_state}, det_images,
+                              det_sizes)
         order = _real_first(dets.valid)
         take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
                                              axis=1)
-        boxes, valid = take(dets.boxes), take(dets.valid)
+        boxes, valid = rescale(take(dets.boxes), det_scale), take(dets.valid)
         det_labels = jnp.where(valid, take(dets.labels), 0).astype(jnp.int32)
         det_scores = jnp.where(valid, take(dets.scores), 0.0)
         pairs, pair_mask = detection_pairs(boxes, valid, must_overlap)
         extra_inputs, extra_out = {}, {}
         if hooks is not None and hooks.extra_inputs is not None:
-            extra_inputs, extra_out = hooks.extra_inputs(params, images, image_sizes)
+            extra_inputs, extra_out = hooks.extra_inputs(params, det_images, det_sizes,
+                                                         det_scale)
         inputs = ModelInputs(images=images, image_sizes=image_sizes, boxes=boxes, box_mask=valid,
                              labels=det_labels, pairs=pairs, pair_mask=pair_mask,
                              obj_dists=jnp.where(valid[..., None], take(dets.class_dists), 0.0),
@@ -310,7 +318,9 @@ def evaluate(exp: Any, params: Any, split: str | None = None,
         det_evaluator = refined_evaluator = None
         if mode == "sgdet":
             sgdet = make_sgdet_step(exp)
-            score = jax.jit(lambda p, batch: sgdet(p, batch.images, batch.image_sizes))
+            score = jax.jit(lambda p, batch: sgdet(p, batch.images, batch.image_sizes,
+                                                   batch.detector_images,
+                                                   batch.detector_image_sizes))
             det_evaluator = DetectionEvaluator(exp.facts.num_classes)
             if cfg.eval.get("sgdet_refine_boxes", False):
                 refined_evaluator = DetectionEvaluator(exp.facts.num_classes)
@@ -381,8 +391,12 @@ def evaluate_detector(exp: Any, params: Any, split: str,
     the first `num_pictures` images' detections are kept for pictures."""
     cfg = exp.config
     detector, state = exp.detector(), dict(exp.detector_state)
-    detect = jax.jit(lambda p, b: detector.apply({"params": p[DETECTOR_GROUP], **state},
-                                                 b.images, b.image_sizes))
+    def detect(p, b):
+        images, sizes, scale = b.detector_view()
+        dets = detector.apply({"params": p[DETECTOR_GROUP], **state}, images, sizes)
+        return dets.replace(boxes=rescale(dets.boxes, scale))  # the model's canvas, as the batch
+
+    detect = jax.jit(detect)
     ground_truth = exp.data.ground_truth(split)
     evaluator = DetectionEvaluator(exp.facts.num_classes)
     seen, limit = 0, int(cfg.eval.max_images)

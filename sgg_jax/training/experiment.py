@@ -192,7 +192,7 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> regist
     if source not in OBJECT_SOURCES:
         raise ValueError(f"config.eval.sgdet_object_source={source!r}: expected one of "
                          f"{OBJECT_SOURCES}")
-    if not spec.needs_training and source != "detector":
+    if spec.sgdet_reads_labels and source != "detector":
         raise ValueError(f"config.eval.sgdet_object_source: model {spec.name!r} looks its "
                          "predicates up by the detector's labels, so its objects must come from "
                          f"the 'detector' too (got {source!r})")
@@ -313,6 +313,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *,
         else None
     if source is not None:
         detector_source.check_classes(source, facts)
+        # the run's saved config keeps the detector's canvas (the source may not travel)
+        config.input.detector_image_size = detector_source.canvas_size(config)
     return Experiment(config=config, workdir=workdir, mesh=mesh, facts=facts, spec=spec,
                       stages=plan_stages(config, spec), data=data, detector_source=source)
 

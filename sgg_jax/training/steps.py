@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from data_pipelines.batch import Batch
+from data_pipelines.batch import Batch, rescale
 from sgg_jax import losses as losses_lib
 from sgg_jax import relation_sampling
 from sgg_jax.models.interface import ModelInputs
@@ -214,8 +214,9 @@ def detector_loss(detector: nn.Module, detector_state: dict | None = None) -> Ca
     def loss(params: Any, batch: Batch, rng: jax.Array):
         sample_rng, dropout_rng = jax.random.split(rng)
         gt_mask = batch.box_mask & (batch.labels > 0)
+        images, sizes, scale = batch.detector_view()  # its own canvas, when it has one
         losses = detector.apply({"params": params[DETECTOR_GROUP], **detector_state},
-                                batch.images, batch.image_sizes, batch.boxes, batch.labels,
+                                images, sizes, rescale(batch.boxes, 1.0 / scale), batch.labels,
                                 gt_mask, train=True,
                                 rngs={"sampling": sample_rng, "dropout": dropout_rng})
         return losses.total, dict(rpn_objectness=losses.rpn_objectness, rpn_box=losses.rpn_box,

@@ -77,28 +77,6 @@ def test_the_toy_model_trains_and_evaluates_through_the_cli(tmp_path):
     assert not os.path.exists(tmp_path / "cache2")
 
 
-def _finished_run(config, workdir, stage="relations"):
-    """A run directory whose `stage` holds the initial parameters as its finished checkpoint
-    (no training step compiled): what restore_from reads. Returns its parameters."""
-    import jax
-
-    from sgg_jax.training import experiment, optim, runs
-    from sgg_jax.training.checkpointing import StageCheckpointer
-    from sgg_jax.training.steps import TrainState
-
-    exp = experiment.setup(config, str(workdir))
-    experiment.save_run_files(exp)
-    params = experiment.init_params(exp, jax.random.key(3))
-    stage_cfg = config.train.stages[stage]
-    state = TrainState.create(params, optim.make_optimizers(stage_cfg, config.train, params))
-    ckpt = StageCheckpointer(exp.checkpoint_dir(stage))
-    ckpt.save(int(stage_cfg.num_steps), state, None, dict(stage=stage))
-    ckpt.close()
-    runs.mark_finished(exp.checkpoint_dir(stage), stage, int(stage_cfg.num_steps),
-                       int(stage_cfg.num_steps))
-    return params
-
-
 @pytest.mark.parametrize("trainable, moved", [
     ("refine", {"refine"}), ("base/relation_head,refine", {"refine", "base/relation_head"})])
 def test_a_model_on_top_of_another_run_s_model(tmp_path, trainable, moved):
@@ -106,12 +84,12 @@ def test_a_model_on_top_of_another_run_s_model(tmp_path, trainable, moved):
     the stage trains only what `trainable` names, down to a group inside the base."""
     import numpy as np
 
-    from training_utils import flat_params, run_stages
+    from training_utils import finished_run, flat_params, run_stages
 
     common = {"data.cache_dir": str(tmp_path / "cache"), "train.data_parallel": 1,
               "train.stage_order": "relations", "train.stages.relations.num_steps": 2,
               "eval.num_pictures": 0}
-    base_params = flat_params(_finished_run(load_config("imp", "tiny", **common),
+    base_params = flat_params(finished_run(load_config("imp", "tiny", **common),
                                             tmp_path / "base"))
     config = load_config("imp", "tiny", **common, **{
         "model.name": "toy_wrapper", "model.module": os.path.join(HERE, "toy_model.py"),
