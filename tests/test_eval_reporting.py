@@ -93,7 +93,7 @@ def evaluated(tmp_path_factory):
             batch.boxes.shape[0], batch.boxes.shape[1], num_p, MODES.index(mode))
 
     def sgdet_step(exp_):
-        def step(params, images, image_sizes):
+        def step(params, images, image_sizes, detector_images=None, detector_image_sizes=None):
             b = images.shape[0]
             out = _stand_in_outputs(b, 2, num_p, MODES.index("sgdet"))
             tile = lambda x: jnp.tile(jnp.asarray(x)[None], (b,) + (1,) * np.ndim(x))  # noqa

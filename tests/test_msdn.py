@@ -586,7 +586,7 @@ def test_msdn_training_rois_and_box_head_losses(regions_run):
     from training_utils import RecordingWriter, flat_params
 
     exp, _, params, _, _ = regions_run
-    rcfg = msdn._rpn_config(exp.config.model)
+    rcfg = msdn._rpn_config(exp.config)
     sampler = jax.jit(make_msdn_roi_sampler(exp.detector(), rcfg, object_rois=8,
                                             detector_state=exp.detector_state))
     batch = mesh_lib.to_global(next(iter(data_lib.train_loader(exp.config, exp.data, exp.mesh,
@@ -678,7 +678,7 @@ def test_msdn_sgdet_end_to_end_on_the_region_proposals(regions_run):
     assert 0.0 <= det_evaluator.compute()["AP50"] <= 100.0
 
     # The last batch: MSDN read the proposals; the returned regions are them, refined.
-    propose = make_region_proposal_fn(exp.detector(), msdn._rpn_config(exp.config.model),
+    propose = make_region_proposal_fn(exp.detector(), msdn._rpn_config(exp.config),
                                       detector_state=exp.detector_state)
     boxes, _, valid = jax.jit(propose)(params, images, sizes)
     q = int(exp.config.model.region_rpn.num_proposals)

@@ -51,6 +51,8 @@ def test_the_detector_alone_is_evaluated_by_box_ap(detector_run):
         assert (per_class[name]["AP"] is None) == (counts[c] == 0)
     aps = [r["AP"] for r in det["per_class"] if r["AP"] is not None]
     assert det["AP"] == pytest.approx(np.mean(aps), abs=1e-6)  # COCO's mean over classes
+    assert all(0 <= r["missed"] <= r["num_gt"] for r in det["per_class"])
+    assert all(c["ground_truth"] != c["detected_as"] for c in det["confusions"])
 
 
 def test_a_relation_run_reuses_the_detector_at_its_own_canvas(detector_run, tmp_path):
@@ -159,3 +161,23 @@ def test_the_comparison_runner(tmp_path):
     again = run()
     assert again.returncode == 2
     assert [p.stat().st_mtime_ns for p in logs] == stamps  # finished runs were not redone
+
+
+def test_detection_confusions_by_hand():
+    """Each ground-truth box counts once: the class of the best-scoring detection overlapping
+    it at IoU >= 0.5, or a miss; the report lists confusions of different classes only."""
+    gt = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], float),
+          "labels": np.array([1, 2, 2])}
+    pred = {"boxes": np.array([[0, 0, 10, 10], [0, 0, 9, 10], [20, 20, 30, 31],
+                               [80, 80, 90, 90]], float),
+            "labels": np.array([3, 1, 2, 1]), "scores": np.array([0.9, 0.5, 0.7, 0.99])}
+    got = eval_loop.detection_confusion(gt, pred, 3)
+    want = np.zeros((4, 4), np.int64)
+    want[1, 3] = 1  # the "a" box: its best overlapping detection (0.9) says "c"
+    want[2, 2] = 1  # the first "b" box: found
+    want[2, 0] = 1  # the second "b" box: no detection overlaps it
+    np.testing.assert_array_equal(got, want)
+    assert eval_loop.top_confusions(got, ["bg", "a", "b", "c"]) == [
+        {"ground_truth": "a", "detected_as": "c", "count": 1, "share": 1.0}]
+    empty = {"boxes": np.zeros((0, 4)), "labels": np.zeros(0, int), "scores": np.zeros(0)}
+    assert eval_loop.detection_confusion(gt, empty, 3)[:, 0].tolist() == [0, 1, 2, 0]

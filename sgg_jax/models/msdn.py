@@ -45,6 +45,7 @@ t, position 0 is the image step and carries no loss) and, when `train=False`, `c
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -399,12 +400,21 @@ def object_box_term(outputs: ModelOutputs, targets: losses_lib.LossTargets,
 ROI_LOSSES = ("region", "object_box")  # need the training RoIs of `train_extras`
 
 
-def _rpn_config(model_config: Any) -> region_proposals.RegionRPNConfig:
-    rpn = registry.option(model_config, "region_rpn", SPEC)
+def _rpn_config(config: Any) -> region_proposals.RegionRPNConfig:
+    """The region RPN's settings of a run. Its anchor sizes are given in the model's canvas
+    pixels; the RPN runs on the detector's canvas, so they are scaled to it when the detector
+    reads its own size (`input.detector_image_size`)."""
+    rpn = registry.option(config.model, "region_rpn", SPEC)
     if rpn is None:
         raise ValueError("MSDN's region RPN needs config.model.region_rpn (configs/msdn.py "
                          "sets it)")
-    return region_proposals.region_rpn_config(rpn)
+    cfg = region_proposals.region_rpn_config(rpn)
+    size = int(config.input.image_size)
+    det_size = int(config.input.get("detector_image_size", 0) or 0) or size
+    if det_size != size:
+        cfg = dataclasses.replace(cfg, anchor_sizes=tuple(
+            a * det_size / size for a in cfg.anchor_sizes))
+    return cfg
 
 
 def train_extras(exp: Any, stage_name: str, loss_names: tuple[str, ...]):
@@ -420,7 +430,7 @@ def train_extras(exp: Any, stage_name: str, loss_names: tuple[str, ...]):
                     stage_name, wanted)
         return None, tuple(n for n in loss_names if n not in ROI_LOSSES)
     sampler = region_proposals.make_msdn_roi_sampler(
-        exp.detector(), _rpn_config(exp.config.model),
+        exp.detector(), _rpn_config(exp.config),
         object_rois=int(registry.option(exp.config.model, "box_refinement_rois", SPEC)),
         detector_state=exp.detector_state)
     return sampler, loss_names
@@ -429,7 +439,7 @@ def train_extras(exp: Any, stage_name: str, loss_names: tuple[str, ...]):
 def _init_region_rpn(exp: Any, rng: jax.Array, detector_params: Any, images: jax.Array,
                      image_sizes: jax.Array) -> Any:
     return region_proposals.init_region_rpn(
-        exp.detector(), _rpn_config(exp.config.model), detector_params, images, image_sizes,
+        exp.detector(), _rpn_config(exp.config), detector_params, images, image_sizes,
         rng, detector_state=exp.detector_state)
 
 
@@ -438,7 +448,7 @@ def _region_rpn_loss(exp: Any):
     the caption-region boxes with RPN objectness + box losses."""
     detector = exp.detector()
     trunk = region_proposals.DetectorTrunk(detector.config, detector.dtype)
-    rpn = region_proposals.RegionRPN(_rpn_config(exp.config.model), detector.dtype)
+    rpn = region_proposals.RegionRPN(_rpn_config(exp.config), detector.dtype)
     state = dict(exp.detector_state)
 
     def loss(params: Any, batch: Any, rng: jax.Array):
@@ -461,7 +471,7 @@ def sgdet_hooks(exp: Any) -> registry.SGDetHooks:
         raise ValueError("MSDN SGDet needs region proposals: add the 'regions' stage to "
                          "config.train.stage_order (configs/msdn.py does)")
     propose = region_proposals.make_region_proposal_fn(
-        exp.detector(), _rpn_config(exp.config.model), detector_state=exp.detector_state)
+        exp.detector(), _rpn_config(exp.config), detector_state=exp.detector_state)
     refine = bool(exp.config.eval.get("sgdet_refine_boxes", False))
 
     def extra_inputs(params, images, image_sizes, scale):

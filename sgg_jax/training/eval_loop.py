@@ -28,6 +28,7 @@ from data_pipelines.batch import Batch, detector_view, rescale
 from sgg_jax import relation_sampling, scene_graph
 from sgg_jax.evaluation import DetectionEvaluator, SGGEvaluator
 from sgg_jax.evaluation.prediction_file import write_predictions
+from sgg_jax.ops.np_boxes import box_iou
 from sgg_jax.models import postprocess
 from sgg_jax.models.interface import ModelInputs
 from sgg_jax.models.registry import DETECTION_MODE, DETECTOR_GROUP
@@ -399,6 +400,7 @@ def evaluate_detector(exp: Any, params: Any, split: str,
     detect = jax.jit(detect)
     ground_truth = exp.data.ground_truth(split)
     evaluator = DetectionEvaluator(exp.facts.num_classes)
+    confusion = np.zeros((exp.facts.num_classes + 1,) * 2, np.int64)
     seen, limit = 0, int(cfg.eval.max_images)
     empty_pairs = np.zeros((0, 2), np.int64)
     empty_scores = np.zeros((0, exp.facts.num_predicates + 1))
@@ -415,6 +417,7 @@ def evaluate_detector(exp: Any, params: Any, split: str,
                         labels=np.asarray(dets.labels[b][valid], np.int64),
                         scores=np.asarray(dets.scores[b][valid], np.float64))
             evaluator.add(gt, pred)
+            confusion += detection_confusion(gt, pred, exp.facts.num_classes)
             if shown is not None and len(shown) < num_pictures:
                 shown.append(_picture_example(exp, split, len(shown), full, b, gt, dict(
                     pred, rel_pairs=empty_pairs, rel_scores=empty_scores), {}))
@@ -423,7 +426,41 @@ def evaluate_detector(exp: Any, params: Any, split: str,
     names = exp.facts.idx_to_label
     for row in result["per_class"]:
         row["name"] = names[row["class"]]
+        row["missed"] = int(confusion[row["class"], 0])
+    result["confusions"] = top_confusions(confusion, names)
     return result
+
+
+def detection_confusion(gt: dict, pred: dict, num_classes: int, iou: float = 0.5
+                        ) -> np.ndarray:
+    """[C+1, C+1] counts of one image: for each ground-truth box (row = its class), the class of
+    the best-scoring detection overlapping it at IoU >= `iou` (column), or 0 when none does."""
+    out = np.zeros((num_classes + 1,) * 2, np.int64)
+    if len(gt["labels"]) == 0:
+        return out
+    overlap = box_iou(gt["boxes"], pred["boxes"], convention="continuous") >= iou \
+        if len(pred["labels"]) else np.zeros((len(gt["labels"]), 0), bool)
+    scores = np.where(overlap, pred["scores"][None, :], -np.inf)
+    for g, label in enumerate(gt["labels"]):
+        found = overlap[g].any()
+        out[label, int(pred["labels"][scores[g].argmax()]) if found else 0] += 1
+    return out
+
+
+def top_confusions(confusion: np.ndarray, names: Sequence[str], top: int = 10) -> list[dict]:
+    """The most frequent (ground truth, detected as) class pairs of different classes, with
+    their share of that class's ground-truth boxes."""
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    off[:, 0] = 0  # misses are reported per class
+    rows = []
+    for flat in np.argsort(-off, axis=None, kind="stable")[:top]:
+        g, d = np.unravel_index(flat, off.shape)
+        if off[g, d] == 0:
+            break
+        rows.append({"ground_truth": names[g], "detected_as": names[d], "count": int(off[g, d]),
+                     "share": float(off[g, d] / max(confusion[g].sum(), 1))})
+    return rows
 
 
 def _save_predictions(exp: Any, split: str, mode: str, written: list[tuple[int, dict]]) -> str:

@@ -168,12 +168,21 @@ def format_per_class_ap(per_class: Sequence[Mapping[str, Any]], title: str = "")
     rows = sorted(per_class, key=lambda r: (r["AP"] is None, r["AP"] or 0.0))
     width = max([len(str(r.get("name", r["class"]))) for r in rows] + [5])
     lines = [title] if title else []
-    header = f"{'class':<{width}}{'AP':>9}{'AP50':>9}{'gt':>7}"
+    header = f"{'class':<{width}}{'AP':>9}{'AP50':>9}{'gt':>7}{'missed':>8}"
     lines += [header, "-" * len(header)]
     fmt = lambda v: f"{v:>9.2f}" if v is not None else f"{'-':>9}"
     for r in rows:
         lines.append(f"{str(r.get('name', r['class'])):<{width}}{fmt(r['AP'])}{fmt(r['AP50'])}"
-                     f"{r['num_gt']:>7d}")
+                     f"{r['num_gt']:>7d}{r.get('missed', 0):>8d}")
+    return "\n".join(lines)
+
+
+def format_confusions(confusions: Sequence[Mapping[str, Any]]) -> str:
+    """The detector's most frequent class confusions (ground truth -> best overlapping
+    detection of another class, IoU >= 0.5)."""
+    lines = ["most frequent confusions (ground truth -> detected as, IoU >= 0.5)"]
+    lines += [f"  {c['ground_truth']} -> {c['detected_as']}: {c['count']} "
+              f"({100 * c['share']:.1f}% of its boxes)" for c in confusions] or ["  none"]
     return "\n".join(lines)
 
 

@@ -227,8 +227,10 @@ def report(exp: Experiment, results: dict[str, Any], name: str = "results.json")
                 results["detection"], f"detector ({exp.config.model.detector.backbone}) box mAP "
                 f"on {exp.config.data.name}/{exp.config.eval.split} (COCO, %)"))
             if not exp.spec.relations and results["detection"].get("per_class"):
-                print(reporting.format_per_class_ap(results["detection"]["per_class"],
-                                                    "per-class AP (%), worst first"))
+                print(reporting.format_per_class_ap(
+                    results["detection"]["per_class"], "per-class AP (%), worst first; missed = "
+                    "ground-truth boxes no detection overlaps at IoU 0.5"))
+                print(reporting.format_confusions(results["detection"].get("confusions", [])))
         if "detection_refined" in results:
             print(reporting.format_detection_table(
                 results["detection_refined"], f"SGDet boxes after {exp.config.model.name}'s box "
