@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
     explicit = _explicit_keys() + ["mode", "eval.checkpoint"]
     try:
         if mode == "train":
-            trainer.train_and_evaluate(config, workdir)
+            trainer.train_and_evaluate(config, workdir, explicit)
         elif mode == "eval":
             run_dir, ckpt = runs.find_run(_run_root(config, workdir))
             run_config = inference.run_config(run_dir, config, explicit)

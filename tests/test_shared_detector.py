@@ -127,6 +127,30 @@ def test_detector_checkpoints_that_do_not_fit_are_refused(detector_run, tmp_path
     refused("has not finished", path=other)
 
 
+def test_the_checkpoints_architecture_is_adopted_unless_set_explicitly(detector_run, tmp_path):
+    """`--config.model.detector.checkpoint` alone suffices: the fields the run left at its
+    preset's values (here the stride, 16 in the relation preset) are taken from the detector's
+    run; a field the user set explicitly is kept, and refused when it disagrees."""
+    workdir, exp_det, _, cache = detector_run
+    overrides = {"data.cache_dir": cache, "train.data_parallel": 1, "eval.modes": "sgdet",
+                 "model.detector.checkpoint": workdir}
+    config = load_config("imp", "tiny", **overrides)
+    assert config.model.detector.backbone_stride == 16
+    assert exp_det.config.model.detector.backbone_stride == 8
+    assert "backbone_stride" in detector_source.adopt_architecture(config)
+    for field in detector_source.DETECTOR_ARCHITECTURE_FIELDS + detector_source.PROPOSAL_FIELDS:
+        assert runs.flatten({field: config.model.detector[field]}) == runs.flatten(
+            {field: exp_det.config.model.detector[field]})
+    assert detector_source.adopt_architecture(config) == []  # idempotent
+    experiment.setup(config, str(tmp_path / "adopted"))
+    explicit = load_config("imp", "tiny", **overrides)
+    assert detector_source.adopt_architecture(
+        explicit, ["model.detector.backbone_stride"]) == []
+    with pytest.raises(detector_source.DetectorSourceError,
+                       match="backbone_stride 8 there, 16 here"):
+        experiment.setup(explicit, str(tmp_path / "explicit"))
+
+
 def test_the_comparison_runner(tmp_path):
     """Two seeds of the tiny IMP, and an entry that fails: the table holds mean and sample std
     of the runs' own results.json, the failure is reported and the others go on (exit 2);

@@ -10,13 +10,16 @@ relation stage of an SGDet run holds its detector too). The run then trains no d
 initialised. What would make the reuse wrong is refused before anything compiles, with one
 line naming the checkpoint and what differs: another detector architecture or input size
 (`check_config`, before any data is read) or another class list (`check_classes`, once the
-dataset's facts are known).
+dataset's facts are known). The architecture fields a run leaves at its preset's values are
+taken from the checkpoint's run (`adopt_architecture`), so `--config.model.detector.checkpoint`
+alone is enough; only a value set explicitly (on the command line) can disagree, and that is
+refused.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -92,6 +95,42 @@ def canvas_size(config: ml_collections.ConfigDict) -> int:
         except (FileNotFoundError, runs.RunConfigError):
             pass  # check_config reports it
     return int(config.input.image_size)
+
+
+# Test-time proposal counts: the reused detector proposes as it did when its AP was measured
+# (adopted like the architecture, but not compared: a run may set its own).
+PROPOSAL_FIELDS = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")
+
+
+def adopt_architecture(config: ml_collections.ConfigDict, explicit: Sequence[str] = ()
+                       ) -> list[str]:
+    """Sets this run's detector architecture fields (and test-time proposal counts,
+    `PROPOSAL_FIELDS`) to the reused checkpoint's, except those
+    in `explicit` (dotted keys set by the user, which `check_config` then compares). Returns
+    the fields that changed. No checkpoint, or one that cannot be read: nothing changes
+    (`check_config` reports the latter)."""
+    path = str(config.model.detector.get("checkpoint", "") or "")
+    if not path:
+        return []
+    try:
+        source = locate(os.path.abspath(os.path.expanduser(path)))
+    except (DetectorSourceError, runs.RunConfigError):
+        return []
+    changed = []
+    with config.unlocked():
+        for field in DETECTOR_ARCHITECTURE_FIELDS + PROPOSAL_FIELDS:
+            if f"model.detector.{field}" in explicit or field not in source.config.model.detector:
+                continue
+            mine, theirs = config.model.detector.get(field), source.config.model.detector[field]
+            if runs.flatten({field: mine}) == runs.flatten({field: theirs}):
+                continue
+            if isinstance(mine, tuple) and isinstance(theirs, list):
+                theirs = tuple(theirs)
+            if field in config.model.detector:
+                del config.model.detector[field]  # the type may differ (a tuple of floats)
+            config.model.detector[field] = theirs
+            changed.append(field)
+    return changed
 
 
 def check_config(config: ml_collections.ConfigDict) -> DetectorSource | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from sgg_jax.io_utils import write_json_atomic
 from sgg_jax.training import data as data_lib
+from sgg_jax.training import detector_source
 from sgg_jax.training import eval_loop, experiment, optim, reporting, runs
 from sgg_jax.training import mesh as mesh_lib
 from sgg_jax.training.checkpointing import StageCheckpointer, abstract_like
@@ -239,8 +240,15 @@ def report(exp: Experiment, results: dict[str, Any], name: str = "results.json")
     return path
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs every stage (resuming where a previous run stopped), then evaluates."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       explicit: Sequence[str] = ()) -> dict[str, Any]:
+    """Runs every stage (resuming where a previous run stopped), then evaluates. A reused
+    detector's architecture is taken from its run except for the dotted keys in `explicit`
+    (those the user set, which must then agree with it)."""
+    adopted = detector_source.adopt_architecture(config, explicit)
+    if adopted:
+        logging.info("model.detector.%s taken from the reused detector %s",
+                     ", ".join(adopted), config.model.detector.checkpoint)
     exp = setup(config, workdir)
     experiment.save_run_files(exp)
     rng = jax.random.key(config.seed)
