@@ -36,9 +36,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from sgg_jax.io_utils import write_json_atomic
+from sgg_jax.training.charts import bar_chart
 
 MOTIFS_METRICS = ("R@20", "R@50", "R@100", "ngR@50", "mR@50", "zR@50")
 MSDN_METRICS = ("R@20", "R@50", "R@100")
@@ -155,37 +155,6 @@ def per_predicate(results: Sequence[dict], mode: str) -> dict[str, float]:
     if not tables:
         return {}
     return {p: float(np.mean([t[p] for t in tables])) for p in tables[0]}
-
-
-def bar_chart(series: dict[str, dict[str, float]], order: Sequence[str], title: str,
-              path: str) -> str:
-    """A grouped horizontal bar chart (one row per predicate, one bar per series) as PNG."""
-    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
-    names = list(series)
-    row_h, bar_h, left, width = 6 + 8 * len(names), 7, 190, 420
-    height = 60 + row_h * len(order) + 20 * len(names)
-    im = Image.new("RGB", (left + width + 60, height), (255, 255, 255))
-    d = ImageDraw.Draw(im)
-    d.text((10, 8), title, fill=(0, 0, 0))
-    for x in range(0, 101, 20):
-        px = left + width * x / 100
-        d.line([(px, 40), (px, 40 + row_h * len(order))], fill=(225, 225, 225))
-        d.text((px - 6, 28), f"{x}", fill=(90, 90, 90))
-    for i, pred in enumerate(order):
-        y = 40 + i * row_h
-        d.text((10, y + 2), pred[:28], fill=(0, 0, 0))
-        for j, name in enumerate(names):
-            v = series[name].get(pred, 0.0)
-            yy = y + 3 + j * 8
-            d.rectangle([left, yy, left + width * v / 100, yy + bar_h - 1], fill=colors[j % 4])
-    y = 48 + row_h * len(order)
-    for j, name in enumerate(names):
-        d.rectangle([left, y + 20 * j, left + 12, y + 20 * j + 10], fill=colors[j % 4])
-        d.text((left + 18, y + 20 * j), f"{name} R@50 (%)", fill=(0, 0, 0))
-    tmp = path + ".tmp.png"
-    im.save(tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def predicate_order(results: Sequence[dict], workdir: str) -> list[str]:

@@ -20,6 +20,7 @@ import jax
 
 from sgg_jax.evaluation.sgg import EVAL_MODES, PROTOCOLS
 from sgg_jax.io_utils import json_safe
+from sgg_jax.training.charts import line_chart
 
 # The recall families shown per protocol.
 PROTOCOL_FAMILIES = {"motifs": ("R", "ngR", "mR", "ngmR", "zR", "ngzR"), "msdn": ("R", "predR")}
@@ -201,13 +202,60 @@ HISTORY_FILE = "eval_history.jsonl"
 
 
 def append_history(workdir: str, stage: str, step: int, groups: Mapping[str, Any]) -> None:
-    """Appends one line {stage, step, results} to <workdir>/eval_history.jsonl (process 0): the
-    evaluations during training (`train.eval_every`), e.g. a detector's AP against steps."""
+    """Adds one line {stage, step, results} to <workdir>/eval_history.jsonl (process 0): the
+    evaluations during training (`train.eval_every`) and the final one, e.g. a detector's AP
+    against steps; redraws <workdir>/eval_history.png."""
     if jax.process_index() != 0:
         return
-    line = json.dumps(json_safe(dict(stage=stage, step=int(step), results=groups)))
-    with open(os.path.join(workdir, HISTORY_FILE), "a", encoding="utf-8") as f:
-        f.write(line + "\n")
+    path = os.path.join(workdir, HISTORY_FILE)
+    records = [r for r in read_history(workdir) if (r["stage"], r["step"]) != (stage, int(step))]
+    records.append(json_safe(dict(stage=stage, step=int(step), results=groups)))
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:  # whole or not at all; a re-run replaces its step
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, path)
+    plot_history(workdir)
+
+
+def read_history(workdir: str) -> list[dict[str, Any]]:
+    """The records of <workdir>/eval_history.jsonl, oldest first ([] when there is none)."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+HISTORY_METRICS = {"detection": ("AP", "AP50", "AP75")}  # other groups: a mode's R@50
+
+
+def history_series(records: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """{label: [(step, value)]} from eval_history records: a detector's AP / AP50 / AP75, each
+    evaluated mode's R@50 (motifs protocol); labels carry the stage when there are several."""
+    stages = {r["stage"] for r in records}
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        for group, metrics in r["results"].items():
+            if not isinstance(metrics, Mapping):
+                continue
+            for name in HISTORY_METRICS.get(group, ("R@50",)):
+                value = metrics.get(name)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    label = name if group == "detection" else f"{group} {name}"
+                    label = f"{r['stage']}: {label}" if len(stages) > 1 else label
+                    series.setdefault(label, []).append((int(r["step"]), float(value)))
+    return series
+
+
+def plot_history(workdir: str) -> str | None:
+    """<workdir>/eval_history.png: the evaluations during training against steps."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    series = history_series(read_history(workdir))
+    if not series:
+        return None
+    name = os.path.basename(os.path.normpath(workdir))
+    return line_chart(series, f"evaluations during training (%), {name}", "step",
+                      os.path.splitext(path)[0] + ".png")
 
 
 class MetricWriter:

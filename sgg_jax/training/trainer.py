@@ -261,8 +261,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                  jax.random.fold_in(train_rng, plan.seed_index), writer)
         results = eval_loop.evaluate(exp, params,
                                      num_pictures=int(config.eval.get("num_pictures", 0)))
-        for group, vals in reporting.scalar_groups(results).items():
+        groups = reporting.scalar_groups(results)
+        for group, vals in groups.items():
             writer.scalars(0, vals, prefix=f"final_{group}/")
+        if int(config.train.eval_every) and exp.stages:  # the history ends at the final numbers
+            last = exp.stages[-1]
+            reporting.append_history(workdir, last.name, int(last.num_steps), groups)
     finally:
         writer.close()
     report(exp, results)
