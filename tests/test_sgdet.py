@@ -76,7 +76,7 @@ def test_detector_config_mapping():
     assert d.num_classes == 7 and d.detections_per_image == c.model.detector.detections_per_image
     assert d.anchor_sizes == (tuple(c.model.detector.anchor_sizes),)  # one stride-16 level
     assert d.box_nms_thresh == c.model.detector.nms
-    fpn = dict(c.model.detector, backbone="resnet50_fpn", backbone_widths=(),
+    fpn = dict(c.model.detector, backbone="resnet50_fpn", backbone_widths=(), backbone_stride=16,
                anchor_sizes=(32, 64, 128, 256, 512))
     assert detector_config(fpn, 7).anchor_sizes == ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))
     with pytest.raises(ValueError, match="nms_iou"):
