@@ -125,6 +125,28 @@ def test_detector_checkpoints_that_do_not_fit_are_refused(detector_run, tmp_path
     refused("another class list", path=other)
     os.remove(other / "checkpoints" / "detector" / runs.FINISHED_FILE)
     refused("has not finished", path=other)
+    nodet = tmp_path / "nodet"  # a finished run whose stages trained no detector
+    shutil.copytree(workdir, nodet)
+    saved = json.loads((nodet / "config.json").read_text())
+    saved["train"]["stages"]["detector"].update(kind="relation", losses=["object"])
+    (nodet / "config.json").write_text(json.dumps(saved))
+    refused("has no detector stage", path=nodet)
+
+
+def test_the_cli_refuses_a_missing_detector_in_one_line(tmp_path):
+    """From the command line: exit 2 and one error line naming the path, before any data."""
+    missing = tmp_path / "no_such_run"
+    out = subprocess.run([sys.executable, "-m", "sgg_jax.main", "--config", "configs/imp.py:tiny",
+                          "--workdir", str(tmp_path / "run"),
+                          f"--config.data.cache_dir={tmp_path / 'cache'}",
+                          "--config.eval.modes=sgdet",
+                          f"--config.model.detector.checkpoint={missing}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(missing) in errors[0] and "does not exist" in errors[0]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "cache").exists()  # refused before any data was generated
 
 
 def test_the_checkpoints_architecture_is_adopted_unless_set_explicitly(detector_run, tmp_path):
