@@ -100,7 +100,18 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _overrides_without_config(argv: list[str]) -> bool:
+    """`--config.<key>=...` given without `--config` (absl would call the flag unknown)."""
+    names = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--")]
+    return any(n.startswith("--config.") for n in names) and "--config" not in names
+
+
 def run() -> None:
+    if _overrides_without_config(sys.argv):
+        print("error: --config.<field> overrides need --config: for --mode eval / predict any "
+              "config file will do (e.g. --config configs/imp.py): the run's own config.json is "
+              "used and only evaluation fields may differ", file=sys.stderr)
+        sys.exit(2)
     app.run(main)
 
 

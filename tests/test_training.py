@@ -309,6 +309,16 @@ def test_unknown_config_key_is_rejected(tmp_path):
     assert "hiden_dim" in out.stderr
 
 
+def test_overrides_without_config_are_a_clear_error(tmp_path):
+    """`--config.<field>` with no `--config`: one error line saying what to add, exit 2 (absl
+    alone would call the flag unknown)."""
+    out = _main(["--mode", "eval", "--workdir", str(tmp_path),
+                 "--config.eval.save_predictions=True"], timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: --config.<field> overrides need --config")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
 def test_eval_without_checkpoint_is_a_clear_error(cache_dir, tmp_path):
     out = _main(["--config", os.path.join(REPO, "configs/imp.py:tiny"), "--workdir",
                  str(tmp_path / "empty"), f"--config.data.cache_dir={cache_dir}",
