@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
         runtime.tune_host_allocator()
     # Imported late: flags parsed first, XLA_FLAGS honoured.
     from sgg_jax import inference, predict
-    from sgg_jax.training import runs, trainer
+    from sgg_jax.training import preemption, runs, trainer
     explicit = _explicit_keys() + ["mode", "eval.checkpoint"]
     try:
         if mode == "train":
@@ -94,6 +94,9 @@ def main(argv: list[str]) -> int:
                                    explicit=explicit)
         else:
             raise app.UsageError(f"config.mode={mode!r}: expected train, eval or predict")
+    except preemption.Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr)
+        return preemption.EXIT_PREEMPTED
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ import pytest
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import experiment, trainer
 from training_utils import (REPO, Interrupt, RecordingWriter, flat_params, interrupted_after,
-                            load_config, one_batch_forever, run_stages)
+                            load_config, one_batch_forever, run_stages, two_optimizer_config)
 
 
 @pytest.fixture(scope="module")
@@ -101,34 +101,13 @@ def test_interrupt_and_resume_is_exact(cache_dir, tmp_path, monkeypatch):
     assert_trees_close(reference, again, exact=True)
 
 
-TWO_OPTIMIZERS = {
-    **RELATIONS_ONLY, "train.data_parallel": 1,
-    "train.stages.relations.update": "alternating",
-    "train.stages.relations.optimizers": {
-        "heads": {"trainable": "relation_head", "losses": "relation"},
-        "objects": {"trainable": "roi_features,obj_classifier", "losses": "object",
-                    "learning_rate": 3e-3, "optimizer": "sgd"}}}
-
-
-def _two_optimizer_config(cache_dir):
-    config = tiny(cache_dir)
-    with config.unlocked():
-        for key, value in TWO_OPTIMIZERS.items():
-            node = config
-            *path, last = key.split(".")
-            for p in path:
-                node = node[p]
-            node[last] = value
-    return config
-
-
 def test_two_optimizers_alternate_and_resume_exactly(cache_dir, tmp_path, monkeypatch):
     """A stage with two optimizers over disjoint groups, updated one after the other: each
     state advances once per step (one multi_transform applied twice would count two), each
     trains only its groups, and interrupted + resumed = uninterrupted, bit for bit."""
     import orbax.checkpoint as ocp
 
-    config = _two_optimizer_config(cache_dir)
+    config = two_optimizer_config(cache_dir)
     steps = int(config.train.stages.relations.num_steps)
     reference = _train(config, str(tmp_path / "ref"))
     state = ocp.PyTreeCheckpointer().restore(str(tmp_path / "ref" / "checkpoints" / "relations"

@@ -52,10 +52,7 @@ def run_stages(config, workdir, writer=None):
     exp = experiment.setup(config, workdir)
     experiment.save_run_files(exp)
     params = experiment.init_params(exp, jax.random.key(config.seed))
-    writer = writer or RecordingWriter()
-    for i, plan in enumerate(exp.stages):
-        params = trainer.train_stage(exp, plan, params, jax.random.fold_in(jax.random.key(1), i),
-                                     writer)
+    params = trainer.train_stages(exp, params, jax.random.key(1), writer or RecordingWriter())
     return exp, params
 
 
@@ -153,3 +150,26 @@ def finished_run(config, workdir, stage="relations"):
     runs.mark_finished(exp.checkpoint_dir(stage), stage, int(stage_cfg.num_steps),
                        int(stage_cfg.num_steps))
     return params
+
+
+TWO_OPTIMIZERS = {
+    "train.stage_order": "relations", "train.data_parallel": 1,
+    "train.stages.relations.update": "alternating",
+    "train.stages.relations.optimizers": {
+        "heads": {"trainable": "relation_head", "losses": "relation"},
+        "objects": {"trainable": "roi_features,obj_classifier", "losses": "object",
+                    "learning_rate": 3e-3, "optimizer": "sgd"}}}
+
+
+def two_optimizer_config(cache_dir):
+    """The tiny IMP with one stage stepping two optimizers in turn (heads: Adam; object
+    branch: SGD with momentum)."""
+    config = load_config("imp", "tiny", **{"data.cache_dir": cache_dir})
+    with config.unlocked():
+        for key, value in TWO_OPTIMIZERS.items():
+            node = config
+            *path, last = key.split(".")
+            for p in path:
+                node = node[p]
+            node[last] = value
+    return config

@@ -5,6 +5,7 @@ model needs, and which stages finished.
     <workdir>/dataset/facts.json, statistics.*   vocabularies + training statistics
     <workdir>/checkpoints/<stage>/<step>/    Orbax checkpoints of each stage
     <workdir>/checkpoints/<stage>/finished.json  written once the stage's last step is saved
+    <workdir>/.lock                          held while a process trains or evaluates the run
 
 Evaluation, prediction and `sgg_jax.load` rebuild a run from these files alone
 (`resolve_run_config`): the model and data fields come from the saved config, and a
@@ -13,8 +14,11 @@ command-line value that differs in such a field is refused. Everything here read
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -27,6 +31,7 @@ CONFIG_FILE = "config.json"
 FACTS_DIR = "dataset"
 CHECKPOINTS = "checkpoints"
 FINISHED_FILE = "finished.json"
+LOCK_FILE = ".lock"
 
 # Fields that may differ between training and evaluation / prediction: how and where a run is
 # evaluated, not what was trained ("x.*" = the whole section).
@@ -38,6 +43,35 @@ EVAL_FIELDS = ("mode", "eval.*", "predict.*", "runtime.*", "distributed.*",
 
 class RunConfigError(ValueError):
     """A run directory is missing what it needs, or a request contradicts how it was trained."""
+
+
+class WorkdirBusyError(RunConfigError):
+    """Another process is training or evaluating in the same run directory."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Holds <workdir>/.lock (an exclusive `flock`) while the block runs; a second process on
+    the same workdir gets `WorkdirBusyError` naming the holder. The kernel drops the lock when
+    its process ends however it ends (kill -9 included), so no stale lock is ever left; the
+    file's contents (holder's pid, host, start time) only serve the message."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise WorkdirBusyError(f"workdir {workdir!r} is in use by another process "
+                                   f"({holder}); wait for it to end or choose another "
+                                   "--workdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class UnfinishedRunError(RunConfigError):

@@ -9,6 +9,7 @@ directory with the config it was trained with.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from sgg_jax.io_utils import write_json_atomic
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import detector_source
-from sgg_jax.training import eval_loop, experiment, optim, reporting, runs
+from sgg_jax.training import eval_loop, experiment, optim, preemption, reporting, runs
 from sgg_jax.training import mesh as mesh_lib
 from sgg_jax.training.checkpointing import StageCheckpointer, abstract_like
 from sgg_jax.training.experiment import (DETECTOR_KIND, RELATION_KIND, Experiment, StagePlan,
@@ -141,8 +142,11 @@ def load_run_params(path: str) -> dict:
 
 
 def train_stage(exp: Experiment, plan: StagePlan, params: Any, rng: jax.Array,
-                writer: reporting.MetricWriter) -> Any:
-    """Runs (or resumes, or skips when finished) one stage; returns its final parameters."""
+                writer: reporting.MetricWriter,
+                stop: preemption.StopRequest | None = None) -> Any:
+    """Runs (or resumes, or skips when finished) one stage; returns its final parameters. On
+    a SIGTERM / SIGINT (`stop`, the run's; else the stage's own) it checkpoints the step it
+    finished and raises `preemption.Preempted`."""
     cfg = exp.config
     num_steps = plan.num_steps
     optimizers = optim.make_optimizers(plan.config, cfg.train, params)
@@ -179,30 +183,44 @@ def train_stage(exp: Experiment, plan: StagePlan, params: Any, rng: jax.Array,
     log_every, ckpt_every = max(int(cfg.train.log_every), 1), max(int(cfg.train.checkpoint_every), 1)
     eval_every = int(cfg.train.eval_every)
     t0 = time.perf_counter()
+    saved = start
+
+    def save() -> None:
+        _check_finite(state, plan.name, ckpt)
+        ckpt.save(step, state, iterator, dict(stage=plan.name, step=step, num_steps=num_steps))
+
     try:
-        while step < num_steps:
-            batch = mesh_lib.to_global(next(iterator), exp.mesh)
-            state, metrics = train_step(state, batch, rng)
-            step += 1
-            bar.update(1)
-            if step % log_every == 0 or step == num_steps:
-                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(state, plan.name, ckpt)
-                host["images_per_s"] = log_every * cfg.input.batch_size / max(
-                    time.perf_counter() - t0, 1e-9)
-                t0 = time.perf_counter()
-                bar.set_postfix(loss=f"{host['loss']:.4f}")
-                writer.scalars(step, host, prefix=f"{plan.name}/")
-            if step % ckpt_every == 0 or step == num_steps:
-                _check_finite(state, plan.name, ckpt)
-                ckpt.save(step, state, iterator, dict(stage=plan.name, step=step,
-                                                      num_steps=num_steps))
-            if eval_every and step % eval_every == 0 and step < num_steps:
-                results = eval_loop.evaluate(exp, state.params)
-                groups = reporting.scalar_groups(results)
-                for group, vals in groups.items():
-                    writer.scalars(step, vals, prefix=f"eval_{group}/")
-                reporting.append_history(exp.workdir, plan.name, step, groups)
+        with contextlib.ExitStack() as stack:
+            if stop is None:
+                stop = stack.enter_context(preemption.StopRequest(sync_every=log_every))
+            while step < num_steps:
+                batch = mesh_lib.to_global(next(iterator), exp.mesh)
+                state, metrics = train_step(state, batch, rng)
+                step += 1
+                bar.update(1)
+                if step % log_every == 0 or step == num_steps:
+                    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    _check_finite(state, plan.name, ckpt)
+                    host["images_per_s"] = log_every * cfg.input.batch_size / max(
+                        time.perf_counter() - t0, 1e-9)
+                    t0 = time.perf_counter()
+                    bar.set_postfix(loss=f"{host['loss']:.4f}")
+                    writer.scalars(step, host, prefix=f"{plan.name}/")
+                if step % ckpt_every == 0 or step == num_steps:
+                    save()
+                    saved = step
+                if stop.should_stop(step) and step < num_steps:
+                    if saved != step:
+                        save()
+                    ckpt.wait()
+                    raise preemption.Preempted(stop.signal_name, plan.name, step, num_steps,
+                                               ckpt.directory)
+                if eval_every and step % eval_every == 0 and step < num_steps:
+                    results = eval_loop.evaluate(exp, state.params)
+                    groups = reporting.scalar_groups(results)
+                    for group, vals in groups.items():
+                        writer.scalars(step, vals, prefix=f"eval_{group}/")
+                    reporting.append_history(exp.workdir, plan.name, step, groups)
         ckpt.wait()
         if jax.process_index() == 0:
             runs.mark_finished(ckpt.directory, plan.name, step, num_steps)
@@ -250,15 +268,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         logging.info("model.detector.%s taken from the reused detector %s",
                      ", ".join(adopted), config.model.detector.checkpoint)
     exp = setup(config, workdir)
+    with _lock(workdir):
+        return _train_and_evaluate(exp)
+
+
+def train_stages(exp: Experiment, params: Any, rng: jax.Array,
+                 writer: reporting.MetricWriter) -> Any:
+    """Every planned stage in order (each resumed where it stopped, a finished one skipped);
+    returns the final parameters. A SIGTERM / SIGINT while they train checkpoints the step
+    and raises `preemption.Preempted` (docs/architecture.md, "Failure and recovery"); the
+    evaluation after them runs with the default handlers."""
+    with preemption.StopRequest(sync_every=int(exp.config.train.log_every)) as stop:
+        for plan in exp.stages:
+            params = train_stage(exp, plan, params, jax.random.fold_in(rng, plan.seed_index),
+                                 writer, stop)
+            if stop.should_stop(force=True):  # signalled during the stage's last step
+                raise preemption.Preempted(stop.signal_name, plan.name, plan.num_steps,
+                                           plan.num_steps, exp.checkpoint_dir(plan.name))
+    return params
+
+
+def _lock(workdir: str) -> contextlib.AbstractContextManager:
+    """The workdir's lock, held by process 0 (the one that writes the run's files)."""
+    return runs.workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+
+
+def _train_and_evaluate(exp: Experiment) -> dict[str, Any]:
+    config, workdir = exp.config, exp.workdir
     experiment.save_run_files(exp)
     rng = jax.random.key(config.seed)
     init_rng, train_rng = jax.random.split(rng)
     params = init_params(exp, init_rng)
     writer = reporting.MetricWriter(os.path.join(workdir, "tensorboard"))
     try:
-        for plan in exp.stages:
-            params = train_stage(exp, plan, params,
-                                 jax.random.fold_in(train_rng, plan.seed_index), writer)
+        params = train_stages(exp, params, train_rng, writer)
         results = eval_loop.evaluate(exp, params,
                                      num_pictures=int(config.eval.get("num_pictures", 0)))
         groups = reporting.scalar_groups(results)
@@ -281,6 +324,12 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str,
     in which case results.json says `"partial": {stage, step, num_steps}`."""
     experiment.initialize_runtime(config)  # before anything touches a JAX backend
     exp = setup(config, workdir, training=False)
+    with _lock(workdir):
+        return _evaluate_run(exp, checkpoint)
+
+
+def _evaluate_run(exp: Experiment, checkpoint: str) -> dict[str, Any]:
+    config, workdir = exp.config, exp.workdir
     allow = bool(config.eval.get("allow_partial", False))
     if experiment.needs_checkpoint(exp) or checkpoint:
         # an unfinished or missing checkpoint fails before anything compiles

@@ -1,0 +1,132 @@
+"""Failure and recovery: a SIGTERM / SIGINT while a stage trains checkpoints the step it
+finished and stops (`preemption.Preempted`; the CLI exits with EXIT_PREEMPTED and says how to
+resume); resuming gives the uninterrupted run's parameters bit for bit, for a one-optimizer
+run of two stages and a stage stepping two optimizers; a second process on a workdir in use
+is refused, and a killed holder leaves no stale lock."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sgg_jax.training import experiment, preemption, runs
+from training_utils import REPO, flat_params, load_config, run_stages, two_optimizer_config
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("preempt_cache"))
+
+
+CONFIGS = {
+    "two stages, one optimizer each": lambda cache: load_config(
+        "imp", "tiny", **{"data.cache_dir": cache, "train.data_parallel": 1}),
+    "one stage, two optimizers": two_optimizer_config,
+}
+
+
+def signal_at(monkeypatch, call: int, signum: int) -> None:
+    """Sends this process `signum` while the trainer fetches its `call`-th batch (during that
+    step, before it runs)."""
+    from sgg_jax.training import mesh as mesh_lib
+
+    real, calls = mesh_lib.to_global, {"n": 0}
+
+    def sending(tree, mesh):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signum)
+        return real(tree, mesh)
+
+    monkeypatch.setattr(mesh_lib, "to_global", sending)
+
+
+@pytest.mark.parametrize("case", list(CONFIGS))
+def test_a_signal_checkpoints_its_step_and_resuming_is_exact(case, cache_dir, tmp_path,
+                                                             monkeypatch):
+    config = CONFIGS[case](cache_dir)
+    reference = flat_params(run_stages(config, str(tmp_path / "ref"))[1])
+    plans = experiment.plan_stages(config, experiment.validate(config))
+    # a step chosen at random among all steps of all stages, the very last one excepted (a
+    # signal during a stage's last step stops at its end, before the next stage)
+    seed = random.randrange(1 << 30)
+    total = sum(p.num_steps for p in plans)
+    call = random.Random(seed).randrange(1, total)
+    signum = random.Random(seed).choice([signal.SIGTERM, signal.SIGINT])
+    stage, step = next((p, call - sum(q.num_steps for q in plans[:i]))
+                       for i, p in enumerate(plans)
+                       if call <= sum(q.num_steps for q in plans[:i + 1]))
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    workdir = tmp_path / "run"
+    signal_at(monkeypatch, call, signum)
+    with pytest.raises(preemption.Preempted) as stopped:
+        run_stages(config, str(workdir))
+    monkeypatch.undo()
+    info = f"seed {seed}: signal {signum} at batch {call} = {stage.name} step {step}"
+    assert (stopped.value.stage, stopped.value.step) == (stage.name, step), info
+    assert stopped.value.signal_name == signal.Signals(signum).name
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    stage_dir = runs.stage_dir(str(workdir), stage.name)
+    assert runs.checkpoint_steps(stage_dir)[-1] == step, info
+    assert (runs.finished_step(stage_dir) is None) == (step < stage.num_steps), info
+    resumed = flat_params(run_stages(config, str(workdir))[1])
+    assert reference.keys() == resumed.keys()
+    for k in reference:
+        np.testing.assert_array_equal(reference[k], resumed[k], err_msg=f"{k}; {info}")
+
+
+def test_the_cli_stops_with_its_exit_code_and_the_same_command_resumes(cache_dir, tmp_path):
+    """A real SIGTERM from outside, once the relation stage has saved its first checkpoint:
+    exit EXIT_PREEMPTED with one line saying where it stopped; the same command finishes."""
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sgg_jax.main", "--config", "configs/imp.py:tiny",
+           "--workdir", str(workdir), f"--config.data.cache_dir={cache_dir}",
+           "--config.train.data_parallel=1", "--config.train.stages.relations.num_steps=60",
+           "--config.train.checkpoint_every=2", "--config.eval.num_pictures=0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    relations = workdir / "checkpoints" / "relations"
+    deadline = time.monotonic() + 300
+    while not (relations.exists() and runs.checkpoint_steps(str(relations))):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == preemption.EXIT_PREEMPTED, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("preempted:")]
+    assert len(lines) == 1 and "stopped by SIGTERM in stage 'relations'" in lines[0]
+    assert "run the same command again to resume" in lines[0] and "Traceback" not in err
+    stopped_at = runs.checkpoint_steps(str(relations))[-1]
+    assert f"at step {stopped_at} of 60" in lines[0] and stopped_at < 60
+    assert not (workdir / "results.json").exists()
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from step {stopped_at}" in again.stderr
+    assert (workdir / "results.json").exists()
+
+
+def test_a_workdir_in_use_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from sgg_jax.training import runs\n"
+        "with runs.workdir_lock(sys.argv[1]):\n"
+        "    print('locked', flush=True); time.sleep(600)"), str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(runs.WorkdirBusyError, match=f"in use by another process \\(pid "
+                                                        f"{holder.pid} on "):
+            with runs.workdir_lock(str(tmp_path)):
+                pass
+    finally:
+        holder.kill()  # kill -9: no chance to clean up
+        holder.wait()
+    with runs.workdir_lock(str(tmp_path)):  # the kernel released it
+        with pytest.raises(runs.WorkdirBusyError):
+            with runs.workdir_lock(str(tmp_path)):  # and it excludes within one process too
+                pass
