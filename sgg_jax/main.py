@@ -10,8 +10,10 @@ predict only evaluation fields may differ from the run's (sgg_jax/training/runs.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -60,6 +62,8 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    # JAX logs each accelerator plugin it probes and does not find (libtpu on a CPU machine)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     config = FLAGS.config
     mode = FLAGS.mode or (config.mode if config is not None else None)
     if config is None and mode not in ("eval", "predict"):
@@ -103,6 +107,57 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+_TYPE_ERRORS = (("invalid literal for int()", "expected an integer"),
+                ("could not convert string to float", "expected a number"),
+                ("Non-boolean argument", "expected true or false"))
+
+
+def flag_error_message(error: BaseException, argv: list[str]) -> str:
+    """One line for what went wrong while reading the flags and building the config (absl and
+    ml_collections report it with a traceback or a multi-line dump)."""
+    text = str(error).strip()
+    if "Error whilst parsing config file" in text:  # the config file's get_config raised
+        where = text.split(": Error whilst", 1)[0].removeprefix("flag ")
+        raised = re.findall(r"^\w*(?:Error|Exception): (.+)$", text, re.M)
+        return f"{where}: {raised[-1] if raised else text.splitlines()[-1]}"
+    missing = re.search(r"No such file or directory: '([^']+)'", text)
+    if missing:
+        return f"--config {missing.group(1)}: no such config file"
+    if isinstance(error, AttributeError):  # an override of a field the config does not have
+        text = text.strip("'\"").replace("\\n", "\n").replace("\\'", "'")
+        field = text.split("\n")[0].strip("'\"")
+        keys = [a.split("=", 1)[0].removeprefix("--config.") for a in argv
+                if a.startswith("--config.")]
+        key = next((k for k in keys if k.split(".")[-1] == field), field)
+        hint = re.search(r'Did you mean "([^"]+)"', text)
+        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        near = f"; did you mean {parent}{hint.group(1)}?" if hint else ""
+        return f"--config.{key}: the config has no such field{near}"
+    unknown = re.match(r"Unknown command line flag '([^']+)'", text)
+    if unknown:
+        close = difflib.get_close_matches(unknown.group(1), list(FLAGS), n=1)
+        return (f"--{unknown.group(1)}: no such flag"
+                + (f"; did you mean --{close[0]}?" if close else "") + " (--help lists them)")
+    value = re.match(r"flag (--\S+?)=(.*?): (.*)$", text, re.S)
+    if value:
+        why = next((w for pattern, w in _TYPE_ERRORS if pattern in value.group(3)),
+                   " ".join(value.group(3).split()))
+        return f"{value.group(1)}={value.group(2)}: {why}"
+    return " ".join(text.removeprefix("flag ").split())
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with one `error:` line and exit 2 instead of a traceback."""
+    try:
+        rest = FLAGS(argv)
+        if FLAGS.config is not None:  # a config file that failed to load raises only when read
+            FLAGS.config.get("mode")
+        return rest
+    except Exception as e:  # noqa: BLE001 - whatever stops the config from being built
+        print(f"error: {flag_error_message(e, argv)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _overrides_without_config(argv: list[str]) -> bool:
     """`--config.<key>=...` given without `--config` (absl would call the flag unknown)."""
     names = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--")]
@@ -115,7 +170,7 @@ def run() -> None:
               "config file will do (e.g. --config configs/imp.py): the run's own config.json is "
               "used and only evaluation fields may differ", file=sys.stderr)
         sys.exit(2)
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -174,11 +174,60 @@ def _check_stage(plan: StagePlan, spec: registry.ModelSpec) -> None:
                          "(predcls or sgcls); training on detections is not implemented")
 
 
+# Numeric fields and the values that make sense: (dotted key, smallest value, what to say).
+POSITIVE = 1
+RANGES = (
+    ("input.batch_size", POSITIVE), ("input.eval_batch_size", POSITIVE),
+    ("input.image_size", POSITIVE), ("input.max_objects", POSITIVE),
+    ("input.max_relations", POSITIVE), ("input.max_regions", 0), ("input.max_phrase_len", 0),
+    ("input.detector_image_size", 0), ("input.worker_count", 0), ("input.flip_prob", 0),
+    ("data.image_size", POSITIVE), ("data.num_train", POSITIVE), ("data.num_val", 0),
+    ("data.num_test", POSITIVE), ("train.checkpoint_every", POSITIVE),
+    ("train.log_every", POSITIVE), ("train.eval_every", 0), ("train.keep_checkpoints", POSITIVE),
+    ("eval.num_pictures", 0), ("model.detector.detections_per_image", POSITIVE),
+    ("model.detector.score_thresh", 0), ("model.detector.nms", 0),
+)
+STAGE_RANGES = (("num_steps", 0), ("warmup_steps", 0), ("learning_rate", 0))
+
+
+def _number(config: ml_collections.ConfigDict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+    """Sizes, counts and rates out of range are refused, naming the field and what it takes
+    (before they reach a shape, a division or a data loader deep inside)."""
+    checks = [(key, low) for key, low in RANGES] + [
+        (f"train.stages.{name}.{field}", low) for name in config.train.stages
+        for field, low in STAGE_RANGES]
+    for key, low in checks:
+        value = _number(config, key)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value < low:
+            want = "a positive number" if low == POSITIVE else "zero or more"
+            raise ValueError(f"config.{key}={value!r}: expected {want}")
+    for key in ("input.flip_prob", "model.detector.score_thresh", "model.detector.nms"):
+        value = _number(config, key)
+        if isinstance(value, (int, float)) and not 0 <= value <= 1:
+            raise ValueError(f"config.{key}={value!r}: expected a value in [0, 1]")
+    ks = _number(config, "eval.ks")
+    if ks is not None and (not ks or any(int(k) <= 0 for k in ks)):
+        raise ValueError(f"config.eval.ks={tuple(ks)!r}: expected positive K values, e.g. "
+                         "(20, 50, 100)")
+
+
 def validate(config: ml_collections.ConfigDict, training: bool = True) -> registry.ModelSpec:
     """Everything about a config that can be checked before data is generated or anything
     compiles: the model is registered and its requirements are declared, the stages name groups
     and losses the model has, evaluation options are valid, and (`training`) the pretrained
     weight files exist. Returns the model's spec."""
+    check_ranges(config)
     spec = registry.spec_for(config.model)
     modes = optim.split_list(config.eval.modes)
     allowed = registry.MODES + (registry.DETECTION_MODE,) if spec.relations else (
