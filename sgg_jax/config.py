@@ -138,6 +138,10 @@ def get_base_config() -> ml_collections.ConfigDict:
         # ~/.cache/sgg_jax/xla; "off" = none): re-runs and resumed runs skip recompilation.
         compilation_cache_dir="",
         checkpoint_every=100, keep_checkpoints=2, log_every=20, eval_every=0,
+        # A checkpoint that cannot be restored (damaged, or written by another model / config)
+        # stops the run naming it; True moves it aside (<step>.damaged-<time>, nothing is
+        # deleted) and resumes from the newest earlier step that restores.
+        restore_fallback=False,
         # Stages run in this order; each has its own checkpoint directory and restores the
         # parameters the previous one trained. Trainable groups and losses are comma lists.
         # The `detector` stage runs only when eval.modes contains sgdet (its parameters are the

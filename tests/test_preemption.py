@@ -130,3 +130,54 @@ def test_a_workdir_in_use_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path
         with pytest.raises(runs.WorkdirBusyError):
             with runs.workdir_lock(str(tmp_path)):  # and it excludes within one process too
                 pass
+
+
+def _damage(directory) -> int:
+    """Truncates every file of a saved step to half its size; returns how many."""
+    count = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+            count += 1
+    return count
+
+
+def test_a_damaged_or_foreign_checkpoint_is_named_and_the_fallback_resumes_exactly(
+        cache_dir, tmp_path):
+    import shutil
+
+    from sgg_jax.training.checkpointing import CheckpointError
+
+    overrides = {"data.cache_dir": cache_dir, "train.data_parallel": 1,
+                 "train.stage_order": "relations", "train.checkpoint_every": 2}
+    config = load_config("imp", "tiny", **overrides)
+    reference = flat_params(run_stages(config, str(tmp_path / "ref"))[1])
+    stage = tmp_path / "ref" / "checkpoints" / "relations"
+    steps = runs.checkpoint_steps(str(stage))
+    assert len(steps) == 2, steps
+    last, earlier = steps[-1], steps[0]
+
+    # another config's parameters (shapes differ): refused, naming the checkpoint
+    shutil.copytree(tmp_path / "ref", tmp_path / "foreign")
+    with pytest.raises(CheckpointError, match=f"relations/{last} cannot be restored"):
+        run_stages(load_config("imp", "tiny", **overrides, **{"model.hidden_dim": 48}),
+                   str(tmp_path / "foreign"))
+
+    # a truncated last step: refused, naming it and the earlier step; nothing changed
+    shutil.copytree(tmp_path / "ref", tmp_path / "run")
+    damaged = tmp_path / "run" / "checkpoints" / "relations"
+    assert _damage(damaged / str(last)) > 0
+    with pytest.raises(CheckpointError, match=rf"{last} cannot be restored.*Earlier steps "
+                                              rf"\[{earlier}\]"):
+        run_stages(config, str(tmp_path / "run"))
+    assert runs.checkpoint_steps(str(damaged)) == steps
+
+    # the fallback moves it aside (kept) and resumes from the step before: the same result
+    fallback = load_config("imp", "tiny", **overrides, **{"train.restore_fallback": True})
+    resumed = flat_params(run_stages(fallback, str(tmp_path / "run"))[1])
+    assert [p for p in os.listdir(damaged) if p.startswith(f"{last}.damaged-")]
+    assert runs.finished_step(str(damaged)) == last
+    for k in reference:
+        np.testing.assert_array_equal(reference[k], resumed[k], err_msg=k)

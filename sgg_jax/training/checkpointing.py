@@ -7,12 +7,21 @@ an uninterrupted run would.
 """
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A saved checkpoint cannot be restored into this run's state."""
 
 
 class StageCheckpointer:
@@ -43,6 +52,38 @@ class StageCheckpointer:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         return out.state, out.meta
+
+    def restore_latest(self, abstract_state: Any, data_iterator: Any | None = None,
+                       fallback: bool = False) -> tuple[int, Any] | None:
+        """(step, state) of the newest checkpoint, restored (and the iterator in place); None
+        when there is none. One that fails to restore raises `CheckpointError` naming it and
+        the earlier steps; with `fallback` it is moved aside (renamed, never deleted) and the
+        next older one is tried."""
+        while (step := self.manager.latest_step()) is not None:
+            try:
+                return step, self.restore(step, abstract_state, data_iterator)[0]
+            except Exception as e:  # noqa: BLE001 - Orbax / tensorstore raise many kinds
+                reason = " ".join(str(e).split())[:300] or type(e).__name__
+                earlier = [s for s in self.manager.all_steps() if s < step]
+                path = os.path.join(self.directory, str(step))
+                if not fallback:
+                    raise CheckpointError(
+                        f"checkpoint {path} cannot be restored ({type(e).__name__}: {reason}): "
+                        "damaged, or written by another model or config. "
+                        + (f"Earlier steps {earlier} are saved: --config.train.restore_fallback"
+                           "=True moves this one aside and resumes from the newest that "
+                           "restores" if earlier else "No earlier step is saved")
+                        + f"; or move {self.directory} away to train the stage afresh"
+                        ) from None
+                aside = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+                try:
+                    os.replace(path, aside)
+                except FileNotFoundError:
+                    pass  # another process of this run moved it already
+                log.warning("checkpoint %s cannot be restored (%s); moved to %s, trying the "
+                            "step before", path, reason, aside)
+                self.manager.reload()
+        return None
 
     def restore_params(self, step: int, abstract_params: Any, frozen: Any = None) -> Any:
         """Only the parameters named by `abstract_params` (shapes / shardings), whatever the

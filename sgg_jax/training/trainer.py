@@ -25,7 +25,7 @@ from sgg_jax.training import data as data_lib
 from sgg_jax.training import detector_source
 from sgg_jax.training import eval_loop, experiment, optim, preemption, reporting, runs
 from sgg_jax.training import mesh as mesh_lib
-from sgg_jax.training.checkpointing import StageCheckpointer, abstract_like
+from sgg_jax.training.checkpointing import CheckpointError, StageCheckpointer, abstract_like
 from sgg_jax.training.experiment import (DETECTOR_KIND, RELATION_KIND, Experiment, StagePlan,
                                          init_params, setup)
 from sgg_jax.training.steps import (Optimizers, TrainState, detector_loss, make_loss_step,
@@ -159,15 +159,24 @@ def train_stage(exp: Experiment, plan: StagePlan, params: Any, rng: jax.Array,
     loader = data_lib.train_loader(cfg, exp.data, exp.mesh,
                                    seed=cfg.seed + 1000 * plan.seed_index)
     iterator = iter(loader)
-    start = ckpt.latest_step()
-    if start is None:
+    fresh = ckpt.latest_step() is None
+    if fresh:
         params = restore_from(exp, plan, params)
     frozen = exp.frozen_collections()
     state = jax.jit(lambda p, f: TrainState.create(p, optimizers, f),
                     out_shardings=replicated)(params, frozen)
-    if start is not None:
-        state, _ = ckpt.restore(start, abstract_like(state), iterator)
+    restored = None if fresh else ckpt.restore_latest(
+        abstract_like(state), iterator, bool(cfg.train.get("restore_fallback", False)))
+    if restored is None and not fresh:
+        raise CheckpointError(f"{ckpt.directory}: no checkpoint of this stage restores (all "
+                              "were moved aside); move the directory away to train it afresh")
+    start = restored[0] if restored else None
+    if restored is not None:
+        state = restored[1]
         log.info("stage '%s': resumed from step %d (%s)", plan.name, start, ckpt.directory)
+        finished = runs.finished_step(ckpt.directory)
+        if finished is not None and start < finished and jax.process_index() == 0:
+            os.remove(os.path.join(ckpt.directory, runs.FINISHED_FILE))  # fell back below it
         if start >= num_steps:
             if runs.finished_step(ckpt.directory) is None and jax.process_index() == 0:
                 runs.mark_finished(ckpt.directory, plan.name, start, num_steps)
