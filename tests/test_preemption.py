@@ -181,3 +181,42 @@ def test_a_damaged_or_foreign_checkpoint_is_named_and_the_fallback_resumes_exact
     assert runs.finished_step(str(damaged)) == last
     for k in reference:
         np.testing.assert_array_equal(reference[k], resumed[k], err_msg=k)
+
+
+def test_kill_9_at_random_moments_resumes_to_the_uninterrupted_results(cache_dir, tmp_path):
+    """A tiny two-stage run killed outright during a training step, right after a checkpoint
+    save started, and between results.json's temporary file and its rename, restarted after
+    each: no partial state is ever restored (each restart runs), results.json is absent until
+    the end, and the final results equal an uninterrupted run's."""
+    import json
+
+    args = ["--config", "configs/imp.py:tiny", f"--config.data.cache_dir={cache_dir}",
+            "--config.train.data_parallel=1", "--config.train.checkpoint_every=2",
+            "--config.eval.num_pictures=0"]
+    main = [sys.executable, "-m", "sgg_jax.main"]
+    ref = subprocess.run([*main, *args, "--workdir", str(tmp_path / "ref")], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    config = load_config("imp", "tiny")
+    total = sum(int(config.train.stages[s].num_steps) for s in ("objects", "relations"))
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    workdir = tmp_path / "run"
+    kills = [("step", rng.randrange(1, total)), ("save", rng.randrange(1, total // 2)),
+             ("results", 1)]
+    for moment, n in kills:
+        out = subprocess.run([sys.executable, os.path.join(REPO, "tests", "kill_run.py"),
+                              moment, str(n), "--", *args, "--workdir", str(workdir)],
+                             cwd=REPO, capture_output=True, text=True, timeout=600)
+        info = f"seed {seed}, kill at {moment} {n}"
+        if out.returncode == 0:  # the run was past that moment already (resumed beyond it)
+            continue
+        assert out.returncode == -signal.SIGKILL, f"{info}: {out.stderr[-3000:]}"
+        assert not (workdir / "results.json").exists(), info
+    final = subprocess.run([*main, *args, "--workdir", str(workdir)], cwd=REPO,
+                           capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    got = json.loads((workdir / "results.json").read_text())
+    want = json.loads((tmp_path / "ref" / "results.json").read_text())
+    for mode in ("predcls", "sgcls"):
+        assert got[mode] == want[mode], f"seed {seed}: {mode}"
