@@ -182,6 +182,11 @@ def test_a_damaged_or_foreign_checkpoint_is_named_and_the_fallback_resumes_exact
     for k in reference:
         np.testing.assert_array_equal(reference[k], resumed[k], err_msg=k)
 
+    # an empty step directory (a save that never wrote anything) is named too
+    os.makedirs(damaged / str(last + 10))
+    with pytest.raises(CheckpointError, match=rf"relations/{last + 10} cannot be restored"):
+        run_stages(config, str(tmp_path / "run"))
+
 
 def test_kill_9_at_random_moments_resumes_to_the_uninterrupted_results(cache_dir, tmp_path):
     """A tiny two-stage run killed outright during a training step, right after a checkpoint
