@@ -191,8 +191,8 @@ def test_a_damaged_or_foreign_checkpoint_is_named_and_the_fallback_resumes_exact
 def test_kill_9_at_random_moments_resumes_to_the_uninterrupted_results(cache_dir, tmp_path):
     """A tiny two-stage run killed outright during a training step, right after a checkpoint
     save started, and between results.json's temporary file and its rename, restarted after
-    each: no partial state is ever restored (each restart runs), results.json is absent until
-    the end, and the final results equal an uninterrupted run's."""
+    each: no partial state is ever restored (each restart runs), results.json is complete or
+    absent after every kill, and the final results equal an uninterrupted run's."""
     import json
 
     args = ["--config", "configs/imp.py:tiny", f"--config.data.cache_dir={cache_dir}",
@@ -214,10 +214,12 @@ def test_kill_9_at_random_moments_resumes_to_the_uninterrupted_results(cache_dir
                               moment, str(n), "--", *args, "--workdir", str(workdir)],
                              cwd=REPO, capture_output=True, text=True, timeout=600)
         info = f"seed {seed}, kill at {moment} {n}"
-        if out.returncode == 0:  # the run was past that moment already (resumed beyond it)
-            continue
-        assert out.returncode == -signal.SIGKILL, f"{info}: {out.stderr[-3000:]}"
-        assert not (workdir / "results.json").exists(), info
+        # a restart may finish before its n-th save (it resumed past it): then rc 0
+        assert out.returncode in (0, -signal.SIGKILL), f"{info}: {out.stderr[-3000:]}"
+        if (workdir / "results.json").exists():  # complete, or absent
+            json.loads((workdir / "results.json").read_text())
+        else:
+            assert out.returncode == -signal.SIGKILL, info
     final = subprocess.run([*main, *args, "--workdir", str(workdir)], cwd=REPO,
                            capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr[-3000:]
