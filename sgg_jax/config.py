@@ -13,7 +13,7 @@ def stage(*, num_steps: int, trainable: tuple[str, ...], losses: tuple[str, ...]
           learning_rate: float, warmup_steps: int = 0, optimizer: str = "adam",
           schedule: str = "cosine", kind: str = "relation", mode: str = "",
           restore_from: str = "", restore_into: str = "", restore_groups: tuple[str, ...] = (),
-          optimizers: dict | None = None, update: str = "joint") -> ml_collections.ConfigDict:
+          optimizers: dict | None = None, update_rule: str = "joint") -> ml_collections.ConfigDict:
     """One training stage: which parameter groups train, on which losses, and how long.
 
     kind: "relation" (the relation model), "detector", or a model's auxiliary network's kind
@@ -35,7 +35,7 @@ def stage(*, num_steps: int, trainable: tuple[str, ...], losses: tuple[str, ...]
             k: ml_collections.ConfigDict({f: (",".join(v) if isinstance(v, tuple) else v)
                                           for f, v in o.items()})
             for k, o in (optimizers or {}).items()}),
-        update=update))
+        update_rule=update_rule))
 
 
 def get_base_config() -> ml_collections.ConfigDict:

@@ -103,3 +103,26 @@ def test_out_of_range_values_are_named(name):
             experiment.check_ranges(broken)
     with pytest.raises(ValueError, match="config.eval.ks"):
         experiment.check_ranges(load_config(name, "default", **{"eval.ks": (20, 0)}))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_name_outside_its_choices_is_refused_before_any_data(name):
+    config = load_config(name, "default")
+    experiment.check_choices(config)  # the preset itself is fine
+    keys = ["model.backbone", "model.detector.backbone", "loss.edge", "model.dtype"] + [
+        f"train.stages.{s}.optimizer" for s in config.train.stages]
+    for key in keys:
+        with pytest.raises(ValueError, match=f"config.{key}='nope': expected one of"):
+            experiment.check_choices(load_config(name, "default", **{key: "nope"}))
+
+
+def test_every_stage_field_can_be_set_from_the_command_line():
+    """Stage fields are set through attribute paths: none may shadow a ConfigDict method (a
+    field named `update` could not be set: ConfigDict.update)."""
+    path = os.path.join(REPO, "configs", "imp.py")
+    argv = ["prog", f"--config={path}:tiny",
+            "--config.train.stages.relations.update_rule=alternating"]
+    assert _parse(argv).train.stages.relations.update_rule == "alternating"
+    for name, stage in load_config("imp", "default").train.stages.items():
+        shadowed = [f for f in stage if hasattr(ml_collections.ConfigDict, f)]
+        assert not shadowed, (name, shadowed)

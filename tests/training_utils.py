@@ -154,7 +154,7 @@ def finished_run(config, workdir, stage="relations"):
 
 TWO_OPTIMIZERS = {
     "train.stage_order": "relations", "train.data_parallel": 1,
-    "train.stages.relations.update": "alternating",
+    "train.stages.relations.update_rule": "alternating",
     "train.stages.relations.optimizers": {
         "heads": {"trainable": "relation_head", "losses": "relation"},
         "objects": {"trainable": "roi_features,obj_classifier", "losses": "object",

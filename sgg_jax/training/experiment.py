@@ -19,6 +19,9 @@ import ml_collections
 
 from data_pipelines.facts import DatasetFacts
 from sgg_jax import models as models_lib
+from sgg_jax.losses import EDGE_LOSSES
+from sgg_jax.models.backbone import BACKBONES
+from sgg_jax.models.detection.config import BACKBONES as DETECTOR_BACKBONES
 from sgg_jax.models import registry
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import mesh as mesh_lib
@@ -222,12 +225,31 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
                          "(20, 50, 100)")
 
 
+def check_choices(config: ml_collections.ConfigDict) -> None:
+    """Fields that take one of a few names, checked before any data is generated (a typo in
+    a field the run does not use, such as the detector's backbone without SGDet, included)."""
+    choices = [("model.backbone", BACKBONES), ("model.detector.backbone", DETECTOR_BACKBONES),
+               ("loss.edge", EDGE_LOSSES), ("model.dtype", tuple(registry.DTYPES))]
+    for name, stage in config.train.stages.items():
+        choices.append((f"train.stages.{name}.optimizer", optim.OPTIMIZERS))
+        for sub, opt in (stage.get("optimizers") or {}).items():
+            if "optimizer" in opt:
+                choices.append((f"train.stages.{name}.optimizers.{sub}.optimizer",
+                                optim.OPTIMIZERS))
+        optim.update_rule(stage)
+    for key, allowed in choices:
+        value = _number(config, key)
+        if value is not None and value not in allowed:
+            raise ValueError(f"config.{key}={value!r}: expected one of {', '.join(allowed)}")
+
+
 def validate(config: ml_collections.ConfigDict, training: bool = True) -> registry.ModelSpec:
     """Everything about a config that can be checked before data is generated or anything
     compiles: the model is registered and its requirements are declared, the stages name groups
     and losses the model has, evaluation options are valid, and (`training`) the pretrained
     weight files exist. Returns the model's spec."""
     check_ranges(config)
+    check_choices(config)
     spec = registry.spec_for(config.model)
     modes = optim.split_list(config.eval.modes)
     allowed = registry.MODES + (registry.DETECTION_MODE,) if spec.relations else (

@@ -5,8 +5,8 @@ e.g. `backbone`, or paths below one, e.g. `base/relation_head` for a model on to
 every other group gets zero updates. A stage may instead declare several optimizers
 (`stages.<name>.optimizers.<opt> = {trainable, losses, learning_rate, ...}`, fields not given
 taken from the stage), each with its own optax chain, schedule and state over disjoint groups,
-applied together on one loss (`update="joint"`) or one after the other, each on its own losses
-with the parameters the previous one left (`update="alternating"`, e.g. generator then
+applied together on one loss (`update_rule="joint"`) or one after the other, each on its own losses
+with the parameters the previous one left (`update_rule="alternating"`, e.g. generator then
 discriminator). An optimizer's state only moves when it updates: the generator's Adam moments
 do not advance during the discriminator's step.
 """
@@ -20,6 +20,7 @@ import optax
 
 MAIN = "main"  # the name of a stage's single optimizer
 UPDATES = ("joint", "alternating")
+OPTIMIZERS = ("adam", "sgd")
 _INHERITED = ("trainable", "losses", "learning_rate", "warmup_steps", "optimizer", "schedule",
               "num_steps")
 
@@ -43,9 +44,12 @@ def optimizer_specs(stage: ml_collections.ConfigDict) -> dict[str, ml_collection
 
 
 def update_rule(stage: ml_collections.ConfigDict) -> str:
-    rule = str(stage.get("update", "joint") or "joint")
+    # `update_rule`, not `update`: ConfigDict.update is a method, so a field of that name
+    # could not be set from the command line (runs saved before the rename used "update")
+    key = "update_rule" if "update_rule" in stage else "update"
+    rule = str((stage[key] if key in stage else "joint") or "joint")
     if rule not in UPDATES:
-        raise ValueError(f"config.train.stages.*.update={rule!r}: expected one of {UPDATES}")
+        raise ValueError(f"config.train.stages.*.update_rule={rule!r}: expected one of {UPDATES}")
     return rule
 
 

@@ -133,8 +133,8 @@ def make_relation_step(model: nn.Module, optimizers: Optimizers, opt_losses: Map
     """The (un-jitted) pure step of a relation stage.
 
     optimizers: {name: (tx, group paths)}; opt_losses: {name: loss names}. With one optimizer
-    (or `update="joint"`) one loss (the sum of every optimizer's terms, each counted once) is
-    differentiated once and each optimizer updates its groups; with `update="alternating"` the
+    (or `update_rule="joint"`) one loss (the sum of every optimizer's terms, each counted once) is
+    differentiated once and each optimizer updates its groups; with `update_rule="alternating"` the
     optimizers run in order, each differentiating its own terms at the parameters the previous
     one left. `relation_params(params)` picks the relation model's groups (the frozen detector
     and auxiliary networks take no part). `extras(params, batch, key)` (the model's
