@@ -97,7 +97,7 @@ def test_out_of_range_values_are_named(name):
     keys = [k for k, _ in experiment.RANGES] + [
         f"train.stages.{s}.{f}" for s in config.train.stages for f, _ in experiment.STAGE_RANGES]
     for key in keys:
-        assert experiment._number(config, key) is not None, f"{key}: not a field of {name}"
+        assert experiment._field(config, key) is not None, f"{key}: not a field of {name}"
         broken = load_config(name, "default", **{key: -1})
         with pytest.raises(ValueError, match=f"config.{key}=-1"):
             experiment.check_ranges(broken)

@@ -100,7 +100,7 @@ def make_sgdet_step(exp: Any) -> Callable:
     scaled to the model's canvas); they become the relation
     model's boxes (box_mask = valid detections, real ones first) and every ordered pair of them
     a candidate (`detection_pairs`, `config.eval.sgdet_must_overlap`). The relation model sees
-    the detector's labels as `ModelInputs.labels` (FREQ indexes its table with them) and its
+    the detector's labels as `ModelInputs.labels` (a statistics lookup can index with them) and its
     class distributions as `ModelInputs.obj_dists`. Object labels and scores come from the
     detector (`config.eval.sgdet_object_source="detector"`) or from the relation model
     (`"model"`: its own labels, else the argmax over 1..C and its probability). The model's

@@ -193,7 +193,7 @@ RANGES = (
 STAGE_RANGES = (("num_steps", 0), ("warmup_steps", 0), ("learning_rate", 0))
 
 
-def _number(config: ml_collections.ConfigDict, key: str) -> Any:
+def _field(config: ml_collections.ConfigDict, key: str) -> Any:
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
@@ -209,17 +209,17 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
         (f"train.stages.{name}.{field}", low) for name in config.train.stages
         for field, low in STAGE_RANGES]
     for key, low in checks:
-        value = _number(config, key)
+        value = _field(config, key)
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if value < low:
             want = "a positive number" if low == POSITIVE else "zero or more"
             raise ValueError(f"config.{key}={value!r}: expected {want}")
     for key in ("input.flip_prob", "model.detector.score_thresh", "model.detector.nms"):
-        value = _number(config, key)
+        value = _field(config, key)
         if isinstance(value, (int, float)) and not 0 <= value <= 1:
             raise ValueError(f"config.{key}={value!r}: expected a value in [0, 1]")
-    ks = _number(config, "eval.ks")
+    ks = _field(config, "eval.ks")
     if ks is not None and (not ks or any(int(k) <= 0 for k in ks)):
         raise ValueError(f"config.eval.ks={tuple(ks)!r}: expected positive K values, e.g. "
                          "(20, 50, 100)")
@@ -238,7 +238,7 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
                                 optim.OPTIMIZERS))
         optim.update_rule(stage)
     for key, allowed in choices:
-        value = _number(config, key)
+        value = _field(config, key)
         if value is not None and value not in allowed:
             raise ValueError(f"config.{key}={value!r}: expected one of {', '.join(allowed)}")
 
@@ -514,7 +514,8 @@ def find_final_checkpoint(exp: Experiment, root: str, allow_partial: bool = Fals
 
 def needs_checkpoint(exp: Experiment) -> bool:
     """Whether evaluation needs trained parameters: any model with a detector, and every model
-    but those that work from their initial parameters (FREQ in PredCls / SGCls)."""
+    but those that work from their initial parameters (`ModelSpec.needs_training` False, e.g. a
+    pure statistics lookup in PredCls / SGCls)."""
     return exp.spec.needs_training or exp.uses_detector
 
 

@@ -69,11 +69,10 @@ WHERE = {
 }
 WHERE["resnet50_fpn"] = WHERE["resnet50"]
 FILES_NOTE = (
-    "Files are read locally, never downloaded: .npz or .safetensors; .pth / .pt / .tar through "
-    "torch.load(weights_only=True) when torch is installed, or convert once where torch is: "
-    "python -c \"import torch, numpy as np; sd = torch.load('vgg16-397923af.pth', "
-    "weights_only=True); sd = sd.get('state_dict', sd); "
-    "np.savez('vgg16.npz', **{k: v.numpy() for k, v in sd.items()})\"")
+    "Files are read locally, never downloaded: .npz (read without pickle) or .safetensors; "
+    ".pth / .pt / .tar only through torch.load(weights_only=True) when torch is installed (no "
+    "code in the file runs). Without torch, convert the file once to .npz or .safetensors "
+    "(docs/models.md, \"Pretrained weights\").")
 _PREDICTOR = (("roi_head", "cls_score"), ("roi_head", "bbox_pred"))
 
 
