@@ -17,21 +17,32 @@ import numpy as np
 class DataFormatError(ValueError):
     """A data file is missing, unreadable or does not follow its format.
 
-    The message reads "FILE: field 'X': expected ..., got ..." (the field part is left out when
-    the problem concerns the whole file).
+    The message reads "FILE: image id N: field 'X': expected ..., got ..." (the image part is
+    there when the problem concerns one image, the field part when it concerns one field).
     """
 
     def __init__(self, file: str | os.PathLike, field: str | None, expected: str,
-                 got: Any = None):
+                 got: Any = None, image_id: int | None = None):
         self.file = os.fspath(file)
         self.field = field
         self.expected = expected
         self.got = got
-        where = f"{self.file}: field '{field}'" if field else self.file
+        self.image_id = None if image_id is None else int(image_id)
+        where = self.file
+        if self.image_id is not None:
+            where += f": image id {self.image_id}"
+        if field:
+            where += f": field '{field}'"
         msg = f"{where}: expected {expected}"
         if got is not None:
             msg += f", got {got}"
         super().__init__(msg)
+
+    def for_image(self, image_id: int) -> "DataFormatError":
+        """This error with the image it concerns named (unchanged if it names one already)."""
+        if self.image_id is not None:
+            return self
+        return DataFormatError(self.file, self.field, self.expected, self.got, image_id)
 
 
 def require_file(path: str | os.PathLike, what: str) -> str:
@@ -54,6 +65,10 @@ def load_json(path: str | os.PathLike, what: str) -> Any:
 
 def as_box_array(values: Any, file: str, field: str) -> np.ndarray:
     """Converts a list of [x1, y1, x2, y2] lists to a float64 [N, 4] array or raises."""
+    for i, box in enumerate(values):
+        if not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 4:
+            raise DataFormatError(file, field, "[x1, y1, x2, y2] boxes (4 numbers each)",
+                                  f"box {i} = {box!r}"[:80])
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as e:
@@ -70,26 +85,30 @@ def as_box_array(values: Any, file: str, field: str) -> np.ndarray:
 
 def check_and_clip_boxes(boxes: np.ndarray, width: Any, height: Any, file: str, field: str,
                          describe: Callable[[int], str] | None = None,
-                         allow_outside: bool = False) -> tuple[np.ndarray, int]:
+                         allow_outside: bool = False,
+                         image_ids: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Validates x1y1x2y2 pixel boxes against their image and clips slight overhangs.
 
-    `width` / `height` are scalars or per-box arrays. Raises DataFormatError for x2 < x1,
-    y2 < y1 and for boxes lying entirely outside the image (those cannot be repaired). Boxes that
+    `width` / `height` are scalars or per-box arrays. Raises DataFormatError for x2 <= x1,
+    y2 <= y1 (an empty box has no IoU, no regression target) and for boxes lying entirely
+    outside the image (those cannot be repaired). Boxes that
     only extend past the border are clipped to [0, width] x [0, height]: real VG150 boxes are
     clamped to the long side at 1024 scale, not to the image, so short-side overhangs exist in
     the real file (neural-motifs clips them too). `describe(i)` names box i in messages.
     allow_outside=True clips boxes lying entirely outside too (to a degenerate box on the
-    border, as neural-motifs' training clip does) instead of raising.
+    border, as neural-motifs' training clip does) instead of raising. `image_ids` (per box)
+    names the image of a bad box in the error.
     Returns the clipped boxes and how many boxes were clipped.
     """
     if boxes.shape[0] == 0:
         return boxes, 0
     name = describe or (lambda i: f"box {i}")
-    bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    image_of = (lambda i: None) if image_ids is None else (lambda i: int(image_ids[i]))  # noqa
+    bad = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
     if np.any(bad):
         i = int(np.argmax(bad))
-        raise DataFormatError(file, field, "boxes with x2 >= x1 and y2 >= y1",
-                              f"{name(i)} = {boxes[i].tolist()}")
+        raise DataFormatError(file, field, "boxes with x2 > x1 and y2 > y1 (a positive area)",
+                              f"{name(i)} = {boxes[i].tolist()}", image_id=image_of(i))
     width = np.broadcast_to(np.asarray(width, boxes.dtype), boxes.shape[:1])
     height = np.broadcast_to(np.asarray(height, boxes.dtype), boxes.shape[:1])
     outside = ((boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2] <= 0)
@@ -98,7 +117,7 @@ def check_and_clip_boxes(boxes: np.ndarray, width: Any, height: Any, file: str, 
         i = int(np.argmax(outside))
         raise DataFormatError(file, field, "boxes inside their image",
                               f"{name(i)} = {boxes[i].tolist()} lies entirely outside the "
-                              f"{width[i]:g}x{height[i]:g} image")
+                              f"{width[i]:g}x{height[i]:g} image", image_id=image_of(i))
     limits = np.stack([width, height, width, height], axis=1)
     clipped = np.clip(boxes, 0, limits)
     n_clipped = int(np.sum(np.any(clipped != boxes, axis=1)))

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines.batch import Batch
+from data_pipelines.errors import DataFormatError
 
 END_TOKEN = 2
 
@@ -177,6 +178,21 @@ def fit_tokens(tokens: np.ndarray, q: int, length: int) -> np.ndarray:
     return out
 
 
+def decode_example_image(ex: Mapping[str, Any], size: int
+                         ) -> tuple[np.ndarray, float, int, int]:
+    """`decode_resize` of a stored example's image; bytes that do not decode (a build damaged
+    after it was written: the builder decodes every image once) raise DataFormatError naming
+    the image, not an OSError from deep inside a loader thread."""
+    try:
+        return decode_resize(ex["image"], size)
+    except (OSError, SyntaxError, ValueError) as e:
+        name = ex.get("file_name", b"")
+        raise DataFormatError(name.decode() if isinstance(name, bytes) else str(name), "image",
+                              "stored image bytes Pillow can decode (the built dataset's copy "
+                              "of this file is damaged: delete the build to rebuild it)",
+                              " ".join(str(e).split()), image_id=int(ex["image_id"])) from e
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeAndPad(grain.transforms.Map):
     """TFDS example dict -> fixed-shape example dict (steps 1-4 of the module docstring)."""
@@ -185,7 +201,7 @@ class DecodeAndPad(grain.transforms.Map):
 
     def map(self, ex: Mapping[str, Any]) -> dict[str, np.ndarray]:
         c = self.config
-        canvas, scale, th, tw = decode_resize(ex["image"], c.image_size)
+        canvas, scale, th, tw = decode_example_image(ex, c.image_size)
         labels = np.asarray(ex["labels"], np.int32).reshape(-1)
         rels = np.asarray(ex["relations"], np.int32).reshape(-1, 3)
         g, rels, _, _ = truncate_graph(labels, rels, c.max_objects, c.max_relations)
@@ -194,7 +210,7 @@ class DecodeAndPad(grain.transforms.Map):
         q = len(rboxes)
         detector = {}
         if c.detector_image_size and c.detector_image_size != c.image_size:
-            det_canvas, _, dh, dw = decode_resize(ex["image"], c.detector_image_size)
+            det_canvas, _, dh, dw = decode_example_image(ex, c.detector_image_size)
             detector = dict(detector_images=det_canvas,
                             detector_image_sizes=np.array([dh, dw], np.int32))
         return dict(

@@ -41,13 +41,15 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+from google.protobuf import json_format
 from PIL import Image
 
-from data_pipelines.errors import DataFormatError
+from data_pipelines.errors import DataFormatError, atomic_write_json, load_json
 from data_pipelines.records import SceneGraphRecord
 from data_pipelines.statistics import compute_statistics
 
 METADATA_NAME = "sgg_metadata.json"
+FILES_NAME = "sgg_files.json"  # every file of the finished build and its size
 ZERO_SHOT_NAME = "zero_shot_triplets.json"
 SPLITS = ("train", "val", "test")
 PAD, START, END, UNK = 0, 1, 2, 3
@@ -175,14 +177,22 @@ def read_zero_shot_file(path: str) -> list[list[int]]:
 # Builder
 # --------------------------------------------------------------------------------------------
 
-def _image_size(path: str) -> tuple[int, int]:
+def _image_size(path: str, image_id: int) -> tuple[int, int]:
+    """The image file's (width, height), after decoding it whole: a truncated or damaged file
+    fails here, naming the file and image, not later in the training loader. JPEGs decode
+    at 1/8 scale (libjpeg's draft mode still reads every byte), so this costs ~1 ms."""
     try:
         with Image.open(path) as im:
-            return im.size
+            size = im.size
+            im.draft("RGB", (max(size[0] // 8, 1), max(size[1] // 8, 1)))
+            im.load()
+            return size
     except FileNotFoundError as e:
-        raise DataFormatError(path, None, "an existing image file", "no such file") from e
-    except OSError as e:
-        raise DataFormatError(path, None, "an image Pillow can read", str(e)) from e
+        raise DataFormatError(path, "image", "an existing image file", "no such file",
+                              image_id=image_id) from e
+    except (OSError, SyntaxError, ValueError) as e:  # what Pillow raises for a bad file
+        raise DataFormatError(path, "image", "an image file Pillow can decode",
+                              " ".join(str(e).split()), image_id=image_id) from e
 
 
 class SceneGraphDataset(tfds.core.GeneratorBasedBuilder):
@@ -302,7 +312,7 @@ def record_to_example(r: SceneGraphRecord, word_to_idx: dict[str, int]) -> dict[
     When the image file's size differs from the annotated width/height (a few real VG entries are
     wrong), boxes are rescaled to the file's size (the builder prints how many).
     """
-    w, h = _image_size(r.image_path)
+    w, h = _image_size(r.image_path, int(r.image_id))
     boxes = np.asarray(r.boxes, np.float32).reshape(-1, 4)
     region_boxes = np.asarray(r.region_boxes, np.float32).reshape(-1, 4)
     if (w, h) != (int(r.width), int(r.height)):
@@ -349,14 +359,25 @@ def build_dataset(raw_dir: str | os.PathLike, tfds_dir: str | os.PathLike,
     raw_dir = os.path.abspath(os.fspath(raw_dir))
     if not os.path.isdir(raw_dir):
         raise DataFormatError(raw_dir, None, "an existing data directory", "no such directory")
-    builder = get_builder(tfds_dir, config)
+    config = config or make_config()
+    build_dir = os.path.join(os.fspath(tfds_dir), SceneGraphDataset.name, config.name,
+                             str(SceneGraphDataset.VERSION))
+    try:
+        builder = get_builder(tfds_dir, config)
+    except json_format.ParseError as e:  # TFDS reading a damaged dataset_info.json
+        raise _damaged(DataFormatError(os.path.join(build_dir, "dataset_info.json"), None,
+                                       "valid JSON", " ".join(str(e).split())), build_dir) from e
     if is_built(builder):
-        meta = read_metadata(builder)
+        try:
+            meta = read_metadata(builder)
+            check_build_files(builder)
+        except DataFormatError as e:
+            raise _damaged(e, builder.data_dir) from e
         if os.path.abspath(meta["raw_dir"]) != raw_dir:
             raise ValueError(
                 f"{builder.data_dir} was built from {meta['raw_dir']}, not {raw_dir}; use another"
                 " tfds_dir (or delete it to rebuild)")
-        fingerprint = config.fingerprint if config is not None else ""
+        fingerprint = config.fingerprint
         if fingerprint and meta.get("fingerprint") != fingerprint:
             raise ValueError(
                 f"{builder.data_dir} was built from {raw_dir} as it was then; its files (or the "
@@ -365,10 +386,41 @@ def build_dataset(raw_dir: str | os.PathLike, tfds_dir: str | os.PathLike,
         return builder
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=raw_dir))
+    check_build_files(builder)
     return builder
 
 
+def _file_sizes(data_dir: str) -> dict[str, int]:
+    return {name: os.path.getsize(os.path.join(data_dir, name))
+            for name in sorted(os.listdir(data_dir)) if name != FILES_NAME
+            and os.path.isfile(os.path.join(data_dir, name))}
+
+
+def check_build_files(builder: tfds.core.DatasetBuilder) -> None:
+    """Checks that every file of a finished build is there with the size it was written with
+    (`sgg_files.json`, recorded on first use), so a truncated or deleted shard is an error
+    naming the file and how to rebuild, not garbage examples or a decoder's traceback
+    mid-training. Contents are not hashed (a build holds every image)."""
+    data_dir = builder.data_dir
+    manifest = os.path.join(data_dir, FILES_NAME)
+    if not os.path.isfile(manifest):
+        atomic_write_json(manifest, _file_sizes(data_dir))
+        return
+    want = load_json(manifest, "dataset build file list")
+    have = _file_sizes(data_dir)
+    for name, size in want.items():
+        if have.get(name) != size:
+            got = "no such file" if name not in have else f"{have[name]} bytes"
+            raise DataFormatError(os.path.join(data_dir, name), None,
+                                  f"the {size} bytes the dataset build wrote", got)
+
+
+def _damaged(error: DataFormatError, build_dir: str) -> DataFormatError:
+    """`error` (about one file of a finished build) with what to do about it."""
+    error.args = (f"{error.args[0]} (the built dataset was damaged after it was written: "
+                  f"delete {build_dir} to rebuild it)",)
+    return error
+
+
 def read_metadata(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
-    path = os.path.join(builder.data_dir, METADATA_NAME)
-    with open(path, "r", encoding="utf-8") as f:
-        return json.load(f)
+    return load_json(os.path.join(builder.data_dir, METADATA_NAME), "dataset build metadata")

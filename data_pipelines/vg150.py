@@ -333,7 +333,7 @@ def _read_h5(path: str) -> dict[str, np.ndarray]:
 
 
 def _check_ranges(first: np.ndarray, last: np.ndarray, n_items: int, path: str,
-                  names: tuple[str, str]) -> None:
+                  names: tuple[str, str], image_ids: np.ndarray) -> None:
     """first/last: inclusive, both -1 or 0 <= first <= last < n_items."""
     empty = first < 0
     bad = (empty != (last < 0)) | (empty & ((first != -1) | (last != -1)))
@@ -342,7 +342,15 @@ def _check_ranges(first: np.ndarray, last: np.ndarray, n_items: int, path: str,
         i = int(np.argmax(bad))
         raise DataFormatError(path, f"{names[0]}/{names[1]}",
                               f"inclusive ranges within [0, {n_items}) or -1/-1",
-                              f"image {i}: ({int(first[i])}, {int(last[i])})")
+                              f"({int(first[i])}, {int(last[i])}) at image {i}",
+                              image_id=image_ids[i])
+
+
+def _owner(first: np.ndarray, last: np.ndarray, item: int,
+           image_ids: np.ndarray) -> int | None:
+    """The id of the image whose (validated) inclusive range holds row `item`, if any."""
+    hit = np.flatnonzero((first >= 0) & (first <= item) & (item <= last))
+    return int(image_ids[hit[0]]) if hit.size else None
 
 
 def _expand_ranges(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -354,8 +362,9 @@ def _expand_ranges(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _validate(h5: dict[str, np.ndarray], path: str, num_classes: int | None,
-              num_predicates: int | None, box_key: str) -> None:
-    """Cross-checks counts, ranges, labels, boxes and relations of the whole file (vectorised)."""
+              num_predicates: int | None, box_key: str, image_ids: np.ndarray) -> None:
+    """Cross-checks counts, ranges, labels, boxes and relations of the whole file (vectorised);
+    an error names the image that holds the bad row (`image_ids`: image_data.json's)."""
     n_obj, n_rel, n_img = h5["labels"].shape[0], h5["predicates"].shape[0], h5["split"].shape[0]
     for key in ("boxes_1024", "boxes_512"):
         if key in h5 and h5[key].shape[0] != n_obj:
@@ -371,27 +380,32 @@ def _validate(h5: dict[str, np.ndarray], path: str, num_classes: int | None,
         raise DataFormatError(path, "split", "values 0 (train), 1 (val) or 2 (test)",
                               int(h5["split"][np.argmax(bad_split)]))
     _check_ranges(h5["img_to_first_box"], h5["img_to_last_box"], n_obj, path,
-                  ("img_to_first_box", "img_to_last_box"))
+                  ("img_to_first_box", "img_to_last_box"), image_ids)
     _check_ranges(h5["img_to_first_rel"], h5["img_to_last_rel"], n_rel, path,
-                  ("img_to_first_rel", "img_to_last_rel"))
+                  ("img_to_first_rel", "img_to_last_rel"), image_ids)
+    box_owner = lambda i: _owner(h5["img_to_first_box"], h5["img_to_last_box"], i,  # noqa: E731
+                                 image_ids)
+    rel_owner = lambda i: _owner(h5["img_to_first_rel"], h5["img_to_last_rel"], i,  # noqa: E731
+                                 image_ids)
     hi = num_classes - 1 if num_classes else np.iinfo(np.int64).max
     bad = (h5["labels"] < 1) | (h5["labels"] > hi)
     if np.any(bad):
         i = int(np.argmax(bad))
         raise DataFormatError(path, "labels", f"classes in [1, {hi}]",
-                              f"{int(h5['labels'][i])} at object {i}")
+                              f"{int(h5['labels'][i])} at object {i}", image_id=box_owner(i))
     hi = num_predicates - 1 if num_predicates else np.iinfo(np.int64).max
     bad = (h5["predicates"] < 1) | (h5["predicates"] > hi)
     if np.any(bad):
+        i = int(np.argmax(bad))
         raise DataFormatError(path, "predicates", f"predicates in [1, {hi}]",
-                              f"{int(h5['predicates'][np.argmax(bad)])} at relation "
-                              f"{int(np.argmax(bad))}")
+                              f"{int(h5['predicates'][i])} at relation {i}",
+                              image_id=rel_owner(i))
     boxes = h5[box_key]
     bad = np.any(boxes[:, :2] < 0, axis=1) | np.any(boxes[:, 2:] <= 0, axis=1)
     if np.any(bad):
         i = int(np.argmax(bad))
         raise DataFormatError(path, box_key, "xc, yc >= 0 and w, h > 0 (so x2 > x1, y2 > y1)",
-                              f"object {i} = {boxes[i].tolist()}")
+                              f"object {i} = {boxes[i].tolist()}", image_id=box_owner(i))
     # every relation must point into the boxes of the image that owns it
     owner, rel_idx = _expand_ranges(h5["img_to_first_rel"], h5["img_to_last_rel"])
     rel = h5["relationships"][rel_idx]
@@ -403,8 +417,8 @@ def _validate(h5: dict[str, np.ndarray], path: str, num_classes: int | None,
         raise DataFormatError(
             path, "relationships",
             "global object indices inside their image's img_to_first_box..img_to_last_box",
-            f"relation {int(rel_idx[j])} = {rel[j].tolist()} of image {int(owner[j])} whose "
-            f"boxes are {int(lo[j, 0])}..{int(hi_box[j, 0])}")
+            f"relation {int(rel_idx[j])} = {rel[j].tolist()} of image index {int(owner[j])} whose "
+            f"boxes are {int(lo[j, 0])}..{int(hi_box[j, 0])}", image_id=image_ids[owner[j]])
 
 
 def _read_image_data(path: str, n_img: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -421,16 +435,15 @@ def _read_image_data(path: str, n_img: int) -> tuple[np.ndarray, np.ndarray, np.
         data = kept
     cols = []
     for key in ("image_id", "width", "height"):
-        try:
-            col = np.array([d[key] for d in data], dtype=np.float64)
-        except (KeyError, TypeError) as e:
-            raise DataFormatError(path, key, "present in every entry", f"missing ({e})") from e
-        except ValueError as e:
-            raise DataFormatError(path, key, "numbers", str(e)) from e
-        if col.size and (np.any(col != np.round(col)) or (key != "image_id" and np.any(col <= 0))):
-            raise DataFormatError(path, key, "positive integers" if key != "image_id"
-                                  else "integers", "other values")
-        cols.append(col.astype(np.int64))
+        values = [d.get(key) if isinstance(d, Mapping) else None for d in data]
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != round(v) or (
+                    key != "image_id" and v <= 0):
+                image_id = int(cols[0][i]) if cols else None
+                raise DataFormatError(path, f"[{i}].{key}", "positive integers"
+                                      if key != "image_id" else "integers", repr(v),
+                                      image_id=image_id)
+        cols.append(np.asarray(values, np.float64).astype(np.int64))
     return cols[0], cols[1], cols[2]
 
 
@@ -441,13 +454,14 @@ def _select_images(h5: dict[str, np.ndarray], split: str, num_val_im: int,
     n_split = int(mask.sum())
     mask &= h5["img_to_first_box"] >= 0
     n_no_box = n_split - int(mask.sum())
+    part = "test (h5 split 2)" if split == "test" else "train + val (h5 split 0)"
     if n_no_box:
-        print(f"VG150 {split}: dropped {n_no_box} images with no boxes")
+        print(f"VG150 {part}: dropped {n_no_box} images with no boxes")
     if filter_empty_rels:
         before = int(mask.sum())
         mask &= h5["img_to_first_rel"] >= 0
         if before - int(mask.sum()):
-            print(f"VG150 {split}: dropped {before - int(mask.sum())} images with no relations "
+            print(f"VG150 {part}: dropped {before - int(mask.sum())} images with no relations "
                   "(filter_empty_rels)")
     index = np.flatnonzero(mask)
     if num_im > -1:
@@ -531,10 +545,10 @@ def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 500
     if box_key not in h5:
         raise DataFormatError(h5_path, box_key, "present", "missing")
     dicts = load_vg150_dicts(dicts_path) if os.path.isfile(dicts_path) else None
-    _validate(h5, h5_path, dicts.num_classes if dicts else None,
-              dicts.num_predicates if dicts else None, box_key)
     image_ids, widths, heights = _read_image_data(os.path.join(data_dir, IMAGE_DATA_NAME),
                                                   h5["split"].shape[0])
+    _validate(h5, h5_path, dicts.num_classes if dicts else None,
+              dicts.num_predicates if dicts else None, box_key, image_ids)
 
     index = _select_images(h5, split, num_val_im, filter_empty_rels, num_im)
     is_train = split == "train"
@@ -580,7 +594,8 @@ def load_vg150(data_dir: str | os.PathLike, split: str, *, num_val_im: int = 500
     try:
         pix, n_clipped = check_and_clip_boxes(pix, w_img, h_img, h5_path, box_key,
                                               describe=describe,
-                                              allow_outside=outside_boxes == "clip")
+                                              allow_outside=outside_boxes == "clip",
+                                              image_ids=image_ids[index][box_owner])
     except DataFormatError as e:
         e.args = (e.args[0] + " (image_data.json may give a wrong size for this image; "
                   "outside_boxes='clip' clips such boxes as neural-motifs does)",)

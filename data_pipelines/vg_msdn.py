@@ -211,6 +211,39 @@ def load_categories(path: str | os.PathLike) -> dict[str, list[str]]:
     return cats
 
 
+def _parse_msdn_entry(entry: Mapping[str, Any], *, json_path: str, field: str,
+                      cats: dict[str, list[str]], class_of: Any, predicate_of: Any,
+                      image_root: str | None, image_id: int, split: str,
+                      phrase_lengths: tuple[int, int]
+                      ) -> tuple[SceneGraphRecord | None, int, int]:
+    """One VG-MSDN entry -> (record, or None for an image without objects; boxes clipped;
+    regions dropped for their phrase length)."""
+    rec, clipped = parse_graph_entry(entry, path=json_path, field=field, box_key="box",
+                                     class_of=class_of, predicate_of=predicate_of,
+                                     num_predicates=len(cats["predicate"]),
+                                     image_root=image_root, image_id=image_id, split=split)
+    if rec.labels.size == 0:
+        return None, clipped, 0
+    regions = entry.get("regions", [])
+    if not isinstance(regions, list):
+        raise DataFormatError(json_path, f"{field}.regions", "a list", type(regions).__name__)
+    keep = []
+    for reg in regions:
+        phrase = _require(reg, "phrase", json_path, f"{field}.regions")
+        if not isinstance(phrase, list) or not all(isinstance(w, str) for w in phrase):
+            raise DataFormatError(json_path, f"{field}.regions.phrase", "a list of words",
+                                  repr(phrase)[:60])
+        if phrase_lengths[0] <= len(phrase) + 2 < phrase_lengths[1]:
+            keep.append(reg)
+    rboxes = as_box_array([_require(r, "box", json_path, f"{field}.regions") for r in keep],
+                          json_path, f"{field}.regions.box")
+    rboxes, n = check_and_clip_boxes(rboxes, rec.width, rec.height, json_path,
+                                     f"{field}.regions.box")
+    rec.region_boxes = rboxes.astype(np.float32)
+    rec.region_phrases = [list(r["phrase"]) for r in keep]
+    return rec, clipped + n, len(regions) - len(keep)
+
+
 def load_vg_msdn(json_path: str | os.PathLike, categories_path: str | os.PathLike | None = None,
                  *, image_root: str | None = None, min_phrase_len: int = 5,
                  max_phrase_len: int = 11) -> list[SceneGraphRecord]:
@@ -236,34 +269,18 @@ def load_vg_msdn(json_path: str | os.PathLike, categories_path: str | os.PathLik
     for i, entry in enumerate(data):
         field = f"[{i}]"
         image_id = image_id_of(entry, i, json_path, from_file_name=True)
-        rec, n = parse_graph_entry(entry, path=json_path, field=field, box_key="box",
-                                   class_of=class_of, predicate_of=predicate_of,
-                                   num_predicates=len(cats["predicate"]),
-                                   image_root=image_root, image_id=image_id, split=split)
-        clipped += n
-        if rec.labels.size == 0:
+        try:
+            rec, n_clipped, n_dropped = _parse_msdn_entry(
+                entry, json_path=json_path, field=field, cats=cats, class_of=class_of,
+                predicate_of=predicate_of, image_root=image_root, image_id=image_id,
+                split=split, phrase_lengths=(min_phrase_len, max_phrase_len))
+        except DataFormatError as e:
+            raise e.for_image(image_id) from e
+        clipped += n_clipped
+        if rec is None:
             no_boxes += 1
             continue
-        regions = entry.get("regions", [])
-        if not isinstance(regions, list):
-            raise DataFormatError(json_path, f"{field}.regions", "a list",
-                                  type(regions).__name__)
-        keep = []
-        for reg in regions:
-            phrase = _require(reg, "phrase", json_path, f"{field}.regions")
-            if not isinstance(phrase, list) or not all(isinstance(w, str) for w in phrase):
-                raise DataFormatError(json_path, f"{field}.regions.phrase", "a list of words",
-                                      repr(phrase)[:60])
-            if min_phrase_len <= len(phrase) + 2 < max_phrase_len:
-                keep.append(reg)
-        dropped_regions += len(regions) - len(keep)
-        rboxes = as_box_array([_require(r, "box", json_path, f"{field}.regions") for r in keep],
-                              json_path, f"{field}.regions.box")
-        rboxes, n = check_and_clip_boxes(rboxes, rec.width, rec.height, json_path,
-                                         f"{field}.regions.box")
-        clipped += n
-        rec.region_boxes = rboxes.astype(np.float32)
-        rec.region_phrases = [list(r["phrase"]) for r in keep]
+        dropped_regions += n_dropped
         records.append(rec)
     if clipped:
         print(f"{json_path}: clipped {clipped} boxes that extended past their image border")
@@ -304,9 +321,9 @@ def load_vg_msdn_splits(data_dir: str | os.PathLike, *, num_val_im: int = 5000,
             records = records[:num_im]
         for r in records:
             if not os.path.isfile(r.image_path):
-                raise DataFormatError(json_path, f"path (image id {r.image_id})",
-                                      f"an image file under {image_root} "
-                                      f"(image_dir={image_dir!r})", f"no such file {r.image_path}")
+                raise DataFormatError(json_path, "path", f"an image file under {image_root} "
+                                      f"(image_dir={image_dir!r})", f"no such file {r.image_path}",
+                                      image_id=r.image_id)
         if name == "test":
             out["test"] = records
         else:

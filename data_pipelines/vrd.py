@@ -63,10 +63,14 @@ def load_vrd(annotation_path: str | os.PathLike, objects_path: str | os.PathLike
     records, clipped, no_boxes, self_rels = [], 0, 0, 0
     for i, entry in enumerate(data):
         image_id = image_id_of(entry, i, annotation_path)
-        rec, n = parse_graph_entry(entry, path=annotation_path, field=f"[{i}]", box_key="bbox",
-                                   class_of=class_of, predicate_of=predicate_of,
-                                   num_predicates=len(predicates), image_root=image_root,
-                                   image_id=image_id, split=split)
+        try:
+            rec, n = parse_graph_entry(entry, path=annotation_path, field=f"[{i}]",
+                                       box_key="bbox", class_of=class_of,
+                                       predicate_of=predicate_of,
+                                       num_predicates=len(predicates), image_root=image_root,
+                                       image_id=image_id, split=split)
+        except DataFormatError as e:
+            raise e.for_image(image_id) from e
         clipped += n
         if rec.labels.size == 0:
             no_boxes += 1

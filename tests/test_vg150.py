@@ -351,7 +351,7 @@ def test_relation_outside_its_image(written):
         last = f["img_to_last_box"][:]
     rel[0, 1] = last[0] + 1  # first box of the next image: a valid global index, wrong image
     _rewrite(d, "relationships", rel)
-    _expect_error(d, "'relationships'", "relation 0", "of image 0")
+    _expect_error(d, "'relationships'", "relation 0", "of image index 0", "image id 10")
 
 
 def test_nonpositive_box_size(written):
@@ -397,7 +397,7 @@ def test_relations_of_image_without_boxes(written):
     first[0] = last[0] = -1
     _rewrite(d, "img_to_first_box", first)
     _rewrite(d, "img_to_last_box", last)
-    _expect_error(d, "'relationships'", "of image 0")
+    _expect_error(d, "'relationships'", "of image index 0")
 
 
 def test_bad_ranges_and_labels(written):
@@ -426,7 +426,7 @@ def test_image_data_mismatch_and_corrupt_ids(written):
     _assert_same(got, [r for r in recs if r.split == "test"])
     del info[3]["width"]
     (d / vg150.IMAGE_DATA_NAME).write_text(json.dumps(info))
-    _expect_error(d, vg150.IMAGE_DATA_NAME, "'width'")
+    _expect_error(d, vg150.IMAGE_DATA_NAME, "[3].width'", "image id 31")
 
 
 def test_sgb_file_names_are_accepted(written):

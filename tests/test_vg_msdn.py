@@ -106,7 +106,7 @@ def test_bad_entries(tmp_path):
     del entry["objects"]
     _expect(_write(tmp_path, [_entry(), entry]), "[1].objects", "missing")
     _expect(_write(tmp_path, [_entry(objects=[{"box": [9, 0, 5, 5], "class": "ball"}] * 2)]),
-            "[0].objects.box", "x2 >= x1")
+            "[0].objects.box", "x2 > x1")
     _expect(_write(tmp_path, [_entry(objects=[{"box": [300, 0, 305, 5], "class": "ball"}] * 2)]),
             "[0].objects.box", "entirely outside")
     _expect(_write(tmp_path, [_entry(objects=[{"box": [0, 0, "x", 5], "class": "ball"}] * 2)]),

@@ -76,7 +76,7 @@ def test_bad_boxes_and_keys(tmp_path):
     _expect(tmp_path, [_with(objects=objs)], "[0].objects.bbox", "missing")
     objs = [dict(o) for o in ENTRY["objects"]]
     objs[0]["bbox"] = [10, 220, 110, 20]
-    _expect(tmp_path, [_with(objects=objs)], "[0].objects.bbox", "y2 >= y1")
+    _expect(tmp_path, [_with(objects=objs)], "[0].objects.bbox", "y2 > y1")
     objs[0]["bbox"] = [700, 20, 710, 30]
     _expect(tmp_path, [_with(objects=objs)], "[0].objects.bbox", "entirely outside")
     entry = _with()
