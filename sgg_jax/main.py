@@ -57,11 +57,23 @@ def _run_root(config, workdir: str | None) -> str:
     return root
 
 
+class _OneLineBackgroundErrors(logging.Filter):
+    """Drops the tracebacks Orbax logs when a background checkpoint write fails (the trainer
+    reports that failure itself, as one error naming the step that is intact); the log lines
+    stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" in record.pathname:
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("absl").addFilter(_OneLineBackgroundErrors())
     # JAX logs each accelerator plugin it probes and does not find (libtpu on a CPU machine)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     config = FLAGS.config
@@ -101,7 +113,7 @@ def main(argv: list[str]) -> int:
     except preemption.Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         return preemption.EXIT_PREEMPTED
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:  # OSError: a full disk, permissions
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -669,3 +669,48 @@ def test_a_run_directory_alone_predicts_and_unfinished_runs_are_refused(tiny_sgd
     results = trainer.evaluate_run(run_config, str(copy))
     assert results["partial"] == {"stage": "detector", "step": 1, "num_steps": 2}
     assert json.loads((copy / "results.json").read_text())["partial"] == results["partial"]
+
+
+def test_a_predict_killed_mid_write_leaves_only_whole_files(tiny_sgdet_run, tmp_path):
+    """kill -9 between an output's temporary file and its rename, at a random output: every
+    <stem>.json / <stem>.png then present is whole (the JSON parses, the PNG decodes), and the
+    same command rerun writes them all, equal to what the killed run had finished."""
+    import random
+    import signal
+
+    workdir, data = tiny_sgdet_run
+    src = os.path.join(data.raw_dir, "VG_100K")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in sorted(os.listdir(src))[:4]:
+        Image.open(os.path.join(src, name)).convert("RGB").save(inputs / name)
+    out_dir = tmp_path / "out"
+    seed = random.randrange(1 << 30)
+    n = random.Random(seed).randrange(1, 2 * 4 + 1)  # 4 images, a JSON and a PNG each
+    args = ["--config", os.path.join(REPO, "configs/imp.py:tiny"), "--mode", "predict",
+            "--checkpoint", workdir, "--images", str(inputs), "--output", str(out_dir)]
+    killed = subprocess.run([sys.executable, os.path.join(REPO, "tests", "kill_run.py"),
+                             "output", str(n), "--", *args],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, f"seed {seed}: {killed.stderr[-3000:]}"
+    finished = {}
+    for name in sorted(os.listdir(out_dir)):
+        path = out_dir / name
+        if name.endswith(".json"):
+            finished[name] = json.loads(path.read_text())
+        elif name.endswith(".png"):
+            with Image.open(path) as im:
+                im.load()
+            finished[name] = path.read_bytes()
+        else:
+            assert ".tmp." in name, name  # a temporary file, never read
+    # the n-1 renames before the kill (one more may land from another writer thread)
+    assert n - 1 <= len(finished) <= n, (seed, sorted(finished))
+    again = subprocess.run([sys.executable, "-m", "sgg_jax.main", *args], cwd=REPO,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "predict: 4 ok, 0 failed" in again.stderr, again.stderr
+    for name, before in finished.items():
+        path = out_dir / name
+        now = json.loads(path.read_text()) if name.endswith(".json") else path.read_bytes()
+        assert now == before, (seed, name)
+    assert len([f for f in os.listdir(out_dir) if f.endswith((".json", ".png"))]) == 8

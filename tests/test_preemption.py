@@ -47,11 +47,24 @@ def signal_at(monkeypatch, call: int, signum: int) -> None:
     monkeypatch.setattr(mesh_lib, "to_global", sending)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(cache_dir, tmp_path_factory):
+    """case -> the final parameters of an uninterrupted run (computed once per module)."""
+    done = {}
+
+    def params(case: str) -> dict[str, np.ndarray]:
+        if case not in done:
+            done[case] = flat_params(run_stages(CONFIGS[case](cache_dir),
+                                                str(tmp_path_factory.mktemp("ref")))[1])
+        return done[case]
+    return params
+
+
 @pytest.mark.parametrize("case", list(CONFIGS))
 def test_a_signal_checkpoints_its_step_and_resuming_is_exact(case, cache_dir, tmp_path,
-                                                             monkeypatch):
+                                                             monkeypatch, uninterrupted):
     config = CONFIGS[case](cache_dir)
-    reference = flat_params(run_stages(config, str(tmp_path / "ref"))[1])
+    reference = uninterrupted(case)
     plans = experiment.plan_stages(config, experiment.validate(config))
     # a step chosen at random among all steps of all stages, the very last one excepted (a
     # signal during a stage's last step stops at its end, before the next stage)
@@ -227,3 +240,58 @@ def test_kill_9_at_random_moments_resumes_to_the_uninterrupted_results(cache_dir
     want = json.loads((tmp_path / "ref" / "results.json").read_text())
     for mode in ("predcls", "sgcls"):
         assert got[mode] == want[mode], f"seed {seed}: {mode}"
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_and_says_so(cache_dir, tmp_path,
+                                                                  monkeypatch, uninterrupted):
+    """A full disk (ENOSPC) during the objects stage's second save, then a lost permission
+    (EACCES) during the relation stage's first: each stops the run with a CheckpointError
+    naming the failed step and the intact one (or that none is saved), the failed step never
+    becomes a checkpoint, and the reruns end with the uninterrupted run's parameters."""
+    import errno
+
+    from kill_run import fail_writes_of_save
+    from sgg_jax.training.checkpointing import CheckpointError
+    config = CONFIGS["two stages, one optimizer each"](cache_dir)
+    reference = uninterrupted("two stages, one optimizer each")
+    plans = {p.name: p for p in experiment.plan_stages(config, experiment.validate(config))}
+    every = int(config.train.checkpoint_every)
+    assert plans["objects"].num_steps > every  # the objects stage saves twice
+    workdir = tmp_path / "run"
+    objects, relations = (runs.stage_dir(str(workdir), s) for s in ("objects", "relations"))
+    for n, code, stage_dir, step, intact in [
+            (2, errno.ENOSPC, objects, plans["objects"].num_steps, every),
+            (2, errno.EACCES, relations, every, None)]:  # saves counted from the rerun's start
+        fail_writes_of_save(n, code, monkeypatch.setattr)
+        with pytest.raises(CheckpointError) as failed:
+            run_stages(config, str(workdir))
+        monkeypatch.undo()
+        message = str(failed.value)
+        assert f"{stage_dir}: saving the checkpoint of step {step} failed" in message, message
+        assert os.strerror(code) in message
+        if intact is None:
+            assert "No earlier checkpoint of this stage is saved" in message, message
+            assert runs.checkpoint_steps(stage_dir) == []
+        else:
+            assert f"The checkpoint of step {intact} is intact" in message, message
+            assert runs.checkpoint_steps(stage_dir) == [intact]
+        assert os.path.isdir(os.path.join(stage_dir, f"{step}.orbax-checkpoint-tmp"))
+        assert runs.finished_step(stage_dir) is None
+    resumed = flat_params(run_stages(config, str(workdir))[1])
+    assert reference.keys() == resumed.keys()
+    for k in reference:
+        np.testing.assert_array_equal(resumed[k], reference[k], err_msg=k)
+
+
+def test_the_cli_reports_a_full_disk_in_one_line(cache_dir, tmp_path):
+    """Through the CLI: exit 2, one `error:` line, no traceback (Orbax's own logs of the
+    failure keep their lines but lose their tracebacks)."""
+    cmd = [sys.executable, os.path.join(REPO, "tests", "kill_run.py"), "full", "1", "--",
+           "--config", "configs/imp.py:tiny", "--workdir", str(tmp_path / "run"),
+           f"--config.data.cache_dir={cache_dir}", "--config.train.data_parallel=1"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(errors) == 1, out.stderr[-3000:]
+    assert "saving the checkpoint of step" in errors[0] and "No space left on device" in \
+        errors[0] and "No earlier checkpoint of this stage is saved" in errors[0], errors[0]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]

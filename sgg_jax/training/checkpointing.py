@@ -16,12 +16,18 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from sgg_jax.training import runs
+
 
 log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
-    """A saved checkpoint cannot be restored into this run's state."""
+    """A saved checkpoint cannot be restored into this run's state, or one cannot be saved."""
+
+
+def _reason(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__
 
 
 class StageCheckpointer:
@@ -29,6 +35,8 @@ class StageCheckpointer:
 
     def __init__(self, directory: str, *, keep: int = 2):
         self.directory = os.path.abspath(directory)
+        self._pending: int | None = None  # the step of the save that may still be in flight
+        self._failed = False
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True),
@@ -39,10 +47,36 @@ class StageCheckpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_iterator: Any | None, meta: dict) -> None:
+        """Starts saving `step` (Orbax finishes it in the background). A failure of this save
+        or of the one before it (disk full, no permission) raises `CheckpointError` saying
+        which step is intact; the failed step never becomes a checkpoint (it stays under its
+        temporary name, which restore ignores)."""
         items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._guard(lambda: self.manager.save(step, args=ocp.args.Composite(**items),
+                                              force=True), step)
+        self._pending = step
+
+    def _guard(self, write: Any, step: int | None = None) -> None:
+        """Runs `write`; any failure becomes one `CheckpointError` naming the step that could
+        not be saved and the newest committed step, which is left as it was."""
+        try:
+            write()
+        except Exception as e:  # noqa: BLE001 - Orbax / tensorstore / the OS raise many kinds
+            self._failed = True
+            # the save in flight before this call, or this one: the first not committed failed
+            committed = runs.checkpoint_steps(self.directory)
+            failed = min((s for s in (self._pending, step) if s is not None
+                          and s not in committed), default=step)
+            intact = [s for s in committed if failed is None or s < failed]
+            raise CheckpointError(
+                f"{self.directory}: saving the checkpoint of step {failed} failed "
+                f"({type(e).__name__}: {_reason(e)}). "
+                + (f"The checkpoint of step {intact[-1]} is intact: once the cause is fixed "
+                   "(disk space, permissions), the same command resumes from it"
+                   if intact else "No earlier checkpoint of this stage is saved: the same "
+                   "command trains the stage from its start once the cause is fixed")) from None
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None):
         """Restores the state into `abstract_state`'s shapes and shardings (and the iterator
@@ -63,7 +97,7 @@ class StageCheckpointer:
             try:
                 return step, self.restore(step, abstract_state, data_iterator)[0]
             except Exception as e:  # noqa: BLE001 - Orbax / tensorstore raise many kinds
-                reason = " ".join(str(e).split())[:300] or type(e).__name__
+                reason = _reason(e)
                 earlier = [s for s in self.manager.all_steps() if s < step]
                 path = os.path.join(self.directory, str(step))
                 if not fallback:
@@ -139,11 +173,22 @@ class StageCheckpointer:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the save in flight; raises `CheckpointError` if it failed."""
+        self._guard(self.manager.wait_until_finished)
+        self._pending = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        """Finishes the save in flight and releases Orbax's threads. After a failure already
+        raised, closing does not raise it again."""
+        if self._failed:
+            try:
+                self.manager.close()
+            except Exception:  # noqa: BLE001 - the failure was reported by save / wait
+                pass
+            return
+        self.wait()
         self.manager.close()
+
 
 
 def abstract_like(tree: Any) -> Any:
