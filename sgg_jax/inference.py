@@ -103,10 +103,6 @@ def restore_for_inference(workdir_or_ckpt: str, overrides: Any = None, *,
     if partial:
         log.warning("%s: stage '%s' is unfinished (step %d of %d); predicting with it anyway",
                     workdir, partial["stage"], partial["step"], partial["num_steps"])
-    if DETECTOR_GROUP not in params:
-        raise ValueError(f"{workdir}: this run has no detector (config.eval.modes="
-                         f"{config.eval.modes!r} lacks sgdet), so it cannot predict from images "
-                         "alone")
     return exp, params
 
 
@@ -115,51 +111,100 @@ _REGION_OUTPUTS = {"region_boxes": np.float32, "region_mask": bool, "region_scor
                    "captions": np.int32}
 
 
+def _canvas_inputs(exp: Any, who: str, images: Any, image_sizes: Any, detector_images: Any,
+                   detector_image_sizes: Any) -> tuple[Any, Any, Any, Any]:
+    """Checks a batch of canvases (and the detector's own, when the run has them) and returns
+    them as device arrays; a wrong shape or size raises ValueError naming `who`."""
+    size = int(exp.config.input.image_size)
+    det_size = int(exp.config.input.get("detector_image_size", 0) or 0)
+    images, sizes = np.asarray(images), np.asarray(image_sizes)
+    if det_size and det_size != size:
+        if detector_images is None or np.asarray(detector_images).shape[1:] != (
+                det_size, det_size, 3):
+            raise ValueError(f"{who}: this run's detector reads {det_size} px canvases "
+                             "(config.input.detector_image_size): pass detector_images uint8 "
+                             f"[B, {det_size}, {det_size}, 3] and detector_image_sizes")
+        detector_images = jnp.asarray(detector_images)
+        detector_image_sizes = jnp.asarray(detector_image_sizes, jnp.int32)
+    else:
+        detector_images = detector_image_sizes = None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        raise ValueError(f"{who}: images must be uint8 [B, {size}, {size}, 3] "
+                         f"(config.input.image_size={size}), got {images.dtype} {images.shape}")
+    if sizes.shape != (images.shape[0], 2):
+        raise ValueError(f"{who}: image_sizes must be [B, 2] (h, w) with B = "
+                         f"{images.shape[0]}, got shape {sizes.shape}")
+    if np.any(sizes < 1) or np.any(sizes > size):
+        raise ValueError(f"{who}: image_sizes (h, w) must lie in [1, {size}], got "
+                         f"{sizes.tolist()}")
+    return (jnp.asarray(images), jnp.asarray(sizes, jnp.int32), detector_images,
+            detector_image_sizes)
+
+
+def _host_outputs(out: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The module docstring's output dict, as NumPy."""
+    out = jax.device_get(out)
+    regions = {k: np.asarray(out[k], dtype) for k, dtype in _REGION_OUTPUTS.items() if k in out}
+    return {**regions, "boxes": np.asarray(out["boxes"], np.float32),
+            "box_mask": np.asarray(out["box_mask"], bool),
+            "labels": np.asarray(out["labels"], np.int32),
+            "scores": np.asarray(out["scores"], np.float32),
+            "rel_pairs": np.asarray(out["pairs"], np.int32),
+            "pair_mask": np.asarray(out["pair_mask"], bool),
+            "rel_scores": np.asarray(out["rel_scores"], np.float32)}
+
+
 def make_sgdet_fn(exp: Any, params: Any) -> Callable[..., dict]:
     """The jitted SGDet predictor of the module docstring: (images, image_sizes) -> arrays; a
     run whose detector reads its own canvas (`config.input.detector_image_size`) also takes
     `detector_images` / `detector_image_sizes`, the same images letterboxed at that size."""
-    size = int(exp.config.input.image_size)
-    det_size = int(exp.config.input.get("detector_image_size", 0) or 0)
+    if DETECTOR_GROUP not in params:
+        raise ValueError(f"{exp.workdir}: this run has no detector (config.eval.modes="
+                         f"{exp.config.eval.modes!r} lacks sgdet), so it cannot find objects "
+                         "in images alone: give the boxes (predict with boxes=...)")
     step = jax.jit(eval_loop.make_sgdet_step(exp))
 
     def predict(images: np.ndarray, image_sizes: np.ndarray, detector_images=None,
                 detector_image_sizes=None) -> dict[str, np.ndarray]:
-        images = np.asarray(images)
-        sizes = np.asarray(image_sizes)
-        if det_size and det_size != size:
-            if detector_images is None or np.asarray(detector_images).shape[1:] != (
-                    det_size, det_size, 3):
-                raise ValueError(f"make_sgdet_fn: this run's detector reads {det_size} px "
-                                 "canvases (config.input.detector_image_size): pass "
-                                 f"detector_images uint8 [B, {det_size}, {det_size}, 3] and "
-                                 "detector_image_sizes")
-            detector_images = jnp.asarray(detector_images)
-            detector_image_sizes = jnp.asarray(detector_image_sizes, jnp.int32)
-        else:
-            detector_images = detector_image_sizes = None
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
-            raise ValueError(f"make_sgdet_fn: images must be uint8 [B, {size}, {size}, 3] "
-                             f"(config.input.image_size={size}), got {images.dtype} {images.shape}")
-        if sizes.shape != (images.shape[0], 2):
-            raise ValueError(f"make_sgdet_fn: image_sizes must be [B, 2] (h, w) with B = "
-                             f"{images.shape[0]}, got shape {sizes.shape}")
-        if np.any(sizes < 1) or np.any(sizes > size):
-            raise ValueError(f"make_sgdet_fn: image_sizes (h, w) must lie in [1, {size}], got "
-                             f"{sizes.tolist()}")
-        out = jax.device_get(step(params, jnp.asarray(images), jnp.asarray(sizes, jnp.int32),
-                                  detector_images, detector_image_sizes))
-        regions = {k: np.asarray(out[k], dtype) for k, dtype in _REGION_OUTPUTS.items()
-                   if k in out}
-        return {**regions, "boxes": np.asarray(out["boxes"], np.float32),
-                "box_mask": np.asarray(out["box_mask"], bool),
-                "labels": np.asarray(out["labels"], np.int32),
-                "scores": np.asarray(out["scores"], np.float32),
-                "rel_pairs": np.asarray(out["pairs"], np.int32),
-                "pair_mask": np.asarray(out["pair_mask"], bool),
-                "rel_scores": np.asarray(out["rel_scores"], np.float32)}
+        return _host_outputs(step(params, *_canvas_inputs(
+            exp, "make_sgdet_fn", images, image_sizes, detector_images, detector_image_sizes)))
 
     return predict
 
 
-__all__ = ["make_sgdet_fn", "restore_for_inference", "run_config"]
+def make_given_boxes_fn(exp: Any, params: Any) -> Callable[..., dict]:
+    """The jitted predictor for boxes found elsewhere (a user's detector, a hand annotation):
+    (images, image_sizes, boxes [B, G, 4] canvas pixels, box_mask [B, G], labels [B, G] int
+    or None, detector_images=None, detector_image_sizes=None) -> the module docstring's
+    arrays, with the given boxes in the given order (G = config.input.max_objects at most).
+    With labels: PredCls (the labels are kept, scores 1); without: SGCls (the model
+    classifies each box). Compiled once per mode and batch size."""
+    steps: dict[str, Callable] = {}
+    max_objects = int(exp.config.input.max_objects)
+
+    def predict(images: np.ndarray, image_sizes: np.ndarray, boxes: np.ndarray,
+                box_mask: np.ndarray, labels: np.ndarray | None = None, detector_images=None,
+                detector_image_sizes=None) -> dict[str, np.ndarray]:
+        mode = "predcls" if labels is not None else "sgcls"
+        canvases = _canvas_inputs(exp, "make_given_boxes_fn", images, image_sizes,
+                                  detector_images, detector_image_sizes)
+        boxes, box_mask = np.asarray(boxes, np.float32), np.asarray(box_mask, bool)
+        b = canvases[0].shape[0]
+        if boxes.ndim != 3 or boxes.shape[0] != b or boxes.shape[2] != 4 or (
+                boxes.shape[1] > max_objects) or box_mask.shape != boxes.shape[:2]:
+            raise ValueError(f"make_given_boxes_fn: boxes must be [B={b}, G, 4] with G <= "
+                             f"{max_objects} (config.input.max_objects) and box_mask [B, G], "
+                             f"got {boxes.shape} and {box_mask.shape}")
+        labels = np.zeros(box_mask.shape, np.int32) if labels is None else np.asarray(
+            labels, np.int32)
+        if mode not in steps:
+            steps[mode] = jax.jit(eval_loop.make_given_boxes_step(exp, mode))
+        images, sizes, det_images, det_sizes = canvases
+        return _host_outputs(steps[mode](params, images, sizes, jnp.asarray(boxes),
+                                         jnp.asarray(box_mask), jnp.asarray(labels),
+                                         det_images, det_sizes))
+
+    return predict
+
+
+__all__ = ["make_given_boxes_fn", "make_sgdet_fn", "restore_for_inference", "run_config"]

@@ -32,6 +32,10 @@ flags.DEFINE_string("checkpoint", None, "For --mode=eval/predict: a training wor
                     "the workdir).")
 flags.DEFINE_string("images", None, "For --mode=predict: comma-separated image files or folders "
                     "(overrides config.predict.images).")
+flags.DEFINE_string("boxes", None, "For --mode=predict: a JSON file of each image's boxes "
+                    '({"photo.jpg": {"boxes": [[x1, y1, x2, y2], ...], "labels": [...]}}, '
+                    "labels optional): the model relates these boxes instead of detecting "
+                    "(PredCls with labels, SGCls without).")
 flags.DEFINE_string("output", None, "For --mode=predict: directory for <stem>.json and "
                     "<stem>.png (overrides config.predict.output).")
 
@@ -107,7 +111,7 @@ def main(argv: list[str]) -> int:
             return predict.run_cli(config, _run_root(config, workdir),
                                    FLAGS.images or (config.predict.images if config else ""),
                                    FLAGS.output or (config.predict.output if config else ""),
-                                   explicit=explicit)
+                                   explicit=explicit, boxes=FLAGS.boxes or "")
         else:
             raise app.UsageError(f"config.mode={mode!r}: expected train, eval or predict")
     except preemption.Preempted as e:

@@ -117,6 +117,9 @@ class SceneGraph:
     `image` (not serialised) is the original RGB image, used by `draw()`.
     Caption regions (models that caption, MSDN; None otherwise), best first: region_boxes
     [R,4] x1y1x2y2 original pixels, region_scores [R], region_captions (R strings).
+    mode: "sgdet" (the run's detector found the objects), "sgcls" (boxes were given, the
+    model classified them) or "predcls" (boxes and classes were given); with given boxes the
+    objects keep the given order.
     """
 
     width: int
@@ -135,6 +138,7 @@ class SceneGraph:
     region_boxes: np.ndarray | None = None
     region_scores: np.ndarray | None = None
     region_captions: list[str] | None = None
+    mode: str = "sgdet"
 
     @property
     def has_regions(self) -> bool:
@@ -164,7 +168,7 @@ class SceneGraph:
         d = dict(format=FORMAT,
                  image=dict(path=self.image_path, width=int(self.width),
                             height=int(self.height)),
-                 objects=objects, relations=relations)
+                 mode=self.mode, objects=objects, relations=relations)
         if self.has_regions:
             d["regions"] = [dict(box=[float(v) for v in b], score=float(s), caption=str(c))
                             for b, s, c in zip(np.asarray(self.region_boxes).reshape(-1, 4),
@@ -227,7 +231,8 @@ class SceneGraph:
                            [r.get("predicate_score", r["score"]) for r in rels], np.float64),
                        class_names=list(d["vocab"]["classes"]),
                        predicate_names=list(d["vocab"]["predicates"]),
-                       image_path=d["image"].get("path"), **regions)
+                       image_path=d["image"].get("path"), mode=str(d.get("mode", "sgdet")),
+                       **regions)
         except (KeyError, TypeError, ValueError) as e:
             raise DataFormatError(source, None, f"a {FORMAT} document", repr(e)) from e
 
@@ -262,10 +267,12 @@ class SceneGraph:
 def build_scene_graph(out: dict[str, np.ndarray], b: int, loaded: LoadedImage,
                       class_names: Sequence[str], predicate_names: Sequence[str],
                       top_k: int, idx_to_word: Sequence[str] | None = None,
-                      top_regions: int = 5, region_nms: float = 1.0) -> SceneGraph:
+                      top_regions: int = 5, region_nms: float = 1.0, mode: str = "sgdet"
+                      ) -> SceneGraph:
     """Row `b` of an SGDet output dict -> SceneGraph in `loaded`'s original pixels.
 
-    Keeps the valid detections (box_mask), sorted by score (stable), and re-indexes the pairs;
+    Keeps the valid detections (box_mask), sorted by score (stable; given boxes, `mode`
+    "predcls" / "sgcls", keep their order), and re-indexes the pairs;
     pairs touching an invalid detection or a self pair are ignored. When `out` has captions
     (MSDN) and `idx_to_word` is given, the top `top_regions` valid regions by score (after
     greedy NMS at IoU `region_nms`; 1 = none) come with their caption text (`select_regions`).
@@ -274,7 +281,7 @@ def build_scene_graph(out: dict[str, np.ndarray], b: int, loaded: LoadedImage,
     mask = np.asarray(out["box_mask"][b], bool)
     det = np.flatnonzero(mask)
     scores = np.asarray(out["scores"][b], np.float64)
-    order = det[np.argsort(-scores[det], kind="stable")]
+    order = det if mode != "sgdet" else det[np.argsort(-scores[det], kind="stable")]
     new_index = np.full(mask.shape[0], -1, np.int64)
     new_index[order] = np.arange(len(order))
     boxes = boxes_to_original(np.asarray(out["boxes"][b])[order], loaded.scale, w, h)
@@ -295,6 +302,6 @@ def build_scene_graph(out: dict[str, np.ndarray], b: int, loaded: LoadedImage,
         rel_pairs=new_index[rp].reshape(-1, 2), rel_predicates=pred,
         rel_scores=_round(tscore, 6), rel_predicate_scores=_round(pscore, 6),
         class_names=list(class_names), predicate_names=list(predicate_names),
-        image_path=loaded.path, image=loaded.image, **regions)
+        image_path=loaded.path, image=loaded.image, mode=mode, **regions)
 
 

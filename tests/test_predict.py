@@ -266,7 +266,7 @@ def test_triplet_ranking_matches_a_loop_reference(seed):
 def test_json_schema_and_round_trip():
     sg = fake_predictor(top_relations=4).predict(picture(300, 200))
     d = json.loads(sg.to_json())
-    assert set(d) == {"format", "image", "objects", "relations", "vocab"}
+    assert set(d) == {"format", "image", "mode", "objects", "relations", "vocab"}
     assert d["image"] == {"path": None, "width": 300, "height": 200}
     assert d["vocab"] == {"classes": CLASSES, "predicates": PREDICATES}
     assert len(d["objects"]) == 3 and len(d["relations"]) == 4
@@ -343,7 +343,7 @@ def test_regions_round_trip_through_json_and_old_documents_still_load():
                              CLASSES, PREDICATES, 4, WORDS, top_regions=3)
     text = sg.to_json()
     d = json.loads(text)
-    assert list(d) == ["format", "image", "objects", "relations", "regions", "vocab"]
+    assert list(d) == ["format", "image", "mode", "objects", "relations", "regions", "vocab"]
     assert d["format"] == G.FORMAT
     assert d["regions"][0] == {"box": [64.0, 32.0, 192.0, 128.0], "score": 0.8,
                                "caption": "man"}
@@ -714,3 +714,124 @@ def test_a_predict_killed_mid_write_leaves_only_whole_files(tiny_sgdet_run, tmp_
         now = json.loads(path.read_text()) if name.endswith(".json") else path.read_bytes()
         assert now == before, (seed, name)
     assert len([f for f in os.listdir(out_dir) if f.endswith((".json", ".png"))]) == 8
+
+
+# ------------------------------------------------------------------------------------------
+# Boxes found elsewhere
+# ------------------------------------------------------------------------------------------
+
+def _test_image(data, k: int = 0, limit: int = 6):
+    """(path, ground-truth boxes [G, 4] original pixels, labels [G]) of the k-th test image,
+    its first `limit` objects (the tiny preset holds 8)."""
+    gt = data.ground_truth("test")
+    source = data.sources["test"]
+    image_id = int(source[k]["image_id"])
+    name = source[k]["file_name"]
+    path = os.path.join(data.raw_dir, "VG_100K", name.decode() if isinstance(name, bytes)
+                        else name)
+    return path, gt[image_id]["boxes"][:limit], gt[image_id]["labels"][:limit]
+
+
+def test_given_boxes_are_related_as_predcls_and_sgcls_score(tiny_sgdet_run):
+    """Boxes and classes given: PredCls among exactly those boxes, in their order, with the
+    relation scores of the evaluator's own PredCls step on the same canvas; permuting the
+    boxes permutes the graph. Without classes: SGCls, the model's classes."""
+    import jax
+
+    import sgg_jax
+    from data_pipelines.pipeline import empty_batch
+    from sgg_jax.images import load_image
+    from sgg_jax.training import data as data_lib
+    from sgg_jax.training.eval_loop import make_score_step
+
+    workdir, data = tiny_sgdet_run
+    g = sgg_jax.load(workdir, {"predict.top_relations": 1000})
+    path, boxes, labels = _test_image(data)
+    n = len(labels)
+    names = [data.idx_to_label[int(i)] for i in labels]
+    sg = g.predict(path, boxes=boxes.tolist(), labels=names)
+    assert sg.mode == "predcls" and json.loads(sg.to_json())["mode"] == "predcls"
+    np.testing.assert_allclose(sg.boxes, boxes, atol=0.01)
+    np.testing.assert_array_equal(sg.labels, labels)
+    np.testing.assert_array_equal(sg.scores, np.ones(n))
+    assert len(sg.rel_pairs) == n * (n - 1)  # graph constraint: one predicate per pair
+
+    # the evaluator's PredCls step on a batch holding the same canvas and boxes
+    from sgg_jax import inference
+    exp, params = inference.restore_for_inference(workdir)
+    li = load_image(path, g.image_size)
+    cfg = data_lib.input_config(exp.config, exp.facts, batch_size=g.batch_size, train=False)
+    batch = empty_batch(cfg, g.batch_size)
+    batch.images[0] = li.canvas
+    batch.image_sizes[:] = li.content_hw
+    batch.boxes[0, :n] = boxes * li.scale
+    batch.box_mask[0, :n] = True
+    batch.labels[0, :n] = labels
+    ref = jax.device_get(jax.jit(make_score_step(exp.model("predcls"), "predcls",
+                                                 exp.model_state))(
+        exp.relation_params(params), batch))
+    by_pair = {tuple(p): ref["rel_scores"][0, m] for m, p in enumerate(ref["pairs"][0])
+               if ref["pair_mask"][0, m]}
+    for (s, o), p, score in zip(sg.rel_pairs, sg.rel_predicates, sg.rel_predicate_scores):
+        assert score == pytest.approx(float(by_pair[(s, o)][p]), abs=2e-6)
+        assert p == 1 + int(np.argmax(by_pair[(s, o)][1:]))
+
+    perm = np.random.default_rng(0).permutation(n)
+    flipped = g.predict(path, boxes=boxes[perm].tolist(), labels=labels[perm].tolist())
+    # the same pairs with the same scores (an untrained model's near-ties may pick another
+    # predicate of equal score: message passing sums in another order)
+    moved = {(int(perm[s]), int(perm[o])): (int(p), float(ps)) for (s, o), p, ps in
+             zip(flipped.rel_pairs, flipped.rel_predicates, flipped.rel_predicate_scores)}
+    assert len(moved) == n * (n - 1)
+    for (s, o), best in by_pair.items():
+        p, score = moved[(s, o)]
+        assert score == pytest.approx(float(best[p]), abs=1e-5)
+        assert score == pytest.approx(float(best[1:].max()), abs=1e-5)
+
+    sgcls = g.predict(path, boxes=boxes.tolist())
+    assert sgcls.mode == "sgcls" and len(sgcls.labels) == n
+    assert np.all((sgcls.labels >= 1) & (sgcls.labels < len(data.idx_to_label)))
+    assert np.all((sgcls.scores > 0) & (sgcls.scores <= 1))
+
+
+def test_the_cli_takes_a_boxes_file_and_names_each_bad_entry(tiny_sgdet_run, tmp_path):
+    workdir, data = tiny_sgdet_run
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    entries, names = {}, []
+    for k in range(6):
+        path, boxes, labels = _test_image(data, k % len(data.sources["test"]))
+        name = f"im{k}.jpg"
+        Image.open(path).convert("RGB").save(inputs / name)
+        names.append(name)
+        entries[name] = {"boxes": boxes.tolist(),
+                         "labels": [data.idx_to_label[int(i)] for i in labels]}
+    del entries["im1.jpg"]["labels"]                      # SGCls
+    entries["im2.jpg"]["boxes"][1][2] = entries["im2.jpg"]["boxes"][1][0]  # zero width
+    entries["im3.jpg"]["labels"][0] = "unicorn"          # not a class of the run
+    del entries["im4.jpg"]                               # no entry
+    entries["im5.jpg"]["boxes"] = entries["im5.jpg"]["boxes"] * 20  # over max_objects
+    entries["im5.jpg"]["labels"] = entries["im5.jpg"]["labels"] * 20
+    boxes_file = tmp_path / "boxes.json"
+    boxes_file.write_text(json.dumps(entries))
+    out_dir = tmp_path / "out"
+    out = subprocess.run(
+        [sys.executable, "-m", "sgg_jax.main", "--mode", "predict", "--checkpoint", workdir,
+         "--images", str(inputs), "--output", str(out_dir), "--boxes", str(boxes_file)],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "predict: 2 ok, 4 failed" in out.stderr, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 4 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    text = "\n".join(errors)
+    assert f"{boxes_file}: 'im2.jpg': field 'boxes': expected boxes with x2 > x1" in text
+    assert "box 1 = " in text
+    assert f"{boxes_file}: 'im3.jpg': field 'labels[0]'" in text and "'unicorn'" in text
+    assert f"{boxes_file}: expected an entry for 'im4.jpg'" in text
+    assert f"{boxes_file}: 'im5.jpg': field 'boxes': expected at most" in text
+    for name, mode in (("im0", "predcls"), ("im1", "sgcls")):
+        d = json.loads((out_dir / f"{name}.json").read_text())
+        assert d["mode"] == mode
+        np.testing.assert_allclose([o["box"] for o in d["objects"]],
+                                   entries[f"{name}.jpg"]["boxes"], atol=0.01)
+    assert sorted(os.listdir(out_dir)) == ["im0.json", "im0.png", "im1.json", "im1.png"]

@@ -159,6 +159,52 @@ def make_sgdet_step(exp: Any) -> Callable:
     return step
 
 
+GIVEN_BOX_MODES = ("predcls", "sgcls")
+
+
+def make_given_boxes_step(exp: Any, mode: str) -> Callable:
+    """(params, images, image_sizes, boxes [B,G,4] canvas pixels, box_mask [B,G], labels [B,G]
+    (PredCls: the given classes; SGCls: ignored, the model classifies), detector_images=None,
+    detector_image_sizes=None) -> the `make_sgdet_step` outputs for boxes someone else found
+    (jittable). Every ordered pair of given boxes is a candidate; the boxes come back as given
+    (a box-refinement head does not move them). A model whose SGDet hooks add inputs (caption
+    regions proposed from the image) gets them here too; the detector group is needed then."""
+    if mode not in GIVEN_BOX_MODES:
+        raise ValueError(f"given boxes: mode must be one of {GIVEN_BOX_MODES}, got {mode!r}")
+    model, model_state = exp.model(mode), dict(exp.model_state)
+    hooks = exp.spec.sgdet(exp) if exp.spec.sgdet is not None else None
+
+    def step(params: Any, images: jax.Array, image_sizes: jax.Array, boxes: jax.Array,
+             box_mask: jax.Array, labels: jax.Array, detector_images: jax.Array | None = None,
+             detector_image_sizes: jax.Array | None = None) -> dict[str, jax.Array]:
+        num_obj = boxes.shape[1]
+        pairs, pair_mask = relation_sampling.all_pairs(box_mask, num_obj * (num_obj - 1))
+        labels = jnp.where(box_mask, labels, 0).astype(jnp.int32)
+        extra_inputs, extra_out = {}, {}
+        if hooks is not None and hooks.extra_inputs is not None:
+            det_images, det_sizes, det_scale = detector_view(
+                images, image_sizes, detector_images, detector_image_sizes)
+            extra_inputs, extra_out = hooks.extra_inputs(params, det_images, det_sizes,
+                                                         det_scale)
+        inputs = ModelInputs(images=images, image_sizes=image_sizes, boxes=boxes,
+                             box_mask=box_mask,
+                             labels=labels if mode == "predcls" else jnp.zeros_like(labels),
+                             pairs=pairs, pair_mask=pair_mask, **extra_inputs)
+        outputs = model.apply({"params": exp.relation_params(params), **model_state}, inputs,
+                              train=False)
+        scored = postprocess.predict_scores(outputs, mode, labels=labels)
+        out = dict(boxes=boxes, box_mask=box_mask,
+                   labels=jnp.where(box_mask, scored["obj_labels"], 0),
+                   scores=jnp.where(box_mask, scored["obj_scores"], 0.0), pairs=pairs,
+                   pair_mask=pair_mask, rel_scores=scored["rel_scores"], **extra_out)
+        if hooks is not None and hooks.finish is not None:
+            out = hooks.finish(out, outputs, image_sizes)
+        out["boxes"] = boxes  # as given
+        return out
+
+    return step
+
+
 # ----------------------------------------------------------------------------------------------
 # Host side: ground truth, predictions, counts
 
