@@ -191,19 +191,25 @@ def test_boxes_map_back_to_original_pixels(size):
         sg = g.predict(image)
         assert (sg.width, sg.height) == size
         images, sizes = g.sgdet_fn.calls[-1]
-        assert images.shape == (2, S, S, 3) and tuple(sizes[0]) == CONTENT_HW[size]
+        assert images.shape == (1, S, S, 3) and tuple(sizes[0]) == CONTENT_HW[size]
         by_label = {int(l): b for l, b in zip(sg.labels, sg.boxes)}
         np.testing.assert_allclose(by_label[1], HAND[size][0], atol=0.01)
         np.testing.assert_allclose(by_label[2], HAND[size][1], atol=0.01)
 
 
-def test_batches_are_padded_to_the_batch_size():
-    g = fake_predictor(batch_size=3)
-    graphs = g.predict_batch([picture(50 + 10 * i, 40) for i in range(4)])
-    assert [sg.width for sg in graphs] == [50, 60, 70, 80]
-    assert [c[0].shape[0] for c in g.sgdet_fn.calls] == [3, 3]
-    # the padding rows repeat the last real image (never an empty, zero-size one)
-    np.testing.assert_array_equal(g.sgdet_fn.calls[1][1][1], g.sgdet_fn.calls[1][1][0])
+def test_batches_are_padded_to_a_power_of_two_bucket():
+    g = fake_predictor(batch_size=6)
+    assert [g.bucket_size(n) for n in range(1, 7)] == [1, 2, 4, 4, 6, 6]
+    graphs = g.predict_batch([picture(50 + 10 * i, 40) for i in range(9)])
+    assert [sg.width for sg in graphs] == [50 + 10 * i for i in range(9)]
+    assert [c[0].shape[0] for c in g.sgdet_fn.calls] == [6, 4]  # 6 images, then 3 of 4 rows
+    # the padding row repeats the last real image (never an empty, zero-size one)
+    np.testing.assert_array_equal(g.sgdet_fn.calls[1][1][3], g.sgdet_fn.calls[1][1][2])
+    np.testing.assert_array_equal(g.sgdet_fn.calls[1][0][3], g.sgdet_fn.calls[1][0][2])
+    g.predict(picture(30, 20))  # one image runs at batch 1
+    assert g.sgdet_fn.calls[-1][0].shape[0] == 1
+    with pytest.raises(ValueError, match="1..6 images"):
+        g.bucket_size(7)
 
 
 # ------------------------------------------------------------------------------------------
