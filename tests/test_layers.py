@@ -32,6 +32,7 @@ LAYERS = {
     "sgg_jax.evaluate": 4,
     "sgg_jax.main": 4,
     "sgg_jax.compare": 4,
+    "sgg_jax.export": 4,
     "sgg_jax.__main__": 4,
     "sgg_jax": 4,  # the package face (sgg_jax.load)
 }

@@ -563,36 +563,6 @@ def test_a_graph_read_back_from_json_draws_from_its_image_path(tmp_path):
 # End to end: a tiny trained run -> python -m sgg_jax.main --mode predict
 # ------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_sgdet_run(tmp_path_factory):
-    """A tiny IMP + detector run directory: its config.json and a `detector` stage checkpoint of
-    the initial parameters (no training step is compiled: this checks the plumbing restore ->
-    SGDet -> files, not accuracy). Score threshold 0 keeps the untrained detections."""
-    import jax
-
-    from sgg_jax.training import experiment, optim, runs
-    from sgg_jax.training.checkpointing import StageCheckpointer
-    from sgg_jax.training.steps import TrainState
-    from training_utils import load_config
-
-    root = tmp_path_factory.mktemp("predict_run")
-    config = load_config("imp", "tiny", **{
-        "data.cache_dir": str(root / "cache"), "train.data_parallel": 1, "eval.modes": "sgdet",
-        "train.stage_order": "detector", "train.stages.detector.num_steps": 1,
-        "model.detector.score_thresh": 0.0})
-    workdir = str(root / "run")
-    exp = experiment.setup(config, workdir)
-    experiment.save_run_files(exp)
-    params = experiment.init_params(exp, jax.random.key(0))
-    stage = config.train.stages.detector
-    state = TrainState.create(params, optim.make_optimizers(stage, config.train, params))
-    ckpt = StageCheckpointer(exp.checkpoint_dir("detector"))
-    ckpt.save(1, state, None, dict(stage="detector", step=1))
-    ckpt.close()
-    runs.mark_finished(exp.checkpoint_dir("detector"), "detector", 1, 1)
-    return workdir, exp.data
-
-
 def test_end_to_end_predict_on_generated_images(tiny_sgdet_run, tmp_path):
     workdir, data = tiny_sgdet_run
     src = os.path.join(data.raw_dir, "VG_100K")
