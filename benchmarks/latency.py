@@ -5,8 +5,11 @@ For each run: `sgg_jax.load(run).predict(path)` on N images after warm-up (the p
 decode, letterbox, the jitted SGDet step, post-processing and triplet ranking), median and p90
 in ms; the same images once more piece by piece for where the time goes (load = decode +
 letterbox, forward = the jitted step with its device-to-host copy, post = scene graph and
-ranking); the compile time of the first call apart. Runs are timed in turns (a, b, a, b, ...)
-so a change in the machine's load hits all alike; `vs_first` is each run's ratio to the first.
+ranking); the compile time of the first call apart. Each run is also exported
+(`sgg_jax.export`, SGDet, batch 1) and timed the same way with the artifact in place of the
+jitted step (path `jax.export`). Runs and paths are timed in turns (a, b, a, b, ...), twice,
+keeping the quieter, so a change in the machine's load hits all alike; `vs_first` is each
+row's ratio to the first run's jax.jit row.
 
   python benchmarks/latency.py --runs runs/imp,runs/msdn [--images DIR] [--num-images 50]
       [--warmup 3] [--output latency.json]
@@ -19,6 +22,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -81,6 +85,41 @@ def time_run(g, images: list[str], warmup: int) -> dict:
                 post_ms=statistics.median(post), compile_s=first - median / 1e3)
 
 
+def time_exported(g, fn, meta: dict, images: list[str], warmup: int) -> dict:
+    """The same end to end with the `jax.export` artifact in place of the jitted step
+    (decode and letterbox, exported call, scene graph and ranking)."""
+    import numpy as np
+
+    from sgg_jax.images import letterbox, load_image
+    from sgg_jax.inference import _host_outputs
+    from sgg_jax.scene_graph import build_scene_graph
+    names = [o["name"] for o in meta["outputs"]]
+    extra = [i["name"] for i in meta["inputs"][2:]]
+
+    def predict(path: str):
+        li = load_image(path, g.image_size)
+        args = [li.canvas[None], np.asarray([li.content_hw], np.int32)]
+        if extra:  # a reused detector's own canvas
+            canvas, _, th, tw = letterbox(li.image, g.detector_image_size)
+            args += [canvas[None], np.asarray([[th, tw]], np.int32)]
+        out = _host_outputs(dict(zip(names, fn.call(*args))))
+        return build_scene_graph(out, 0, li, g.class_names, g.predicate_names,
+                                 g.top_relations, g.idx_to_word, g.top_regions, g.region_nms)
+
+    t0 = time.perf_counter()
+    predict(images[0])
+    first = time.perf_counter() - t0
+    for path in images[1:1 + warmup]:
+        predict(path)
+    total = []
+    for path in images:
+        t0 = time.perf_counter()
+        predict(path)
+        total.append(1e3 * (time.perf_counter() - t0))
+    median = statistics.median(total)
+    return dict(ms_median=median, ms_p90=percentile(total, 0.9), compile_s=first - median / 1e3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", required=True, help="comma-separated trained run directories")
@@ -93,6 +132,7 @@ def main() -> None:
     import jax
 
     import sgg_jax
+    from sgg_jax import export
     from sgg_jax.images import find_images
     from sgg_jax.training import runs as runs_lib
 
@@ -102,21 +142,35 @@ def main() -> None:
     if len(images) < args.num_images:
         raise SystemExit(f"{folder}: {len(images)} images, fewer than --num-images")
     predictors = {r: sgg_jax.load(r) for r in run_dirs}
-    rows = {}
-    for r, g in predictors.items():  # in turns: every run, then every run again
-        rows[r] = time_run(g, images, args.warmup)
-    for r, g in predictors.items():
-        again = time_run(g, images, 0)
-        for k in ("ms_median", "ms_p90", "load_ms", "forward_ms", "post_ms"):
-            rows[r][k] = min(rows[r][k], again[k])  # the quieter of the two turns
+    tmp = tempfile.mkdtemp(prefix="sgg_latency_")
+    artifacts = {}
+    for i, r in enumerate(run_dirs):
+        path = os.path.join(tmp, f"{i}.sggx")
+        export.export_run(r, "sgdet", path, batch=1)
+        artifacts[r] = export.load_exported(path)
+    rows: dict[tuple[str, str], dict] = {}
+    for turn in range(2):  # in turns: every run and path, then all again; keep the quieter
+        for r, g in predictors.items():
+            for path_name, measure in (
+                    ("jax.jit", lambda: time_run(g, images, args.warmup if turn == 0 else 0)),
+                    ("jax.export", lambda: time_exported(g, *artifacts[r], images,
+                                                         args.warmup if turn == 0 else 0))):
+                row = measure()
+                old = rows.get((r, path_name))
+                if old is None:
+                    rows[(r, path_name)] = row
+                else:
+                    for k in row:
+                        if k != "compile_s":
+                            old[k] = min(old[k], row[k])
     table = []
-    first = rows[run_dirs[0]]["ms_median"]
-    for r in run_dirs:
+    first = rows[(run_dirs[0], "jax.jit")]["ms_median"]
+    for (r, path_name), row in rows.items():
         config = runs_lib.load_run_config(r)
         table.append(dict(run=r, model=config.model.name, batch=1,
                           image_size=int(config.input.image_size),
                           detections=int(config.model.detector.detections_per_image),
-                          path="jax.jit", vs_first=rows[r]["ms_median"] / first, **rows[r]))
+                          path=path_name, vs_first=row["ms_median"] / first, **row))
     print_table(table, ["model", "path", "image_size", "detections", "batch", "ms_median",
                         "ms_p90", "load_ms", "forward_ms", "post_ms", "compile_s", "vs_first"],
                 title=f"latency per image, end to end, {len(images)} images "
