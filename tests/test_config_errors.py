@@ -13,10 +13,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from sgg_jax.main import flag_error_message
+from sgg_jax.models import registry
 from sgg_jax.training import experiment
 from training_utils import REPO, load_config
 
-CONFIGS = ("freq", "imp", "msdn", "detector")
+CONFIGS = ("freq", "imp", "motifs", "msdn", "detector")
 
 
 @pytest.mark.parametrize("args, says", [
@@ -114,6 +115,11 @@ def test_a_name_outside_its_choices_is_refused_before_any_data(name):
     for key in keys:
         with pytest.raises(ValueError, match=f"config.{key}='nope': expected one of"):
             experiment.check_choices(load_config(name, "default", **{key: "nope"}))
+    spec = registry.spec_for(config.model)  # the model's own closed sets (ModelSpec.choices)
+    for key in spec.choices:
+        with pytest.raises(ValueError, match=f"config.model.{key}='nope': expected one of"):
+            experiment.validate(load_config(name, "default", **{f"model.{key}": "nope"}),
+                                training=False)
 
 
 def test_every_stage_field_can_be_set_from_the_command_line():

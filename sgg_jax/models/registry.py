@@ -40,6 +40,7 @@ BUILTIN_MODULES = {
     "detector": "sgg_jax.models.detector",
     "freq": "sgg_jax.models.freq",
     "imp": "sgg_jax.models.imp",
+    "motifs": "sgg_jax.models.motifs",
     "msdn": "sgg_jax.models.msdn",
 }
 
@@ -121,6 +122,8 @@ class ModelSpec:
       `(outputs, targets, config) -> {part name: scalar}` (sgg_jax/losses.py `LossTargets`),
       or None for a term the model returns itself in `ModelOutputs.losses`.
     config: model-specific `config.model` fields with their defaults (validated, documented).
+    choices: those of them that take one of a few names, field -> the names (checked before
+      any data is generated, naming the field).
     needs_training: False when PredCls / SGCls work from the initial parameters (FREQ).
     train_extras: optional (exp, stage name, loss names) -> (sampler or None, loss names to
       train): a relation stage's per-step extras, `sampler(params, batch, key)` returning an
@@ -146,6 +149,7 @@ class ModelSpec:
     requires: tuple[str, ...] = ()
     losses: Mapping[str, Callable | None] = dataclasses.field(default_factory=dict)
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    choices: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     needs_training: bool = True
     train_extras: Callable[..., tuple[Callable | None, tuple[str, ...]]] | None = None
     auxiliary: tuple[AuxiliaryNetwork, ...] = ()

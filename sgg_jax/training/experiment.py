@@ -251,6 +251,11 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> regist
     check_ranges(config)
     check_choices(config)
     spec = registry.spec_for(config.model)
+    for key, allowed in spec.choices.items():
+        value = registry.option(config.model, key, spec)
+        if value not in allowed:
+            raise ValueError(f"config.model.{key}={value!r}: expected one of "
+                             f"{', '.join(allowed)} (model {spec.name!r})")
     modes = optim.split_list(config.eval.modes)
     allowed = registry.MODES + (registry.DETECTION_MODE,) if spec.relations else (
         registry.DETECTION_MODE,)
