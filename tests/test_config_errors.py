@@ -17,7 +17,7 @@ from sgg_jax.models import registry
 from sgg_jax.training import experiment
 from training_utils import REPO, load_config
 
-CONFIGS = ("freq", "imp", "motifs", "msdn", "detector")
+CONFIGS = ("freq", "imp", "kern", "motifs", "msdn", "detector")
 
 
 @pytest.mark.parametrize("args, says", [

@@ -68,9 +68,11 @@ def one_batch_forever(real_loader, transform=lambda batch: batch):
 
 
 def make_facts(num_classes: int, num_predicates: int, fg_matrix=None, bg_matrix=None,
-               num_words: int = 8):
+               num_words: int = 8, cooccurrence=None, class_images=None):
     """DatasetFacts for model tests: names, training counts (`fg_matrix` [C+1, C+1, P+1];
-    zeros by default) and a caption vocabulary of `num_words` (>= 4 incl. the specials)."""
+    zeros by default; `cooccurrence` [C+1, C+1] and `class_images` [C+1], by default a fixed
+    pattern in which class C is in no image) and a caption vocabulary of `num_words` (>= 4
+    incl. the specials)."""
     from data_pipelines.facts import DatasetFacts
     from data_pipelines.statistics import DatasetStatistics
 
@@ -79,10 +81,17 @@ def make_facts(num_classes: int, num_predicates: int, fg_matrix=None, bg_matrix=
     bg = np.zeros(fg.shape[:2], np.int64) if bg_matrix is None else np.asarray(bg_matrix)
     labels = ["__background__"] + [f"class{i}" for i in range(1, c + 1)]
     predicates = ["__background__"] + [f"predicate{i}" for i in range(1, p + 1)]
+    if cooccurrence is None:  # a class pattern with an unseen class (C) and an unseen pair
+        cooccurrence = np.add.outer(np.arange(c + 1), np.arange(c + 1)) % 3
+        cooccurrence[c], cooccurrence[:, c] = 0, 0
+    if class_images is None:
+        class_images = np.where(np.arange(c + 1) == c, 0, 4)
     stats = DatasetStatistics(object_counts=np.zeros(c + 1, np.int64),
                               predicate_counts=fg.sum(axis=(0, 1)).astype(np.int64),
                               fg_matrix=fg, bg_matrix=bg, idx_to_label=labels,
-                              idx_to_predicate=predicates, num_images=0)
+                              idx_to_predicate=predicates, num_images=0,
+                              cooccurrence=np.asarray(cooccurrence, np.int64),
+                              class_images=np.asarray(class_images, np.int64))
     words = ["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(num_words - 4)]
     return DatasetFacts(idx_to_label=tuple(labels), idx_to_predicate=tuple(predicates),
                         idx_to_word=tuple(words), statistics=stats)

@@ -17,9 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def frequency_log_table(fg_matrix: np.ndarray, bg_matrix: np.ndarray | None = None,
-                        eps: float = 1e-3) -> np.ndarray:
-    """[C+1, C+1, P+1] counts -> log(normalised counts + eps), background column as Motifs."""
+def predicate_distribution(fg_matrix: np.ndarray, bg_matrix: np.ndarray | None = None
+                           ) -> np.ndarray:
+    """[C+1, C+1, P+1] counts -> p(predicate | subject class, object class), the background
+    column being the intersecting pairs + 1 (Motifs' table before its log; KERN's relation
+    prior as is). Every row sums to 1, also for classes never seen in training."""
     fg = np.asarray(fg_matrix, dtype=np.float64)
     if fg.ndim != 3 or fg.shape[0] != fg.shape[1]:
         raise ValueError("statistics.fg_matrix: expected counts of shape [C+1, C+1, P+1], got "
@@ -34,8 +36,25 @@ def frequency_log_table(fg_matrix: np.ndarray, bg_matrix: np.ndarray | None = No
         if bg.shape != fg.shape[:2]:
             raise ValueError(f"statistics.bg_matrix: expected shape {fg.shape[:2]}, got {bg.shape}")
         fg[:, :, 0] = bg + 1.0
-    dist = fg / fg.sum(axis=2, keepdims=True)
-    return np.log(dist + eps).astype(np.float32)
+    return fg / fg.sum(axis=2, keepdims=True)
+
+
+def frequency_log_table(fg_matrix: np.ndarray, bg_matrix: np.ndarray | None = None,
+                        eps: float = 1e-3) -> np.ndarray:
+    """[C+1, C+1, P+1] counts -> log(normalised counts + eps), background column as Motifs."""
+    return np.log(predicate_distribution(fg_matrix, bg_matrix) + eps).astype(np.float32)
+
+
+def cooccurrence_prior(cooccurrence: np.ndarray, class_images: np.ndarray) -> np.ndarray:
+    """KERN's object knowledge: row i of the class co-occurrence counts divided by the number
+    of training images holding class i (~ p(class j present | class i present)); classes in no
+    image divide by 1, so every entry is finite."""
+    co = np.asarray(cooccurrence, np.float64)
+    images = np.asarray(class_images, np.float64).reshape(-1)
+    if co.ndim != 2 or co.shape[0] != co.shape[1] or images.shape[0] != co.shape[0]:
+        raise ValueError(f"statistics.cooccurrence / class_images: expected [C+1, C+1] and "
+                         f"[C+1], got {co.shape} and {images.shape}")
+    return (co / np.maximum(images, 1.0)[:, None]).astype(np.float32)
 
 
 def lookup_frequency(table: jnp.ndarray, labels: jnp.ndarray, pairs: jnp.ndarray) -> jnp.ndarray:

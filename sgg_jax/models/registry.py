@@ -40,6 +40,7 @@ BUILTIN_MODULES = {
     "detector": "sgg_jax.models.detector",
     "freq": "sgg_jax.models.freq",
     "imp": "sgg_jax.models.imp",
+    "kern": "sgg_jax.models.kern",
     "motifs": "sgg_jax.models.motifs",
     "msdn": "sgg_jax.models.msdn",
 }
