@@ -188,8 +188,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     # for reuse instead of page-faulting XLA's per-call buffers afresh at every step (glibc;
     # the process then holds its peak memory until it exits).
     c.runtime = ml_collections.ConfigDict(dict(tune_host_allocator=True))
+    # Multi-host runs (docs/distributed.md): initialize=True lets JAX find the job itself
+    # (Cloud TPU, SLURM, Kubernetes); otherwise coordinator_address, num_processes and
+    # process_id name it. A process that sends no heartbeat for heartbeat_timeout_s seconds
+    # (killed, host lost) counts as dead and the others stop with an error instead of waiting
+    # forever in a collective.
     c.distributed = ml_collections.ConfigDict(dict(
-        coordinator_address="", num_processes=0, process_id=-1, initialize=False))
+        coordinator_address="", num_processes=0, process_id=-1, initialize=False,
+        heartbeat_timeout_s=100))
     return c
 
 

@@ -1,5 +1,8 @@
 """The one entry point: `python -m sgg_jax.main --config configs/<model>.py[:preset] --workdir DIR`.
 
+A thin layer over the Python API (sgg_jax/api.py: `train`, `evaluate_run`): flags become a
+config and the same calls; a `ValueError` there becomes one `error:` line and exit 2.
+
 Modes (`--mode`, default from the config): `train` runs every stage (resuming where a previous
 run in the same workdir stopped) and then evaluates; `eval` evaluates a finished run
 (`--checkpoint`, default the workdir) with the config it was trained with (its config.json;
@@ -96,17 +99,15 @@ def main(argv: list[str]) -> int:
     if tune:
         runtime.tune_host_allocator()
     # Imported late: flags parsed first, XLA_FLAGS honoured.
-    from sgg_jax import inference, predict
-    from sgg_jax.training import preemption, runs, trainer
+    from sgg_jax import api, predict
+    from sgg_jax.training import preemption
     explicit = _explicit_keys() + ["mode", "eval.checkpoint"]
     try:
         if mode == "train":
-            trainer.train_and_evaluate(config, workdir, explicit)
+            api.train(config, workdir, explicit)
         elif mode == "eval":
-            run_dir, ckpt = runs.find_run(_run_root(config, workdir))
-            run_config = inference.run_config(run_dir, config, explicit)
-            trainer.evaluate_run(run_config, FLAGS.workdir or run_dir,
-                                 "" if ckpt == run_dir else ckpt)
+            api.evaluate_run(_run_root(config, workdir), config, workdir=FLAGS.workdir,
+                             explicit=explicit)
         elif mode == "predict":
             return predict.run_cli(config, _run_root(config, workdir),
                                    FLAGS.images or (config.predict.images if config else ""),

@@ -28,13 +28,14 @@ LAYERS = {
     "sgg_jax.models": 2,
     "sgg_jax.training": 3,
     "sgg_jax.inference": 4,
+    "sgg_jax.api": 4,
     "sgg_jax.predict": 4,
     "sgg_jax.evaluate": 4,
     "sgg_jax.main": 4,
     "sgg_jax.compare": 4,
     "sgg_jax.export": 4,
     "sgg_jax.__main__": 4,
-    "sgg_jax": 4,  # the package face (sgg_jax.load)
+    "sgg_jax": 4,  # the package face (sgg_jax.load, train, evaluate_run, get_config)
 }
 NAMES = {0: "data_pipelines", 1: "core", 2: "models", 3: "training", 4: "entry points"}
 

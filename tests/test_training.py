@@ -312,22 +312,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(cache_dir, workdir, *extra):
-    """Runs tests/multiprocess_train.py as processes 0 and 1 of a localhost job."""
+def _start_processes(num_processes, devices, cache_dir, workdir, *extra):
+    """Starts tests/multiprocess_train.py as processes 0..n-1 of a localhost job (one plain
+    process when n is 1), each with `devices` emulated CPU devices."""
     port = _free_port()
     from conftest import FAST_COMPILE
 
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}")
+    env = dict(os.environ,
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}")
     procs = []
-    for pid in range(2):
+    for pid in range(num_processes):
         cmd = [sys.executable, os.path.join(REPO, "tests", "multiprocess_train.py"),
                "--cache-dir", cache_dir, "--workdir", str(workdir),
-               "--coordinator", f"127.0.0.1:{port}", "--process-id", str(pid), *extra]
+               "--coordinator", f"127.0.0.1:{port}", "--process-id", str(pid),
+               "--num-processes", str(num_processes), *extra]
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def _processes(num_processes, devices, cache_dir, workdir, *extra):
+    """Runs a job of `_start_processes` to the end; every process must succeed."""
+    procs = _start_processes(num_processes, devices, cache_dir, workdir, *extra)
     outs = [p.communicate(timeout=900)[0] for p in procs]
     for p, o in zip(procs, outs):
         assert p.returncode == 0, o[-3000:]
+
+
+def _two_processes(cache_dir, workdir, *extra):
+    """Processes 0 and 1 of a localhost job, 2 CPU devices each."""
+    _processes(2, 2, cache_dir, workdir, *extra)
 
 
 def test_two_processes_match_single_process(cache_dir, tmp_path):
@@ -356,6 +370,87 @@ def test_two_processes_match_single_process(cache_dir, tmp_path):
     assert two["predcls"]["per_predicate"]["recall"] == pytest.approx(
         one["predcls"]["per_predicate"]["recall"], rel=1e-12)
     assert not diff and two.keys() == one.keys(), diff
+
+
+# N processes x M devices against 1 process x N*M devices for IMP and MSDN: minutes each on a
+# 2-core machine (gloo collectives among 4 processes: ~10 s per tiny step there), so opt-in;
+# the 2-process test above runs always.
+MULTIPROCESS_ENV = "SGG_TEST_MULTIPROCESS"
+multiprocess_opt_in = pytest.mark.skipif(
+    os.environ.get(MULTIPROCESS_ENV) != "1",
+    reason=f"minutes on a small machine: set {MULTIPROCESS_ENV}=1 to run")
+
+
+def _job(cache_dir, workdir, num_processes, devices, model, out_dir):
+    """(final parameters, logged training scalars) of the tiny `model`'s relations stage (4
+    steps) trained by `num_processes` x `devices`, global batch = all the devices."""
+    name = f"{model}-{num_processes}x{devices}"
+    _processes(num_processes, devices, cache_dir, workdir, "--model", model,
+               "--data-parallel", "-1", "--batch-size", str(num_processes * devices),
+               "--steps", "4", "--output", str(out_dir / f"{name}.npz"),
+               "--metrics", str(out_dir / f"{name}.json"))
+    rows = json.loads((out_dir / f"{name}.json").read_text())["train"]
+    return dict(np.load(out_dir / f"{name}.npz")), [
+        (step, prefix, {k: v for k, v in vals.items() if k != "images_per_s"})
+        for step, prefix, vals in rows]
+
+
+@multiprocess_opt_in
+@pytest.mark.parametrize("model, processes, devices", [("imp", 4, 2), ("msdn", 2, 2)])
+def test_processes_match_one_process_with_all_devices(cache_dir, tmp_path, model, processes,
+                                                      devices):
+    """N processes x M CPU devices (gloo) train the same parameters and log the same training
+    metrics (loss and every loss term, steps 2 and 4) as 1 process x N*M devices: the same
+    global batches (each process reads its rows of them), gradients averaged over all devices.
+    (Evaluation across processes: test_two_processes_match_single_process.)"""
+    one_params, one_rows = _job(cache_dir, tmp_path / "one", 1, processes * devices, model,
+                                tmp_path)
+    multi_params, multi_rows = _job(cache_dir, tmp_path / "multi", processes, devices, model,
+                                    tmp_path)
+    assert_trees_close(one_params, multi_params)
+    assert [r[:2] for r in one_rows] == [r[:2] for r in multi_rows] == [
+        (2, "relations/"), (4, "relations/")]
+    for (step, _, a), (_, _, b) in zip(one_rows, multi_rows):
+        assert len(a) > 1 and a.keys() == b.keys(), (a.keys(), b.keys())
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (step, k)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+def test_a_lost_process_stops_the_others_with_an_error(cache_dir, tmp_path, how):
+    """A process killed mid-run (its sockets close) or stopped (a hung or unreachable host: no
+    heartbeats, connections left open) makes the other exit with JAX's distributed-service
+    error within seconds (config.distributed.heartbeat_timeout_s=5) instead of waiting in the
+    next collective for ever."""
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    procs = _start_processes(2, 2, cache_dir, workdir, "--data-parallel", "-1",
+                             "--steps", "1000", "--heartbeat", "5",
+                             "--output", str(tmp_path / "p.npz"))
+    try:
+        first = workdir / "checkpoints" / "relations" / "4"  # training is under way
+        deadline = time.monotonic() + 600
+        while not first.exists() and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
+            time.sleep(0.5)
+        assert first.exists()
+        os.kill(procs[1].pid, getattr(signal, how))
+        start = time.monotonic()
+        out = procs[0].communicate(timeout=120)[0]
+        elapsed = time.monotonic() - start
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert procs[0].returncode != 0
+    assert elapsed < 5 + 30, elapsed  # the heartbeat timeout and a margin for a busy machine
+    assert "another task died" in out or "Connection reset by peer" in out, out[-3000:]
+    if how == "SIGSTOP":
+        assert "stopped sending heartbeats" in out, out[-3000:]
+    assert not (workdir / "checkpoints" / "relations" / "1000").exists()
 
 
 def test_non_trainable_collections_reach_the_model():

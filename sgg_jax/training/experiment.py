@@ -188,6 +188,7 @@ RANGES = (
     ("data.num_test", POSITIVE), ("train.checkpoint_every", POSITIVE),
     ("train.log_every", POSITIVE), ("train.eval_every", 0), ("train.keep_checkpoints", POSITIVE),
     ("eval.num_pictures", 0), ("model.detector.detections_per_image", POSITIVE),
+    ("distributed.heartbeat_timeout_s", POSITIVE),
     ("model.detector.score_thresh", 0), ("model.detector.nms", 0),
 )
 STAGE_RANGES = (("num_steps", 0), ("warmup_steps", 0), ("learning_rate", 0))
@@ -366,7 +367,7 @@ def initialize_runtime(config: ml_collections.ConfigDict) -> None:
     (before anything touches a JAX backend, Orbax included) and the compilation cache."""
     d = config.distributed
     mesh_lib.maybe_initialize_distributed(d.coordinator_address, d.num_processes, d.process_id,
-                                          d.initialize)
+                                          d.initialize, int(d.get("heartbeat_timeout_s", 100)))
     enable_compilation_cache(str(config.train.compilation_cache_dir))
 
 

@@ -17,24 +17,31 @@ DATA_AXIS = "data"
 
 
 def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
-                                 process_id: int = -1, initialize: bool = False) -> None:
+                                 process_id: int = -1, initialize: bool = False,
+                                 heartbeat_timeout_s: int = 100) -> None:
     """Calls `jax.distributed.initialize` for multi-host runs (before any device is used).
 
     With `initialize=True` and no address, JAX discovers the cluster itself (Slurm, Kubernetes,
     Cloud TPU). With an explicit address (e.g. a localhost coordinator for CPU tests), the
     process count and id must be given too. CPU collectives go through gloo.
+    `heartbeat_timeout_s`: after that long without a process's heartbeats the coordination
+    service declares it dead and every other process stops with an error (a killed process
+    would otherwise leave the rest blocked in their next collective).
     """
     if not (initialize or coordinator_address) or jax.distributed.is_initialized():
         return
     # Only affects the CPU backend (collectives across processes); harmless on GPU / TPU, and
     # asking for the backend here would initialise it too early.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = {}
+    if int(heartbeat_timeout_s) < 1:
+        raise ValueError(f"config.distributed.heartbeat_timeout_s={heartbeat_timeout_s!r}: "
+                         "expected a positive number of seconds")
+    kwargs = dict(heartbeat_timeout_seconds=int(heartbeat_timeout_s))
     if coordinator_address:
         if num_processes <= 0 or process_id < 0:
             raise ValueError("config.distributed: coordinator_address needs num_processes > 0 "
                              "and process_id >= 0")
-        kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+        kwargs.update(coordinator_address=coordinator_address, num_processes=num_processes,
                       process_id=process_id)
     jax.distributed.initialize(**kwargs)
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
@@ -48,6 +55,10 @@ def make_mesh(data_parallel: int = -1) -> Mesh:
     if n > jax.device_count():
         raise ValueError(f"config.train.data_parallel={n} but only {jax.device_count()} "
                          "devices are visible")
+    if jax.process_count() > 1 and n != jax.device_count():
+        # the first n devices could all be one process's, leaving the others' rows nowhere
+        raise ValueError(f"config.train.data_parallel={data_parallel}: a multi-process run "
+                         f"uses every device of every process ({jax.device_count()}); use -1")
     devices = np.asarray(jax.devices()[:n])
     return Mesh(devices, (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
