@@ -15,11 +15,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sgg_jax.models import registry
-from sgg_jax.models.backbone import build_backbone
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.models.priors import (ConstantTable, FrequencyBias, frequency_log_table,
                                    frequency_table, lookup_frequency, predicted_labels)
-from sgg_jax.models.roi_features import RoIFeatures
+from sgg_jax.models.roi_features import trunk_features
 
 
 class FreqModel(nn.Module):
@@ -43,11 +42,7 @@ class FreqModel(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: ModelInputs, train: bool = False) -> ModelOutputs:
-        features, stride = build_backbone(self.backbone_name, self.dtype, name="backbone")(
-            inputs.images, train)
-        obj_feats, _ = RoIFeatures(self.fc_dim, self.roi_size, self.sampling_ratio, self.dropout,
-                                   self.dtype, name="roi_features")(
-            features, stride, inputs.boxes, inputs.box_mask, train=train)
+        obj_feats, _ = trunk_features(self, inputs, train, pairs=False)
         obj_logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="obj_classifier")(
             obj_feats).astype(jnp.float32)
         # PredCls: ground-truth labels; SGDet: the detector's labels (ModelInputs.labels carries

@@ -32,10 +32,9 @@ import jax
 import jax.numpy as jnp
 
 from sgg_jax.models import registry
-from sgg_jax.models.backbone import build_backbone
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.models.priors import ConstantTable, FrequencyBias, frequency_table, predicted_labels
-from sgg_jax.models.roi_features import RoIFeatures
+from sgg_jax.models.roi_features import trunk_features
 
 
 def _gather_nodes(nodes: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
@@ -148,12 +147,7 @@ class IMPModel(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: ModelInputs, train: bool = False) -> ModelOutputs:
-        features, stride = build_backbone(self.backbone_name, self.dtype, name="backbone")(
-            inputs.images, train)
-        obj_feats, union_feats = RoIFeatures(
-            self.fc_dim, self.roi_size, self.sampling_ratio, self.dropout, self.dtype,
-            name="roi_features")(features, stride, inputs.boxes, inputs.box_mask, inputs.pairs,
-                                 inputs.pair_mask, train=train)
+        obj_feats, union_feats = trunk_features(self, inputs, train)
         nodes, rel_logits, node_obj_logits = IMPRelationHead(
             self.num_predicates, self.hidden_dim, self.num_iterations, self.dtype,
             num_obj_classes=self.num_classes if self.obj_roi_residual else 0,

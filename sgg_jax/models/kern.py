@@ -28,11 +28,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sgg_jax.models import registry
-from sgg_jax.models.backbone import build_backbone
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.models.priors import (ConstantTable, cooccurrence_prior, predicate_distribution,
                                    predicted_labels)
-from sgg_jax.models.roi_features import RoIFeatures
+from sgg_jax.models.roi_features import trunk_features
 
 
 class GGNNUpdate(nn.Module):
@@ -181,12 +180,7 @@ class KERNModel(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: ModelInputs, train: bool = False) -> ModelOutputs:
-        features, stride = build_backbone(self.backbone_name, self.dtype, name="backbone")(
-            inputs.images, train)
-        obj_feats, union_feats = RoIFeatures(
-            self.fc_dim, self.roi_size, self.sampling_ratio, self.dropout, self.dtype,
-            name="roi_features")(features, stride, inputs.boxes, inputs.box_mask, inputs.pairs,
-                                 inputs.pair_mask, train=train)
+        obj_feats, union_feats = trunk_features(self, inputs, train)
         unary = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="obj_classifier")(
             obj_feats).astype(jnp.float32)
         logits, _, rel_logits = KERNHead(

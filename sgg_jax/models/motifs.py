@@ -39,10 +39,9 @@ import jax
 import jax.numpy as jnp
 
 from sgg_jax.models import registry
-from sgg_jax.models.backbone import build_backbone
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.models.priors import ConstantTable, FrequencyBias, frequency_table, predicted_labels
-from sgg_jax.models.roi_features import RoIFeatures
+from sgg_jax.models.roi_features import trunk_features
 
 ORDERS = ("leftright", "confidence", "size", "random")
 
@@ -150,12 +149,7 @@ class MotifsModel(nn.Module):
     @nn.compact
     def __call__(self, inputs: ModelInputs, train: bool = False) -> ModelOutputs:
         c = self.num_classes
-        features, stride = build_backbone(self.backbone_name, self.dtype, name="backbone")(
-            inputs.images, train)
-        obj_feats, union_feats = RoIFeatures(
-            self.fc_dim, self.roi_size, self.sampling_ratio, self.dropout, self.dtype,
-            name="roi_features")(features, stride, inputs.boxes, inputs.box_mask, inputs.pairs,
-                                 inputs.pair_mask, train=train)
+        obj_feats, union_feats = trunk_features(self, inputs, train)
         unary = nn.Dense(c + 1, dtype=self.dtype, name="obj_classifier")(obj_feats).astype(
             jnp.float32)
         logits, labels, rel_logits = MotifsRelationHead(

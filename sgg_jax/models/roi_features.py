@@ -108,3 +108,23 @@ class RoIFeatures(nn.Module):
         union = FCHead(self.fc_dim, self.dropout, self.dtype, name="union_fc")(upooled, train)
         union = union * pair_mask[..., None].astype(union.dtype)
         return obj, union
+
+
+def trunk_features(model: nn.Module, inputs: Any, train: bool, pairs: bool = True
+                   ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+    """The backbone and RoI features the built-in relation models start from, created in the
+    calling module's scope (call it inside its compact method), so their parameters are its
+    `backbone` and `roi_features` groups. `model` carries the trunk's fields
+    (`registry.trunk_kwargs`: backbone_name, fc_dim, roi_size, sampling_ratio, dropout,
+    dtype). Returns (object features [B, O, F], union-box features [B, M, F], or None without
+    `pairs`)."""
+    from sgg_jax.models.backbone import build_backbone
+
+    features, stride = build_backbone(model.backbone_name, model.dtype, name="backbone")(
+        inputs.images, train)
+    roi = RoIFeatures(model.fc_dim, model.roi_size, model.sampling_ratio, model.dropout,
+                      model.dtype, name="roi_features")
+    if not pairs:
+        return roi(features, stride, inputs.boxes, inputs.box_mask, train=train)
+    return roi(features, stride, inputs.boxes, inputs.box_mask, inputs.pairs, inputs.pair_mask,
+               train=train)
