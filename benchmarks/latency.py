@@ -169,9 +169,12 @@ def main() -> None:
         config = runs_lib.load_run_config(r)
         table.append(dict(run=r, model=config.model.name, batch=1,
                           image_size=int(config.input.image_size),
+                          detector_px=int(config.input.get("detector_image_size", 0)
+                                          or config.input.image_size),
                           detections=int(config.model.detector.detections_per_image),
                           path=path_name, vs_first=row["ms_median"] / first, **row))
-    print_table(table, ["model", "path", "image_size", "detections", "batch", "ms_median",
+    print_table(table, ["model", "path", "image_size", "detector_px", "detections", "batch",
+                        "ms_median",
                         "ms_p90", "load_ms", "forward_ms", "post_ms", "compile_s", "vs_first"],
                 title=f"latency per image, end to end, {len(images)} images "
                       f"({jax.default_backend()}, {os.cpu_count()} cores)")
