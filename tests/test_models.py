@@ -389,7 +389,7 @@ def test_build_model_rejects_bad_config():
     from sgg_jax.models import registry
     names = ", ".join(sorted(registry.BUILTIN_MODULES))  # every built-in one, by name
     assert {"freq", "imp", "motifs", "kern", "msdn"} <= set(registry.BUILTIN_MODULES)
-    with pytest.raises(ValueError, match=f"model.name='nosuch'.*registered models: {names} "):
+    with pytest.raises(ValueError, match=f"model.name='nosuch'.*registered models: {names}"):
         build_model(model_config("nosuch"), facts(), "sgcls")
     with pytest.raises(ValueError, match="model.dtype"):
         build_model(model_config("imp", dtype="float16"), facts(), "sgcls")

@@ -416,12 +416,13 @@ def test_processes_match_one_process_with_all_devices(cache_dir, tmp_path, model
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (step, k)
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+@pytest.mark.parametrize("how", ["SIGKILL", pytest.param("SIGSTOP", marks=multiprocess_opt_in)])
 def test_a_lost_process_stops_the_others_with_an_error(cache_dir, tmp_path, how):
     """A process killed mid-run (its sockets close) or stopped (a hung or unreachable host: no
     heartbeats, connections left open) makes the other exit with JAX's distributed-service
     error within seconds (config.distributed.heartbeat_timeout_s=5) instead of waiting in the
-    next collective for ever."""
+    next collective for ever. (SIGSTOP, 35-50 s here, is opt-in with the other multi-process
+    tests to keep the suite within its budget; SIGKILL always runs.)"""
     import signal
     import time
 

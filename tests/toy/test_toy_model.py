@@ -73,7 +73,9 @@ def test_the_toy_model_trains_and_evaluates_through_the_cli(tmp_path):
     bad = _main("--config", config, "--workdir", str(tmp_path / "bad"),
                 f"--config.data.cache_dir={tmp_path / 'cache2'}", "--config.model.name=nosuch",
                 "--config.model.module=")
-    assert bad.returncode == 2 and "registered models: detector, freq, imp, msdn" in bad.stderr
+    from sgg_jax.models import registry
+    builtin = ", ".join(sorted(registry.BUILTIN_MODULES))
+    assert bad.returncode == 2 and f"registered models: {builtin} (" in bad.stderr, bad.stderr
     assert not os.path.exists(tmp_path / "cache2")
 
 
