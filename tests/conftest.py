@@ -47,3 +47,10 @@ def tiny_sgdet_run(tmp_path_factory):
     ckpt.close()
     runs.mark_finished(exp.checkpoint_dir("detector"), "detector", 1, 1)
     return workdir, exp.data
+
+
+def pytest_collection_modifyitems(items):
+    """The tests marked `slow` (half a minute or more: multi-process jobs, CLI runs, the
+    notebook) run first, in their order: with `-n 2` the two workers then end on short tests
+    instead of one waiting for the other's last long one."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -8,6 +8,7 @@ import os
 import re
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from training_utils import REPO
@@ -23,6 +24,7 @@ def test_the_notebook_is_committed_without_outputs():
     assert any("parameters" in c.metadata.get("tags", []) for c in code)
 
 
+@pytest.mark.slow
 def test_quickstart_runs_headless(tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     monkeypatch.setenv("SGG_QUICKSTART_CONFIG", "configs/freq.py:tiny")

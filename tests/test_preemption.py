@@ -60,6 +60,7 @@ def uninterrupted(cache_dir, tmp_path_factory):
     return params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CONFIGS))
 def test_a_signal_checkpoints_its_step_and_resuming_is_exact(case, cache_dir, tmp_path,
                                                              monkeypatch, uninterrupted):
@@ -94,6 +95,7 @@ def test_a_signal_checkpoints_its_step_and_resuming_is_exact(case, cache_dir, tm
         np.testing.assert_array_equal(reference[k], resumed[k], err_msg=f"{k}; {info}")
 
 
+@pytest.mark.slow
 def test_the_cli_stops_with_its_exit_code_and_the_same_command_resumes(cache_dir, tmp_path):
     """A real SIGTERM from outside, once the relation stage has saved its first checkpoint:
     exit EXIT_PREEMPTED with one line saying where it stopped; the same command finishes."""
@@ -201,6 +203,7 @@ def test_a_damaged_or_foreign_checkpoint_is_named_and_the_fallback_resumes_exact
         run_stages(config, str(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_resumes_to_the_uninterrupted_results(cache_dir, tmp_path):
     """A tiny two-stage run killed outright during a training step, right after a checkpoint
     save started, and between results.json's temporary file and its rename, restarted after

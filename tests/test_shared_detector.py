@@ -55,6 +55,7 @@ def test_the_detector_alone_is_evaluated_by_box_ap(detector_run):
     assert all(c["ground_truth"] != c["detected_as"] for c in det["confusions"])
 
 
+@pytest.mark.slow
 def test_a_relation_run_reuses_the_detector_at_its_own_canvas(detector_run, tmp_path):
     """A 96 px relation run reuses the 128 px detector: no detector stage, the detector's
     parameters as they were, and the detector reads 128 px canvases whose boxes come back
@@ -173,6 +174,7 @@ def test_the_checkpoints_architecture_is_adopted_unless_set_explicitly(detector_
         experiment.setup(explicit, str(tmp_path / "explicit"))
 
 
+@pytest.mark.slow
 def test_the_comparison_runner(tmp_path):
     """Two seeds of the tiny IMP, and an entry that fails: the table holds mean and sample std
     of the runs' own results.json, the failure is reported and the others go on (exit 2);

@@ -75,6 +75,7 @@ def test_loss_decreases_on_a_fixed_batch(cache_dir, tmp_path, monkeypatch):
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(cache_dir, tmp_path):
     assert jax.device_count() >= 4, "conftest sets 4 emulated CPU devices"
     one = cached_run("rel1", tiny(cache_dir, **RELATIONS_ONLY, **{"train.data_parallel": 1}),
@@ -84,6 +85,7 @@ def test_four_devices_match_one_device(cache_dir, tmp_path):
     assert_trees_close(one, four)
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_is_exact(cache_dir, tmp_path, monkeypatch):
     """Both stages; killed after 5 of the second stage's 6 steps (tiny checkpoints every 4 steps: the last is 4)."""
     config = tiny(cache_dir, **{"train.data_parallel": 1})
@@ -208,6 +210,7 @@ def _raw_truncation_counts(raw_dir, max_objects, max_relations):
     return out
 
 
+@pytest.mark.slow
 def test_end_to_end_main_scores_the_full_ground_truth(cache_dir, tmp_path):
     """`main` trains the tiny preset (max_objects 8, max_relations 16: images beyond them) and
     scores PredCls / SGCls against every ground-truth object and relation: its recalls equal
@@ -344,6 +347,7 @@ def _two_processes(cache_dir, workdir, *extra):
     _processes(2, 2, cache_dir, workdir, *extra)
 
 
+@pytest.mark.slow
 def test_two_processes_match_single_process(cache_dir, tmp_path):
     """2 processes x 2 CPU devices (gloo, localhost coordinator) == 1 process x 4 devices, in
     training; then the trained run is evaluated by a fresh 2-process job (distributed
@@ -416,6 +420,7 @@ def test_processes_match_one_process_with_all_devices(cache_dir, tmp_path, model
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (step, k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGKILL", pytest.param("SIGSTOP", marks=multiprocess_opt_in)])
 def test_a_lost_process_stops_the_others_with_an_error(cache_dir, tmp_path, how):
     """A process killed mid-run (its sockets close) or stopped (a hung or unreachable host: no

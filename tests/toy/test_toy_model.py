@@ -54,6 +54,7 @@ def _main(*args):
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_the_toy_model_trains_and_evaluates_through_the_cli(tmp_path):
     workdir = tmp_path / "toy"
     config = os.path.join(HERE, "toy_config.py:tiny")
