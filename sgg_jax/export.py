@@ -1,7 +1,7 @@
 """A trained run as one file that runs with JAX alone: `jax.export` (StableHLO) of the jitted
 SGDet, SGCls or PredCls step with the run's parameters inside.
 
-    python -m sgg_jax.export --checkpoint runs/imp --mode sgdet --output imp_sgdet.sggx
+    python -m sgg_jax.export --checkpoint runs/<run> --mode sgdet --output model.sggx
 
 The file is an .npz (read with `np.load(path)`, no pickles) holding `exported` (the bytes of
 `jax.export.Exported.serialize()`) and `meta` (UTF-8 JSON): the mode, the batch size, the
@@ -79,12 +79,11 @@ def export_run(checkpoint: str, mode: str, output: str, *, batch: int = 1) -> di
     names = [n for n, _, _ in inputs]
     step = (eval_loop.make_sgdet_step(exp) if mode == "sgdet"
             else eval_loop.make_given_boxes_step(exp, mode))
-    probe = jax.eval_shape(lambda *a: step(params, **dict(zip(names, a))),
-                           *[jax.ShapeDtypeStruct(s, d) for _, s, d in inputs])
-    outputs = list(OUTPUTS) + [k for k in REGION_OUTPUTS if k in probe]
+    outputs: list[str] = []  # which outputs the model has, learnt while it is traced
 
     def run(*args: Any) -> tuple:
         out = step(params, **dict(zip(names, args)))
+        outputs[:] = [k for k in OUTPUTS + REGION_OUTPUTS if k in out]
         return tuple(out[k] for k in outputs)
 
     exported = jax_export.export(jax.jit(run))(
@@ -94,8 +93,8 @@ def export_run(checkpoint: str, mode: str, output: str, *, batch: int = 1) -> di
         format=FORMAT, mode=mode, batch=batch, model=str(cfg.model.name),
         image_size=int(cfg.input.image_size),
         inputs=[dict(name=n, shape=list(s), dtype=d) for n, s, d in inputs],
-        outputs=[dict(name=k, shape=list(probe[k].shape), dtype=str(probe[k].dtype))
-                 for k in outputs],
+        outputs=[dict(name=k, shape=list(a.shape), dtype=str(a.dtype))
+                 for k, a in zip(outputs, exported.out_avals)],
         class_names=list(exp.facts.idx_to_label),
         predicate_names=list(exp.facts.idx_to_predicate),
         idx_to_word=list(exp.facts.idx_to_word) if "captions" in outputs else [],

@@ -85,13 +85,13 @@ def test_the_decoder_feeds_back_its_own_predictions():
     # the decoder's classifier starts at zero: give it weights so its feedback matters
     params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(3), p.shape),
                           params)
-    logits, labels, _, _ = ctx.apply(params, feats, unary, blank, False)
-    forced, forced_labels, _, _ = ctx.apply(params, feats, unary, _inputs(np.asarray(labels)),
-                                            True)
+    logits, labels = ctx.apply(params, feats, unary, blank, False)[:2]
+    forced, forced_labels = ctx.apply(params, feats, unary, _inputs(np.asarray(labels)),
+                                      True)[:2]
     np.testing.assert_allclose(np.asarray(forced), np.asarray(logits), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(forced_labels), np.asarray(labels))
     other = np.where(np.asarray(blank.box_mask), (np.asarray(labels) % c) + 1, 0)
-    changed, _, _, _ = ctx.apply(params, feats, unary, _inputs(other), True)
+    changed = ctx.apply(params, feats, unary, _inputs(other), True)[0]
     assert not np.allclose(np.asarray(changed), np.asarray(logits))  # the feedback is read
 
 

@@ -183,21 +183,21 @@ class MotifsRelationHead(nn.Module):
 
     @nn.compact
     def __call__(self, obj_feats, unary, union_feats, inputs: ModelInputs, train: bool):
-        logits, labels, obj_ctx, order = MotifsContext(
+        logits, labels, obj_ctx, order, inverse = MotifsContext(
             self.num_classes, self.mode, self.order, self.hidden_dim, self.embed_dim,
             self.pos_dim, self.obj_layers, self.dtype, name="objects")(
             obj_feats, unary, inputs, train)
         rel_logits = MotifsPairHead(
             self.num_classes, self.num_predicates, self.hidden_dim, self.embed_dim,
-            self.edge_layers, self.dtype, name="edges")(obj_ctx, labels, order, union_feats,
-                                                        inputs)
+            self.edge_layers, self.dtype, name="edges")(obj_ctx, labels, order, inverse,
+                                                        union_feats, inputs)
         return logits, labels, rel_logits
 
 
 class MotifsContext(nn.Module):
     """Object context and decoder. Returns (object logits [B, O, C+1], labels [B, O] (ground
     truth in PredCls, teacher-forced in training, decoded otherwise), object context
-    [B, O, 2H] in the objects' own order, the reading order [B, O])."""
+    [B, O, 2H] in the objects' own order, the reading order [B, O] and its inverse [B, O])."""
 
     num_classes: int
     mode: str
@@ -251,7 +251,7 @@ class MotifsContext(nn.Module):
         labels = jnp.where(mask, _take(labels_sorted, inverse), 0).astype(jnp.int32)
         if given:
             labels = jnp.where(mask, inputs.labels, 0).astype(jnp.int32)
-        return logits, labels, _take(ctx_sorted, inverse), order
+        return logits, labels, _take(ctx_sorted, inverse), order, inverse
 
 
 class MotifsPairHead(nn.Module):
@@ -265,7 +265,7 @@ class MotifsPairHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, obj_ctx, labels, order, union_feats, inputs: ModelInputs):
+    def __call__(self, obj_ctx, labels, order, inverse, union_feats, inputs: ModelInputs):
         mask = inputs.box_mask
         emb = nn.Embed(self.num_classes + 1, self.embed_dim, name="label_embed")(labels)
         x = jnp.concatenate([emb.astype(obj_ctx.dtype), obj_ctx], -1) * mask[..., None].astype(
@@ -273,7 +273,7 @@ class MotifsPairHead(nn.Module):
         lengths = jnp.sum(mask, axis=-1).astype(jnp.int32)
         edge_sorted = BiLSTMStack(self.hidden_dim, self.num_layers, self.dtype, name="edge_ctx")(
             _take(x, order), lengths)
-        edge = _take(edge_sorted, jnp.argsort(order, axis=-1))
+        edge = _take(edge_sorted, inverse)
         width = union_feats.shape[-1]
         both = nn.Dense(2 * width, dtype=self.dtype, name="post_lstm")(edge)
         subj, obj = both[..., :width], both[..., width:]
