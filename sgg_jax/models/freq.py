@@ -18,10 +18,10 @@ from sgg_jax.models import registry
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.models.priors import (ConstantTable, FrequencyBias, frequency_log_table,
                                    frequency_table, lookup_frequency, predicted_labels)
-from sgg_jax.models.roi_features import trunk_features
+from sgg_jax.models.roi_features import RelationTrunk, trunk_features
 
 
-class FreqModel(nn.Module):
+class FreqModel(RelationTrunk):
     """FREQ: object classifier (trained) + frequency-table predicate logits (constant).
 
     Attributes:
@@ -32,13 +32,6 @@ class FreqModel(nn.Module):
 
     num_classes: int
     table: ConstantTable
-    mode: str = "predcls"
-    backbone_name: str = "small_resnet"
-    fc_dim: int = 256
-    roi_size: int = 7
-    sampling_ratio: int = 2
-    dropout: float = 0.0
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, inputs: ModelInputs, train: bool = False) -> ModelOutputs:

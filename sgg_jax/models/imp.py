@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from sgg_jax.models import registry
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.models.priors import ConstantTable, FrequencyBias, frequency_table, predicted_labels
-from sgg_jax.models.roi_features import trunk_features
+from sgg_jax.models.roi_features import RelationTrunk, trunk_features
 
 
 def _gather_nodes(nodes: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
@@ -114,7 +114,7 @@ class IMPRelationHead(nn.Module):
         return nodes, rel_logits, node_obj_logits
 
 
-class IMPModel(nn.Module):
+class IMPModel(RelationTrunk):
     """IMP: backbone -> RoI features (objects, union boxes) -> message passing -> classifiers.
 
     Attributes:
@@ -133,15 +133,8 @@ class IMPModel(nn.Module):
 
     num_classes: int
     num_predicates: int
-    mode: str = "predcls"
-    backbone_name: str = "small_resnet"
     hidden_dim: int = 512
     num_iterations: int = 3
-    fc_dim: int = 256
-    roi_size: int = 7
-    sampling_ratio: int = 2
-    dropout: float = 0.0
-    dtype: Any = jnp.float32
     freq_table: ConstantTable | None = None
     obj_roi_residual: bool = False
 

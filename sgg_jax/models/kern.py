@@ -31,7 +31,7 @@ from sgg_jax.models import registry
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.models.priors import (ConstantTable, cooccurrence_prior, predicate_distribution,
                                    predicted_labels)
-from sgg_jax.models.roi_features import trunk_features
+from sgg_jax.models.roi_features import RelationTrunk, trunk_features
 
 
 class GGNNUpdate(nn.Module):
@@ -160,20 +160,13 @@ class KERNHead(nn.Module):
         return logits, labels, rel_logits
 
 
-class KERNModel(nn.Module):
+class KERNModel(RelationTrunk):
     """Backbone -> RoI features -> unary object classifier -> KERN's two GGNNs."""
 
     num_classes: int
     num_predicates: int
     cooccurrence: ConstantTable
     predicates: ConstantTable
-    mode: str = "predcls"
-    backbone_name: str = "small_resnet"
-    fc_dim: int = 256
-    roi_size: int = 7
-    sampling_ratio: int = 2
-    dropout: float = 0.0
-    dtype: Any = jnp.float32
     hidden_dim: int = 64
     obj_steps: int = 3
     rel_steps: int = 3

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from sgg_jax.models import registry
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.models.priors import ConstantTable, FrequencyBias, frequency_table, predicted_labels
-from sgg_jax.models.roi_features import trunk_features
+from sgg_jax.models.roi_features import RelationTrunk, trunk_features
 
 ORDERS = ("leftright", "confidence", "size", "random")
 
@@ -120,7 +120,7 @@ class DecoderStep(nn.Module):
         return (state, jnp.where(real, label, prev)), (logits, label)
 
 
-class MotifsModel(nn.Module):
+class MotifsModel(RelationTrunk):
     """Backbone -> RoI features -> object context -> decoder -> edge context -> pair head.
 
     Attributes (besides the trunk's, `registry.trunk_kwargs`): num_classes, num_predicates; order
@@ -131,13 +131,6 @@ class MotifsModel(nn.Module):
 
     num_classes: int
     num_predicates: int
-    mode: str = "predcls"
-    backbone_name: str = "small_resnet"
-    fc_dim: int = 256
-    roi_size: int = 7
-    sampling_ratio: int = 2
-    dropout: float = 0.0
-    dtype: Any = jnp.float32
     order: str = "leftright"
     hidden_dim: int = 256
     embed_dim: int = 100

@@ -110,13 +110,25 @@ class RoIFeatures(nn.Module):
         return obj, union
 
 
-def trunk_features(model: nn.Module, inputs: Any, train: bool, pairs: bool = True
+class RelationTrunk(nn.Module, kw_only=True):
+    """The fields of the trunk every built-in relation model starts from
+    (`registry.trunk_kwargs` fills them; `trunk_features` reads them): a base class, keyword-only
+    so that a model's own required fields may follow."""
+
+    mode: str = "predcls"
+    backbone_name: str = "small_resnet"
+    fc_dim: int = 256
+    roi_size: int = 7
+    sampling_ratio: int = 2
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+
+def trunk_features(model: RelationTrunk, inputs: Any, train: bool, pairs: bool = True
                    ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
     """The backbone and RoI features the built-in relation models start from, created in the
     calling module's scope (call it inside its compact method), so their parameters are its
-    `backbone` and `roi_features` groups. `model` carries the trunk's fields
-    (`registry.trunk_kwargs`: backbone_name, fc_dim, roi_size, sampling_ratio, dropout,
-    dtype). Returns (object features [B, O, F], union-box features [B, M, F], or None without
+    `backbone` and `roi_features` groups. Returns (object features [B, O, F], union-box features [B, M, F], or None without
     `pairs`)."""
     from sgg_jax.models.backbone import build_backbone
 
