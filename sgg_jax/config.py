@@ -38,6 +38,16 @@ def stage(*, num_steps: int, trainable: tuple[str, ...], losses: tuple[str, ...]
         update_rule=update_rule))
 
 
+# Visual Genome VG150's training images with relations, less the 5000 held out as val
+# (neural-motifs' split: 57,723), to turn the published setups' epochs into steps.
+VG150_TRAIN_IMAGES = 57_723
+
+
+def epochs_to_steps(epochs: float, batch_size: int, images: int = VG150_TRAIN_IMAGES) -> int:
+    """Optimizer steps of `epochs` passes over `images` at a global `batch_size`."""
+    return int(round(epochs * -(-images // batch_size)))
+
+
 def get_base_config() -> ml_collections.ConfigDict:
     """Defaults sized for the built-in synthetic data on a laptop CPU."""
     c = ml_collections.ConfigDict()
@@ -134,6 +144,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         data_parallel=-1,  # devices on the mesh's data axis; -1 = all devices
         grad_clip_norm=5.0, weight_decay=0.0,
+        # Adam's epsilon (optax's default 1e-8; KERN trains with 1e-3).
+        adam_eps=1e-8,
         # Persistent XLA compilation cache ("" = $JAX_COMPILATION_CACHE_DIR or
         # ~/.cache/sgg_jax/xla; "off" = none): re-runs and resumed runs skip recompilation.
         compilation_cache_dir="",

@@ -119,7 +119,7 @@ def vgg_config(**overrides):
 # the vg preset's requirement and the field checks (no file contents read)
 
 
-@pytest.mark.parametrize("name", ["imp", "freq", "msdn"])
+@pytest.mark.parametrize("name", ["imp", "freq", "msdn", "motifs", "kern"])
 def test_vg_preset_refuses_without_weights_and_says_where_to_get_them(name):
     config = load_config(name, "vg")
     with pytest.raises(P.PretrainedWeightsError) as e:

@@ -188,7 +188,8 @@ RANGES = (
     ("data.num_test", POSITIVE), ("train.checkpoint_every", POSITIVE),
     ("train.log_every", POSITIVE), ("train.eval_every", 0), ("train.keep_checkpoints", POSITIVE),
     ("eval.num_pictures", 0), ("model.detector.detections_per_image", POSITIVE),
-    ("distributed.heartbeat_timeout_s", POSITIVE),
+    ("distributed.heartbeat_timeout_s", POSITIVE), ("train.weight_decay", 0),
+    ("train.grad_clip_norm", 0),
     ("model.detector.score_thresh", 0), ("model.detector.nms", 0),
 )
 STAGE_RANGES = (("num_steps", 0), ("warmup_steps", 0), ("learning_rate", 0))
@@ -220,6 +221,9 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
         value = _field(config, key)
         if isinstance(value, (int, float)) and not 0 <= value <= 1:
             raise ValueError(f"config.{key}={value!r}: expected a value in [0, 1]")
+    eps = _field(config, "train.adam_eps")
+    if isinstance(eps, (int, float)) and not eps > 0:
+        raise ValueError(f"config.train.adam_eps={eps!r}: expected a positive number")
     ks = _field(config, "eval.ks")
     if ks is not None and (not ks or any(int(k) <= 0 for k in ks)):
         raise ValueError(f"config.eval.ks={tuple(ks)!r}: expected positive K values, e.g. "

@@ -113,7 +113,8 @@ def base_optimizer(opt: ml_collections.ConfigDict, train: ml_collections.ConfigD
     """Clipping + Adam(W) or SGD with momentum on the optimizer's schedule."""
     schedule = make_schedule(opt)
     if opt.optimizer == "adam":
-        base = optax.adamw(schedule, weight_decay=float(train.weight_decay))
+        base = optax.adamw(schedule, eps=float(train.get("adam_eps", 1e-8)),
+                           weight_decay=float(train.weight_decay))
     elif opt.optimizer == "sgd":
         base = optax.chain(optax.add_decayed_weights(float(train.weight_decay)),
                            optax.sgd(schedule, momentum=0.9))
