@@ -4,13 +4,16 @@ seeds, in one table.
     python -m sgg_jax.compare --configs configs/imp.py,configs/msdn.py --seeds 3 \
         --detector runs/detector --workdir runs/compare [--preset default] \
         [--set data.cache_dir=/data/cache --set eval.modes=predcls,sgcls]
+        [--set 'sgp-imp:model.base_run=runs/compare/imp/seed{seed}']
 
 Each (config, seed) is one run, `<workdir>/<name>/seed<k>`, trained and evaluated by
 `python -m sgg_jax.main` in its own process with `config.seed = k` (the model's initialisation
 and training order change; the data, `data.seed`, do not). With `--detector` (a finished
 `configs/detector.py` run, or any run's stage directory) every run takes that detector
 (`config.model.detector.checkpoint`) instead of training one, so SGDet compares heads on the
-same boxes. `--set key=value` is passed to every run as `--config.key=value`.
+same boxes. `--set key=value` is passed to every run as `--config.key=value`;
+`--set ENTRY:key=value` to that entry's runs only, and `{seed}` in a value is the run's seed
+(SGP on the same seed's base run).
 
 Resumable: a run that finished (its `compare.json` records the exact command) is not redone;
 an interrupted one resumes where it stopped (the trainer's own resume). An entry whose run
@@ -40,7 +43,7 @@ import numpy as np
 from sgg_jax.io_utils import write_json_atomic
 from sgg_jax.training.charts import bar_chart
 
-MOTIFS_METRICS = ("R@20", "R@50", "R@100", "ngR@50", "mR@50", "zR@50")
+MOTIFS_METRICS = ("R@20", "R@50", "R@100", "ngR@50", "mR@50", "mR@100", "zR@50")
 MSDN_METRICS = ("R@20", "R@50", "R@100")
 MODES = ("predcls", "sgcls", "sgdet", "phrdet")
 DONE_FILE = "compare.json"
@@ -59,9 +62,27 @@ def entry_names(configs: Sequence[str], preset: str) -> list[str]:
     return names
 
 
+def entry_overrides(overrides: Sequence[str], name: str, names: Sequence[str], seed: int
+                    ) -> list[str]:
+    """The `--set` overrides of one entry's run: `KEY=VALUE` for every entry, `ENTRY:KEY=VALUE`
+    for the entry named ENTRY only; `{seed}` in a value becomes the run's seed (e.g. each seed
+    on the same seed's base run)."""
+    out = []
+    for o in overrides:
+        head, eq, value = o.partition("=")
+        if not eq:
+            raise ValueError(f"--set {o!r}: expected [ENTRY:]KEY=VALUE")
+        entry, colon, key = head.rpartition(":")
+        if colon and entry not in names:
+            raise ValueError(f"--set {o!r}: no entry {entry!r} (entries: {', '.join(names)})")
+        if not colon or entry == name:
+            out.append(f"{key}={value.replace('{seed}', str(seed))}")
+    return out
+
+
 def run_command(config: str, preset: str, workdir: str, seed: int, detector: str,
                 overrides: Sequence[str]) -> list[str]:
-    """The `python -m sgg_jax.main` command of one run."""
+    """The `python -m sgg_jax.main` command of one run (`overrides`: this run's KEY=VALUE)."""
     arg = config if ":" in config or not preset else f"{config}:{preset}"
     cmd = [sys.executable, "-m", "sgg_jax.main", "--config", arg, "--workdir", workdir,
            f"--config.seed={seed}"]
@@ -184,8 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--detector", default="", help="a finished detector run (or stage "
                     "directory) every run takes its detector from")
     ap.add_argument("--workdir", default="runs/compare")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a config override for every run (repeatable)")
+    ap.add_argument("--set", action="append", default=[], metavar="[ENTRY:]KEY=VALUE",
+                    help="a config override for every run, or for one entry's runs (ENTRY as "
+                    "named in the report, e.g. sgp-imp); {seed} in VALUE is the run's seed "
+                    "(repeatable)")
     args = ap.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if not configs or args.seeds < 1:
@@ -197,13 +220,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m sgg_jax.compare " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     names = entry_names(configs, args.preset)
+    try:
+        for name in names:
+            entry_overrides(args.set, name, names, 0)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     runs: dict[str, list[dict]] = {}
     failed: dict[str, str] = {}
     per_run: dict[str, dict] = {}
     for config, name in zip(configs, names):
         for seed in range(args.seeds):
             workdir = os.path.join(args.workdir, name, f"seed{seed}")
-            cmd = run_command(config, args.preset, workdir, seed, args.detector, args.set)
+            cmd = run_command(config, args.preset, workdir, seed, args.detector,
+                              entry_overrides(args.set, name, names, seed))
             print(f"[compare] {name} seed {seed}: {workdir}", file=sys.stderr, flush=True)
             results, error = run_one(cmd, workdir, os.path.join(workdir, "compare.log"))
             if results is None:

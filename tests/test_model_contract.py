@@ -85,8 +85,9 @@ def make_case(spec: registry.ModelSpec, mode: str, config=None):
     """(spec, mode, variables, inputs, apply, traces) of a model: `apply` is the jitted forward
     pass at test time; `traces` counts its compilations."""
     config = config if config is not None else model_config(spec.name)
-    model = spec.build(config, registry.BuildContext(mode=mode, facts=facts(),
-                                                     build_model=None))
+    known = facts()
+    model = spec.build(config, registry.BuildContext(
+        mode=mode, facts=known, build_model=lambda cfg, m: registry.build_model(cfg, known, m)))
     inputs = make_inputs()
     variables = random_variables(model, inputs, seed=1)
     traces = []

@@ -211,6 +211,22 @@ def test_the_comparison_runner(tmp_path):
     assert [p.stat().st_mtime_ns for p in logs] == stamps  # finished runs were not redone
 
 
+def test_compare_overrides_go_to_their_entry_with_the_seed_filled_in():
+    from sgg_jax.compare import entry_overrides
+
+    names = ["imp", "sgp-imp"]
+    sets = ["eval.modes=predcls,sgcls", "sgp-imp:model.base_run=/r/imp/seed{seed}",
+            "data.data_dir=C:/vg"]
+    assert entry_overrides(sets, "imp", names, 2) == ["eval.modes=predcls,sgcls",
+                                                      "data.data_dir=C:/vg"]
+    assert entry_overrides(sets, "sgp-imp", names, 1) == [
+        "eval.modes=predcls,sgcls", "model.base_run=/r/imp/seed1", "data.data_dir=C:/vg"]
+    with pytest.raises(ValueError, match="no entry 'sgp-x' \\(entries: imp, sgp-imp\\)"):
+        entry_overrides(["sgp-x:a=1"], "imp", names, 0)
+    with pytest.raises(ValueError, match=r"expected \[ENTRY:\]KEY=VALUE"):
+        entry_overrides(["novalue"], "imp", names, 0)
+
+
 def test_detection_confusions_by_hand():
     """Each ground-truth box counts once: the class of the best-scoring detection overlapping
     it at IoU >= 0.5, or a miss; the report lists confusions of different classes only."""

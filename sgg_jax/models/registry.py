@@ -43,6 +43,7 @@ BUILTIN_MODULES = {
     "kern": "sgg_jax.models.kern",
     "motifs": "sgg_jax.models.motifs",
     "msdn": "sgg_jax.models.msdn",
+    "sgp": "sgg_jax.models.sgp",
 }
 
 
@@ -141,6 +142,10 @@ class ModelSpec:
       results.json stores each under its name.
     relations: False for the detector-only "model" (no relation stages, evaluated in
       `DETECTION_MODE` only).
+    complete_config: optional (config) -> None, called on a training run's (unlocked) config
+      before it is validated and saved: fills fields derived from others (SGP: the base
+      model's section and the restore of its parameters from `model.base_run`), so that the
+      saved config alone rebuilds the model.
     """
 
     name: str
@@ -159,6 +164,7 @@ class ModelSpec:
     sgdet_reads_labels: bool = False
     evaluations: tuple[str, ...] = ()
     relations: bool = True
+    complete_config: Callable[[Any], None] | None = None
 
     @property
     def loss_names(self) -> tuple[str, ...]:

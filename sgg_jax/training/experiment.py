@@ -375,12 +375,22 @@ def initialize_runtime(config: ml_collections.ConfigDict) -> None:
     enable_compilation_cache(str(config.train.compilation_cache_dir))
 
 
+def complete_config(config: ml_collections.ConfigDict) -> None:
+    """The model's `complete_config` hook, if it has one (see registry.ModelSpec)."""
+    spec = registry.spec_for(config.model)
+    if spec.complete_config is not None:
+        with config.unlocked():
+            spec.complete_config(config)
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str, *,
           facts: DatasetFacts | None = None, training: bool = True) -> Experiment:
     """Checks the config, initialises the runtime, makes the mesh and prepares the dataset
     (or, given `facts`, reads no data at all: inference from a run directory). `training=False`
     (evaluating or predicting a trained run) skips what only initialisation reads (pretrained
     weight files)."""
+    if training:
+        complete_config(config)
     spec = validate(config, training)
     initialize_runtime(config)
     os.makedirs(workdir, exist_ok=True)

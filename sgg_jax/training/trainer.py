@@ -272,6 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """Runs every stage (resuming where a previous run stopped), then evaluates. A reused
     detector's architecture is taken from its run except for the dotted keys in `explicit`
     (those the user set, which must then agree with it)."""
+    experiment.complete_config(config)  # may name the detector to reuse (a base run's)
     adopted = detector_source.adopt_architecture(config, explicit)
     if adopted:
         logging.info("model.detector.%s taken from the reused detector %s",
