@@ -9,7 +9,7 @@ are timed in turns (a, b, a, b, ...), so that a change in the machine's load hit
 and each row carries its ratio to the first config's same row.
 A model that cannot run a mode (e.g. no SGDet yet) gets a row with the error instead.
 
-  python benchmarks/inference.py --configs configs/imp.py,configs/msdn.py [--preset default]
+  python benchmarks/inference.py --configs configs/imp.py,configs/sgp.py:imp [--preset default]
       [--modes predcls,sgcls,sgdet] [--batches 1,eval] [--repeats 5] [--detector]
       [--checkpoint DIR] [--output out.json]
 """
@@ -80,17 +80,21 @@ def interleaved_medians(calls: list[Callable[[], Any]], repeats: int) -> list[fl
     return [statistics.median(t) for t in times]
 
 
-def prepare(path: str, args: argparse.Namespace) -> dict:
-    """A config's experiment, parameters and first test batch (device arrays)."""
+def prepare(entry: str, args: argparse.Namespace) -> dict:
+    """A config's experiment, parameters and first test batch (device arrays). `entry` is a
+    config file, optionally with its own argument (`configs/sgp.py:imp`), which then also names
+    its rows."""
     from sgg_jax.training import data as data_lib, experiment
 
-    config = load_config(path, args.preset, args.modes, args.cache_dir)
+    path, _, own = entry.partition(":")
+    config = load_config(path, own or args.preset, args.modes, args.cache_dir)
     exp = experiment.setup(config, tempfile.mkdtemp(prefix="sgg_bench_inference_"))
     rng = jax.random.key(int(config.seed))
     params = (experiment.restore_final_params(exp, rng, args.checkpoint)[0] if args.checkpoint
               else experiment.init_params(exp, rng))
     host = next(iter(data_lib.eval_loader(config, exp.data, exp.mesh, config.eval.split)))
-    return dict(name=config.model.name, exp=exp, params=params,
+    name = f"{config.model.name}:{own}" if own else config.model.name
+    return dict(name=name, exp=exp, params=params,
                 batch=jax.tree.map(jnp.asarray, host))
 
 

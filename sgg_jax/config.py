@@ -191,6 +191,10 @@ def get_base_config() -> ml_collections.ConfigDict:
         # Also write each mode's predictions to <workdir>/predictions/<split>_<mode>.h5
         # (`python -m sgg_jax.evaluate` reads them).
         save_predictions=False,
+        # With save_predictions: also the relation model's raw object and predicate logits (and
+        # each image's size) in PredCls / SGCls files, e.g. to train SGP on them
+        # (`python -m sgg_jax.sgp_offline`); SGDet files never have them.
+        save_logits=False,
     ))
     # Captioning models (MSDN): the top_regions best caption regions shown per image, after
     # greedy NMS at IoU region_nms (1 = none) so that they are not copies of one box.

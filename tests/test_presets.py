@@ -27,13 +27,35 @@ def _zero_params(name: str):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
+def _group_of(path) -> str:
+    keys = [str(getattr(k, "key", k)) for k in path]
+    return "/".join(keys[:2]) if keys[0] == "relation_head" else keys[0]
+
+
+def _one_leaf_per_group(params):
+    """The tree cut to its first leaf of each group (the optimizers label by path, so one
+    leaf tells a group's rate; a few leaves keep the eager update fast)."""
+    out, seen = {}, set()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if _group_of(path) in seen:
+            continue
+        seen.add(_group_of(path))
+        node = out
+        keys = [str(getattr(k, "key", k)) for k in path]
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = leaf
+    return out
+
+
 def _steps_by_group(config, stage_name, params):
     """{top-level group or 'relation_head/<sub>': the set of |update| values after one step}."""
     stage = config.train.stages[stage_name]
-    opts = optim.make_optimizers(stage, config.train, params)
-    for name, (_, groups) in opts.items():
+    for name, (_, groups) in optim.make_optimizers(stage, config.train, params).items():
         spec = optim.optimizer_specs(stage)[name]
         assert groups == optim.split_list(spec.trainable), (name, groups)  # all exist
+    params = _one_leaf_per_group(params)
+    opts = optim.make_optimizers(stage, config.train, params)
     grads = jax.tree.map(lambda p: jnp.full(p.shape, GRAD, p.dtype), params)
     total = jax.tree.map(jnp.zeros_like, params)
     for tx, _ in opts.values():
@@ -41,9 +63,7 @@ def _steps_by_group(config, stage_name, params):
         total = jax.tree.map(jnp.add, total, updates)
     out = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(total):
-        keys = [str(getattr(k, "key", k)) for k in path]
-        group = "/".join(keys[:2]) if keys[0] == "relation_head" else keys[0]
-        out.setdefault(group, set()).update(np.round(np.abs(np.asarray(leaf)).ravel(), 12))
+        out.setdefault(_group_of(path), set()).update(np.round(np.abs(np.asarray(leaf)).ravel(), 12))
     return out
 
 

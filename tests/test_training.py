@@ -219,7 +219,8 @@ def test_end_to_end_main_scores_the_full_ground_truth(cache_dir, tmp_path):
     workdir = tmp_path / "run"
     args = ["--config", os.path.join(REPO, "configs/imp.py:tiny"), "--workdir", str(workdir),
             f"--config.data.cache_dir={cache_dir}", "--config.train.data_parallel=1",
-            "--config.loss.edge=dnorm", "--config.eval.save_predictions=True"]
+            "--config.loss.edge=dnorm", "--config.eval.save_predictions=True",
+            "--config.eval.save_logits=True"]
     out = _main(args)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
@@ -245,6 +246,17 @@ def test_end_to_end_main_scores_the_full_ground_truth(cache_dir, tmp_path):
         file = workdir / "predictions" / f"test_{mode}.h5"
         saved = read_predictions(file)
         assert sorted(int(i) for i in saved.image_ids) == sorted(gt)
+        # eval.save_logits: the model's raw outputs, what SGP trains on (sgg_jax.sgp_offline)
+        from sgg_jax.sgp_offline import load_saved
+
+        offline = load_saved(str(file))
+        for p, im in zip(saved.predictions, offline.images):
+            seen = len(im["labels"])
+            assert seen == min(len(p["labels"]), config.input.max_objects)
+            if mode == "sgcls":  # the reported classes are the logits' best real class
+                np.testing.assert_array_equal(p["labels"][:seen],
+                                              np.argmax(im["obj_logits"][:, 1:], -1) + 1)
+            assert im["rel_logits"].shape == (len(p["rel_pairs"]), offline.num_predicates + 1)
         for k in (20, 50, 100):
             per_image = [_numpy_recall(gt[int(i)], p, k)
                          for i, p in zip(saved.image_ids, saved.predictions)]

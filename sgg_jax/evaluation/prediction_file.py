@@ -15,6 +15,13 @@ offsets, like VG-SGG.h5):
   predictions/rel_scores       float32 [sum M, P+1] column 0 = no relation
   groundtruth/ (optional) box_offsets, boxes, labels, rel_offsets,
                           relations int32 [sum R, 3] (subject, object, predicate 1-based)
+  optional, all or none (`eval.save_logits`: a model's raw outputs, for models trained on top
+  of saved predictions such as SGP):
+  predictions/obj_logits       float32 [sum N, C+1] the relation model's object logits (rows of
+                               boxes it did not see are zero; metadata "max_objects" = how many
+                               first boxes it saw)
+  predictions/rel_logits       float32 [sum M, P+1] its predicate logits, one row per rel_pairs
+  predictions/image_sizes      float32 [I, 2] (height, width) of the image in the boxes' pixels
 
 Files are written to a temporary name and moved into place with os.replace, so a reader never sees
 a half-written file. Every problem found when reading raises `PredictionFileError` (a ValueError)
@@ -34,6 +41,7 @@ FORMAT = "sgg_jax.predictions"
 FORMAT_VERSION = 1
 PRED_FIELDS = ("boxes", "labels", "scores", "rel_pairs", "rel_scores")
 GT_FIELDS = ("boxes", "labels", "relations")
+LOGIT_FIELDS = ("obj_logits", "rel_logits", "image_size")  # per image; optional, all or none
 
 
 class PredictionFileError(ValueError):
@@ -115,6 +123,19 @@ def check_image(file: str, image: Any, pred: Mapping[str, np.ndarray] | None,
         for f in ("boxes", "scores", "rel_scores"):
             if pred[f].size and not np.all(np.isfinite(pred[f])):
                 raise PredictionFileError(file, "contains NaN or inf", image, f"predictions/{f}")
+        if "obj_logits" in pred:
+            want = {"obj_logits": (n, num_classes + 1),
+                    "rel_logits": (pred["rel_pairs"].shape[0], num_predicates + 1)}
+            for f, shape in want.items():
+                if tuple(pred[f].shape) != shape:
+                    raise PredictionFileError(file, f"expected shape {list(shape)} (one row per "
+                                              f"{'box' if f == 'obj_logits' else 'rel_pairs row'}"
+                                              f"), got {list(pred[f].shape)}", image,
+                                              f"predictions/{f}")
+            for f in ("obj_logits", "rel_logits", "image_size"):
+                if pred[f].size and not np.all(np.isfinite(pred[f])):
+                    raise PredictionFileError(file, "contains NaN or inf", image,
+                                              f"predictions/{f}")
     if gt is not None:
         g = gt["boxes"].shape[0]
         if gt["labels"].shape[0] != g:
@@ -140,10 +161,16 @@ def _normalise(file: str, image: Any, d: Mapping[str, Any], fields: Sequence[str
     for f in fields:
         if f not in d or d[f] is None:
             raise PredictionFileError(file, "missing", image, f"{group}/{f}")
-        if f == "rel_scores":
+        if f in ("rel_scores", "obj_logits", "rel_logits"):
             arr = np.asarray(d[f])
             cols = arr.shape[1] if arr.ndim == 2 else (num_predicates or 0) + 1
             out[f] = _as(arr, np.float32, (cols,), file, image, f"{group}/{f}")
+        elif f == "image_size":
+            arr = np.asarray(d[f], np.float32).reshape(-1)
+            if arr.shape != (2,):
+                raise PredictionFileError(file, f"expected (height, width), got shape "
+                                          f"{arr.shape}", image, f"{group}/image_sizes")
+            out[f] = arr
         else:
             dtype, tail = spec[f]
             out[f] = _as(d[f], dtype, tail, file, image, f"{group}/{f}")
@@ -192,13 +219,23 @@ def write_predictions(path: str | os.PathLike, image_ids: Sequence[int],
             if rs.ndim == 2 and rs.shape[1] > 1:
                 num_predicates = rs.shape[1] - 1
                 break
-    preds = [_normalise(path, int(ids[i]), p, PRED_FIELDS, "predictions", num_predicates)
+    with_logits = [all(f in p for f in LOGIT_FIELDS) for p in predictions]
+    if any(with_logits) and not all(with_logits):
+        i = with_logits.index(False)
+        raise PredictionFileError(path, f"has no {'/'.join(LOGIT_FIELDS)} while other images "
+                                  "do (all or none)", int(ids[i]), "predictions")
+    fields = PRED_FIELDS + (LOGIT_FIELDS if with_logits and all(with_logits) else ())
+    preds = [_normalise(path, int(ids[i]), p, fields, "predictions", num_predicates)
              for i, p in enumerate(predictions)]
     if num_predicates is None or int(num_predicates) < 1:
         raise PredictionFileError(path, "cannot tell the number of predicates: give "
                                   "metadata['num_predicates']", field="num_predicates")
     num_predicates = int(num_predicates)
     num_classes = int(meta.get("num_classes", 0) or 0)
+    logits = fields != PRED_FIELDS
+    if logits and num_classes < 1:
+        raise PredictionFileError(path, "object logits need metadata['num_classes']",
+                                  field="num_classes")
     gts = None
     if groundtruths is not None:
         gts = [_normalise(path, int(ids[i]), g, GT_FIELDS, "groundtruth", None)
@@ -236,6 +273,14 @@ def write_predictions(path: str | os.PathLike, image_ids: Sequence[int],
             g.create_dataset("rel_scores",
                              data=cat(preds, "rel_scores", (num_predicates + 1,), np.float32),
                              compression=compression)
+            if logits:
+                g.create_dataset("obj_logits",
+                                 data=cat(preds, "obj_logits", (num_classes + 1,), np.float32))
+                g.create_dataset("rel_logits",
+                                 data=cat(preds, "rel_logits", (num_predicates + 1,),
+                                          np.float32), compression=compression)
+                g.create_dataset("image_sizes", data=np.stack(
+                    [p["image_size"] for p in preds]).astype(np.float32).reshape(-1, 2))
             if gts is not None:
                 t = h.create_group("groundtruth")
                 t.create_dataset("box_offsets", data=offsets(gts, "boxes"))
@@ -294,9 +339,22 @@ class PredictionReader:
         if np.unique(self.image_ids).shape[0] != n_img:
             raise PredictionFileError(p, "image ids must be unique", field="image_ids")
         self.has_groundtruth = "groundtruth" in h
+        present = [f for f in ("obj_logits", "rel_logits", "image_sizes")
+                   if f"predictions/{f}" in h]
+        if present and len(present) != 3:
+            raise PredictionFileError(p, "obj_logits, rel_logits and image_sizes come together; "
+                                      f"only {present} are present", field="predictions")
+        self.has_logits = bool(present)
+        if self.has_logits and self.num_classes < 1:
+            raise PredictionFileError(p, "object logits need num_classes >= 1",
+                                      field="num_classes")
         tails = {"boxes": (4,), "labels": (), "scores": (), "rel_pairs": (2,),
-                 "rel_scores": (self.num_predicates + 1,), "relations": (3,)}
-        groups = [("predictions", PRED_FIELDS)]
+                 "rel_scores": (self.num_predicates + 1,), "relations": (3,),
+                 "obj_logits": (self.num_classes + 1,),
+                 "rel_logits": (self.num_predicates + 1,)}
+        self._pred_fields = PRED_FIELDS + (("obj_logits", "rel_logits") if self.has_logits
+                                           else ())
+        groups = [("predictions", self._pred_fields)]
         if self.has_groundtruth:
             groups.append(("groundtruth", GT_FIELDS))
         self._offsets: dict[tuple[str, str], np.ndarray] = {}
@@ -310,8 +368,10 @@ class PredictionReader:
                     want = "[n" + "".join(f", {d}" for d in tails[f]) + "]"
                     raise PredictionFileError(p, f"expected shape {want}, got {ds.shape}",
                                               field=f"{group}/{f}")
-            for off_name, owners in (("box_offsets", ("boxes", "labels", "scores")),
-                                     ("rel_offsets", ("rel_pairs", "rel_scores", "relations"))):
+            for off_name, owners in (("box_offsets", ("boxes", "labels", "scores",
+                                                      "obj_logits")),
+                                     ("rel_offsets", ("rel_pairs", "rel_scores", "relations",
+                                                      "rel_logits"))):
                 off = np.asarray(h[f"{group}/{off_name}"][()], np.int64).reshape(-1)
                 owners = [o for o in owners if o in fields]
                 total = h[f"{group}/{owners[0]}"].shape[0]
@@ -326,6 +386,12 @@ class PredictionReader:
                             p, f"has {h[f'{group}/{o}'].shape[0]} rows, expected {total}",
                             field=f"{group}/{o}")
                 self._offsets[(group, off_name)] = off
+        if self.has_logits:
+            sizes = h["predictions/image_sizes"]
+            if tuple(sizes.shape) != (n_img, 2):
+                raise PredictionFileError(p, f"expected shape [{n_img}, 2], got {sizes.shape}",
+                                          field="predictions/image_sizes")
+            self._image_sizes = np.asarray(sizes[()], np.float32)
 
     def __len__(self) -> int:
         return int(self.image_ids.shape[0])
@@ -334,14 +400,17 @@ class PredictionReader:
         out = {}
         for f in fields:
             off = self._offsets[(group, "rel_offsets" if f in ("rel_pairs", "rel_scores",
-                                                               "relations") else "box_offsets")]
+                                                               "relations", "rel_logits")
+                                 else "box_offsets")]
             out[f] = self._h[f"{group}/{f}"][off[i]:off[i + 1]]
         return out
 
     def __getitem__(self, i: int) -> tuple[int, dict[str, np.ndarray], dict | None]:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        pred = self._slice("predictions", PRED_FIELDS, i)
+        pred = self._slice("predictions", self._pred_fields, i)
+        if self.has_logits:
+            pred["image_size"] = self._image_sizes[i]
         gt = self._slice("groundtruth", GT_FIELDS, i) if self.has_groundtruth else None
         image_id = int(self.image_ids[i])
         check_image(self.path, image_id, pred, gt, self.num_predicates, self.num_classes)

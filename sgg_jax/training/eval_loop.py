@@ -44,9 +44,11 @@ log = logging.getLogger("sgg_jax")
 # Jitted steps
 
 
-def make_score_step(model: nn.Module, mode: str, model_state: dict | None = None) -> Callable:
+def make_score_step(model: nn.Module, mode: str, model_state: dict | None = None,
+                    logits: bool = False) -> Callable:
     """(relation params, batch) -> per-image labels, scores and predicate probabilities of all
-    ordered pairs of the batch's boxes.
+    ordered pairs of the batch's boxes (`logits`: also the model's raw `obj_logits` and
+    `rel_logits`).
 
     `model_state`: the model's non-trainable collections (e.g. frozen batch-norm statistics)."""
     model_state = dict(model_state or {})
@@ -57,8 +59,12 @@ def make_score_step(model: nn.Module, mode: str, model_state: dict | None = None
         outputs = model.apply({"params": params, **model_state},
                               model_inputs(batch, pairs, pair_mask), train=False)
         scored = postprocess.predict_scores(outputs, mode, labels=batch.labels)
-        return dict(labels=scored["obj_labels"], scores=scored["obj_scores"], pairs=pairs,
-                    pair_mask=pair_mask, rel_scores=scored["rel_scores"])
+        out = dict(labels=scored["obj_labels"], scores=scored["obj_scores"], pairs=pairs,
+                   pair_mask=pair_mask, rel_scores=scored["rel_scores"])
+        if logits:
+            out.update(obj_logits=outputs.obj_logits.astype(jnp.float32),
+                       rel_logits=outputs.rel_logits.astype(jnp.float32))
+        return out
 
     return score
 
@@ -296,6 +302,13 @@ def batch_to_examples(batch: Batch, scored: dict[str, np.ndarray], ground_truth:
         pred = dict(boxes=pred_boxes, labels=labels, scores=scores,
                     rel_pairs=np.asarray(scored["pairs"][b][pm], np.int64),
                     rel_scores=np.asarray(scored["rel_scores"][b][pm], np.float64))
+        if "obj_logits" in scored and "boxes" not in scored:  # raw outputs (eval.save_logits)
+            seen_logits = np.asarray(scored["obj_logits"][b][obj], np.float32)
+            pred["obj_logits"] = np.concatenate(
+                [seen_logits, np.zeros((len(gt["labels"]) - seen, seen_logits.shape[1]),
+                                       np.float32)])
+            pred["rel_logits"] = np.asarray(scored["rel_logits"][b][pm], np.float32)
+            pred["image_size"] = np.asarray(batch.image_sizes[b], np.float32) / scale
         if "det_labels" in scored:
             pred["det_boxes"] = np.asarray(scored["det_boxes"][b][obj], np.float64) / scale
             pred["det_labels"] = np.asarray(scored["det_labels"][b][obj], np.int64)
@@ -350,6 +363,7 @@ def evaluate(exp: Any, params: Any, split: str | None = None,
     ground_truth = exp.data.ground_truth(split)
     limit = int(cfg.eval.max_images)
     save = bool(cfg.eval.get("save_predictions", False)) and jax.process_index() == 0
+    save_logits = bool(cfg.eval.get("save_logits", False))
     shown: list[pictures_lib.Example] = []
     results: dict[str, Any] = {}
     counts = None
@@ -372,7 +386,8 @@ def evaluate(exp: Any, params: Any, split: str | None = None,
             if cfg.eval.get("sgdet_refine_boxes", False):
                 refined_evaluator = DetectionEvaluator(exp.facts.num_classes)
         else:
-            step = jax.jit(make_score_step(exp.model(mode), mode, exp.model_state))
+            step = jax.jit(make_score_step(exp.model(mode), mode, exp.model_state,
+                                           logits=save and save_logits))
             score = lambda p, batch, step=step: step(exp.relation_params(p), batch)
         mode_counts = GroundTruthCounts()
         written: list[tuple[int, dict]] = []
@@ -397,7 +412,7 @@ def evaluate(exp: Any, params: Any, split: str | None = None,
                 for evaluator in evaluators.values():
                     evaluator.add(gt, pred)
                 if save:
-                    written.append((gt["image_id"], pred))
+                    written.append((gt, pred))
                 if mode == picture_mode and len(shown) < num_pictures:
                     shown.append(_picture_example(exp, split, len(shown), full_batch, row, gt,
                                                   pred, scored))
@@ -509,13 +524,18 @@ def top_confusions(confusion: np.ndarray, names: Sequence[str], top: int = 10) -
     return rows
 
 
-def _save_predictions(exp: Any, split: str, mode: str, written: list[tuple[int, dict]]) -> str:
+def _save_predictions(exp: Any, split: str, mode: str, written: list[tuple[dict, dict]]) -> str:
+    """The split's predictions with their ground truth (and, `eval.save_logits`, the model's
+    raw outputs) in one file."""
     path = os.path.join(exp.workdir, "predictions", f"{split}_{mode}.h5")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_predictions(path, [i for i, _ in written], [p for _, p in written], metadata=dict(
+    gts = [{k: gt[k] for k in ("boxes", "labels", "relations")} for gt, _ in written]
+    write_predictions(path, [int(gt["image_id"]) for gt, _ in written],
+                      [p for _, p in written], gts, metadata=dict(
         mode=mode, split=split, num_predicates=exp.facts.num_predicates,
         num_classes=exp.facts.num_classes, idx_to_label=list(exp.facts.idx_to_label),
-        idx_to_predicate=list(exp.facts.idx_to_predicate), model=exp.config.model.name))
+        idx_to_predicate=list(exp.facts.idx_to_predicate), model=exp.config.model.name,
+        max_objects=int(exp.config.input.max_objects), dataset=exp.config.data.name))
     log.info("%s predictions of %d images in %s", mode, len(written), path)
     return path
 
