@@ -2,7 +2,7 @@
 without images or the base model (as the original SGP trained on precomputed outputs).
 
     # the base's raw outputs on the training and test splits (PredCls or SGCls):
-    python -m sgg_jax.main --mode eval --config.eval.checkpoint=runs/motifs \\
+    python -m sgg_jax.main --config configs/motifs.py --mode eval --workdir runs/motifs \\
         --config.eval.split=train --config.eval.modes=sgcls \\
         --config.eval.save_predictions=True --config.eval.save_logits=True
     (the same with --config.eval.split=test)
