@@ -88,7 +88,7 @@ def evaluated(tmp_path_factory):
     seen: dict[str, list] = {m: [] for m in MODES}
     real = eval_loop.batch_to_examples
 
-    def score_step(model, mode, model_state=None):
+    def score_step(model, mode, model_state=None, logits=False):
         return lambda params, batch: _stand_in_outputs(
             batch.boxes.shape[0], batch.boxes.shape[1], num_p, MODES.index(mode))
 
@@ -278,7 +278,7 @@ def test_max_images_stops_running_the_model(tmp_path):
                 scored_ids.append(int(gt["image_id"]))
             return super().add(gt, pred)
 
-    def score_step(model, mode, model_state=None):
+    def score_step(model, mode, model_state=None, logits=False):
         return lambda params, batch: _stand_in_outputs(
             batch.boxes.shape[0], batch.boxes.shape[1], num_p, 0)
 

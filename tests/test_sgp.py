@@ -44,7 +44,7 @@ def _variables(module, x, seed=3):
 
 
 def _run(module, variables, x):
-    return _Packed(module).apply(variables, x)
+    return jax.jit(_Packed(module).apply)(variables, x)
 
 
 def _permuted(x, perm):

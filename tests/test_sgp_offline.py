@@ -35,8 +35,9 @@ def test_offline_refinement_equals_the_online_model_for_the_same_base_outputs(tm
     pairs, pair_mask = relation_sampling.all_pairs(inputs.box_mask, o * (o - 1))
     inputs = inputs.replace(pairs=pairs, pair_mask=pair_mask)
     variables = random_variables(model, inputs, seed=2)
-    online = model.apply(variables, inputs, False)
-    base = model.base.apply({"params": variables["params"]["base"]}, inputs, False)
+    online = jax.jit(lambda v, x: model.apply(v, x, False))(variables, inputs)
+    base = jax.jit(lambda v, x: model.base.apply(v, x, False))(
+        {"params": variables["params"]["base"]}, inputs)
     rng = np.random.default_rng(0)
     preds, gts = [], []
     for b in range(inputs.boxes.shape[0]):
