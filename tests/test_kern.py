@@ -63,6 +63,7 @@ def test_classes_and_pairs_never_seen_give_finite_outputs():
                          pair_mask=jnp.ones((1, 3), bool))
     for mode in ("predcls", "sgcls", "sgdet"):
         model = registry.build_model(config, facts, mode)
-        out = model.apply(random_variables(model, inputs), inputs, False)
+        out = jax.jit(lambda v, x: model.apply(v, x, False))(random_variables(model, inputs),
+                                                               inputs)
         assert np.all(np.isfinite(np.asarray(out.obj_logits))), mode
         assert np.all(np.isfinite(np.asarray(out.rel_logits))), mode

@@ -48,13 +48,14 @@ def test_the_lstms_read_only_each_sequence_s_real_steps():
     lengths = np.array([4, 2], np.int32)
     net = BiLSTMStack(hidden=3, num_layers=2)
     params = net.init(jax.random.key(0), x, lengths)
-    out = np.asarray(net.apply(params, x, lengths))
+    apply = jax.jit(net.apply)
+    out = np.asarray(apply(params, x, lengths))
     garbage = x.copy()
     for b, n in enumerate(lengths):
         garbage[b, n:] = rng.normal(size=garbage[b, n:].shape) * 100
-        alone = np.asarray(net.apply(params, x[b:b + 1, :n], lengths[b:b + 1]))
+        alone = np.asarray(apply(params, x[b:b + 1, :n], lengths[b:b + 1]))
         np.testing.assert_allclose(out[b, :n], alone[0], rtol=1e-5, atol=1e-6)
-    again = np.asarray(net.apply(params, garbage, lengths))
+    again = np.asarray(apply(params, garbage, lengths))
     for b, n in enumerate(lengths):
         np.testing.assert_allclose(again[b, :n], out[b, :n], rtol=1e-6, atol=1e-6)
 
@@ -85,13 +86,13 @@ def test_the_decoder_feeds_back_its_own_predictions():
     # the decoder's classifier starts at zero: give it weights so its feedback matters
     params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(3), p.shape),
                           params)
-    logits, labels = ctx.apply(params, feats, unary, blank, False)[:2]
-    forced, forced_labels = ctx.apply(params, feats, unary, _inputs(np.asarray(labels)),
-                                      True)[:2]
+    apply = jax.jit(ctx.apply, static_argnums=4)  # one compilation per mode, not eager scans
+    logits, labels = apply(params, feats, unary, blank, False)[:2]
+    forced, forced_labels = apply(params, feats, unary, _inputs(np.asarray(labels)), True)[:2]
     np.testing.assert_allclose(np.asarray(forced), np.asarray(logits), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(forced_labels), np.asarray(labels))
     other = np.where(np.asarray(blank.box_mask), (np.asarray(labels) % c) + 1, 0)
-    changed = ctx.apply(params, feats, unary, _inputs(other), True)[0]
+    changed = apply(params, feats, unary, _inputs(other), True)[0]
     assert not np.allclose(np.asarray(changed), np.asarray(logits))  # the feedback is read
 
 

@@ -103,7 +103,7 @@ def test_at_initialisation_the_refined_logits_are_the_base_s():
     """Zero-initialised corrections and 2*sigmoid(0) gates: GPI starts as the identity."""
     module = sgp.GPI(hidden=16, embed_dim=4, iterations=2)
     x = _gpi_inputs()
-    variables = _Packed(module).init(jax.random.key(0), x)
+    variables = jax.jit(_Packed(module).init)(jax.random.key(0), x)
     obj, rel = _run(module, variables, x)
     np.testing.assert_allclose(obj, x["obj_logits"], atol=1e-6)
     np.testing.assert_allclose(rel, x["rel_logits"], atol=1e-6)
@@ -149,7 +149,7 @@ def test_base_run_gives_the_base_its_config_and_parameters_and_skips_its_stages(
     from sgg_jax.training import experiment
 
     run, saved = _base_run(tmp_path, **{"model.hidden_dim": 24})
-    config = load_config("sgp", "tiny", **{"model.base_run": run})
+    config = load_config("sgp", "motifs,tiny", **{"model.base_run": run})
     experiment.complete_config(config)
     assert config.model.bases.motifs.hidden_dim == 24
     stage = config.train.stages.sgp
@@ -158,7 +158,8 @@ def test_base_run_gives_the_base_its_config_and_parameters_and_skips_its_stages(
     assert stage.trainable == "gpi"
     spec = experiment.validate(config, training=False)
     assert [p.name for p in experiment.plan_stages(config, spec)] == ["sgp"]
-    config = load_config("sgp", "tiny", **{"model.base_run": run, "model.train_base": True})
+    config = load_config("sgp", "motifs,tiny", **{"model.base_run": run,
+                                                  "model.train_base": True})
     experiment.complete_config(config)
     assert config.train.stages.sgp.trainable == "gpi,base"
 
@@ -168,6 +169,7 @@ def test_base_run_gives_the_base_its_config_and_parameters_and_skips_its_stages(
     ("other_data", "data.num_train 40 there, 48 here"),
     ("missing", "cannot read the base run's model config"),
     ("unknown_base", "config.model.base='nope': expected one of freq, imp, kern, motifs, msdn"),
+    ("msdn_sgdet", "config.model.base='msdn': its SGDet needs inputs of its own (region_rpn)"),
 ])
 def test_a_wrong_base_run_is_refused_naming_the_file_and_what_differs(tmp_path, case, needle):
     from sgg_jax.training import experiment
@@ -179,11 +181,13 @@ def test_a_wrong_base_run_is_refused_naming_the_file_and_what_differs(tmp_path, 
         run, _ = _base_run(tmp_path, **{"data.num_train": 40})
     elif case == "missing":
         run = str(tmp_path / "nowhere")
-    else:
+    elif case == "unknown_base":
         run, overrides = "", {"model.base": "nope"}
-    config = load_config("sgp", "tiny", **{"model.base_run": run, **overrides})
+    else:  # MSDN's region proposals are its own SGDet input: PredCls / SGCls only under SGP
+        run, overrides = "", {"model.base": "msdn", "eval.modes": "predcls,sgcls,sgdet"}
+    config = load_config("sgp", "motifs,tiny", **{"model.base_run": run, **overrides})
     with pytest.raises(ValueError) as e:
         experiment.complete_config(config)
     assert needle in str(e.value)
-    if case != "unknown_base":
+    if case not in ("unknown_base", "msdn_sgdet"):
         assert os.path.join(run, "config.json") in str(e.value) or case == "other_data"

@@ -226,10 +226,22 @@ class SGPModel(nn.Module):
         return ModelOutputs(obj_logits=obj_logits, rel_logits=rel_logits, aux=base.aux)
 
 
+def check_base_modes(base_config: Any, modes: Any) -> None:
+    """A base whose SGDet needs inputs of its own (SGDet hooks or auxiliary networks, e.g.
+    MSDN's region proposals) works under SGP in PredCls and SGCls only: SGP does not run them."""
+    spec = registry.spec_for(base_config)
+    if "sgdet" in modes and (spec.sgdet is not None or spec.auxiliary):
+        raise ValueError(f"config.model.base={spec.name!r}: its SGDet needs inputs of its own "
+                         f"({', '.join(a.group for a in spec.auxiliary) or 'SGDet hooks'}), "
+                         "which SGP does not provide; under SGP it runs in PredCls and SGCls "
+                         "(config.eval.modes)")
+
+
 def build(model_config: Any, ctx: registry.BuildContext, order_dependent: bool = False
           ) -> SGPModel:
     opt = lambda key: registry.option(model_config, key, SPEC)  # noqa: E731
     base_config = base_section(model_config)
+    check_base_modes(base_config, (ctx.mode,))
     return SGPModel(base=ctx.build_model(base_config, ctx.mode), mode=ctx.mode,
                     hidden=int(opt("gpi_dim")), embed_dim=int(opt("embed_dim")),
                     iterations=int(opt("iterations")), dropout=float(opt("gpi_dropout")),
@@ -255,7 +267,7 @@ def complete_config(config: ml_collections.ConfigDict) -> None:
     `model.train_base` adds the base to the stage's trainable groups."""
     m = config.model
     name = str(m.base)
-    base_section(m)
+    check_base_modes(base_section(m), [x.strip() for x in str(config.eval.modes).split(",")])
     run = str(m.get("base_run", "") or "")
     stage = config.train.stages[STAGE]
     if run:
