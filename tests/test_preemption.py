@@ -102,7 +102,7 @@ def test_the_cli_stops_with_its_exit_code_and_the_same_command_resumes(cache_dir
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "sgg_jax.main", "--config", "configs/imp.py:tiny",
            "--workdir", str(workdir), f"--config.data.cache_dir={cache_dir}",
-           "--config.train.data_parallel=1", "--config.train.stages.relations.num_steps=60",
+           "--config.train.data_parallel=1", "--config.train.stages.relations.num_steps=40",
            "--config.train.checkpoint_every=2", "--config.eval.num_pictures=0"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -118,7 +118,7 @@ def test_the_cli_stops_with_its_exit_code_and_the_same_command_resumes(cache_dir
     assert len(lines) == 1 and "stopped by SIGTERM in stage 'relations'" in lines[0]
     assert "run the same command again to resume" in lines[0] and "Traceback" not in err
     stopped_at = runs.checkpoint_steps(str(relations))[-1]
-    assert f"at step {stopped_at} of 60" in lines[0] and stopped_at < 60
+    assert f"at step {stopped_at} of 40" in lines[0] and stopped_at < 40
     assert not (workdir / "results.json").exists()
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
