@@ -680,8 +680,9 @@ def test_a_predict_killed_mid_write_leaves_only_whole_files(tiny_sgdet_run, tmp_
             finished[name] = path.read_bytes()
         else:
             assert ".tmp." in name, name  # a temporary file, never read
-    # the n-1 renames before the kill (one more may land from another writer thread)
-    assert n - 1 <= len(finished) <= n, (seed, sorted(finished))
+    # at most the n-1 renames before the kill, plus one from another writer thread; with 4
+    # writer threads up to 3 earlier renames may still be in flight when the n-th one kills
+    assert max(0, n - 4) <= len(finished) <= n, (seed, sorted(finished))
     again = subprocess.run([sys.executable, "-m", "sgg_jax.main", *args], cwd=REPO,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "predict: 4 ok, 0 failed" in again.stderr, again.stderr
