@@ -177,7 +177,8 @@ class PreparedDataset:
         changes: dict[str, Any] = {}
         if not config.flip_predicate_map:
             changes["flip_predicate_map"] = self.flip_predicate_map()
-        if split == "train" and self.config.filter_duplicate_rels:
+        if split == "train" and self.config.filter_duplicate_rels \
+                and not kwargs.get("evaluation", False):
             changes["filter_duplicate_rels"] = True
         return make_loader(self.sources[split], dataclasses.replace(config, **changes), split,
                            **kwargs)

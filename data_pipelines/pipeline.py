@@ -378,18 +378,19 @@ def _read_options(config: InputConfig) -> grain.ReadOptions:
 
 
 def make_loader(source: Any, config: InputConfig, split: str = "train", *,
-                shard_options: grain.sharding.ShardOptions | None = None
-                ) -> grain.DataLoader | "EvalLoader":
+                shard_options: grain.sharding.ShardOptions | None = None,
+                evaluation: bool = False) -> grain.DataLoader | "EvalLoader":
     """The loader for one split of a TFDS data source (`builder.as_data_source()[split]`).
 
     split "train": shuffled (if config.shuffle) by config.seed, flipped with flip_prob, repeated
     num_epochs times (None = forever); a `grain.DataLoader`, whose iterator's get_state() /
     set_state() (or `grain.checkpoint.CheckpointSave/Restore` with Orbax) resume the stream
     exactly. Any other split: an `EvalLoader` (one epoch, file order, no augmentation, last
-    batch padded). `shard_options` defaults to `ShardByJaxProcess` (this process's shard);
-    pass `grain.sharding.ShardOptions(i, n)` to read shard i of n explicitly.
+    batch padded); `evaluation=True` makes one for the training split too (evaluating a model
+    on its training images). `shard_options` defaults to `ShardByJaxProcess` (this process's
+    shard); pass `grain.sharding.ShardOptions(i, n)` to read shard i of n explicitly.
     """
-    if split != "train":
+    if split != "train" or evaluation:
         return EvalLoader(source, config, shard_options=shard_options)
     shard = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True)
     per_shard = len(source) // shard.shard_count

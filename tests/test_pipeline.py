@@ -37,6 +37,17 @@ def _ids(loader):
     return [int(i) for b in loader for i in b.image_ids]
 
 
+def test_the_training_split_evaluates_in_one_pass(data):
+    """`evaluation=True`: the training split in one unshuffled, unaugmented epoch (evaluating
+    a model on its training images, e.g. to save its outputs for SGP)."""
+    recs, src = data
+    ids = _ids(pipeline.make_loader(src["train"], _cfg(num_epochs=None, flip_prob=0.5),
+                                    "train", shard_options=grain.sharding.NoSharding(),
+                                    evaluation=True))
+    real = [i for i in ids if i >= 0]
+    assert real == [int(r.image_id) for r in recs["train"]]
+
+
 def test_eval_round_trip_exact(data):
     recs, src = data
     cfg = _cfg(batch_size=2)

@@ -130,3 +130,16 @@ def test_files_without_logits_or_from_another_dataset_are_refused(tmp_path, caps
     split.metadata = {**split.metadata, "idx_to_label": ["bg", "x"]}
     with pytest.raises(ValueError, match=r"idx_to_label .* in .*train\.h5"):
         sgp_offline.check_compatible(sgp_offline.load_saved(train), split)
+
+
+def test_a_run_saved_before_an_eval_field_existed_takes_its_default(tmp_path):
+    """Runs saved before `eval.save_logits` existed can still be evaluated with it."""
+    from sgg_jax.training import runs
+
+    saved = json.loads(load_config("imp", "tiny").to_json())
+    del saved["eval"]["save_logits"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = runs.load_run_config(str(tmp_path))
+    assert config.eval.save_logits is False
+    runs.set_field(config, "eval.save_logits", True)  # the override the eval CLI applies
+    assert runs.add_new_eval_fields(config) == []

@@ -126,7 +126,8 @@ def eval_loader(config: ml_collections.ConfigDict, data: PreparedDataset,
     if split not in data.sources:
         raise ValueError(f"config.eval.split={split!r}: this dataset has {sorted(data.sources)}")
     local = mesh_lib.local_batch_size(int(config.input.eval_batch_size), mesh)
-    return data.loader(split, input_config(config, data.facts, batch_size=local, train=False))
+    return data.loader(split, input_config(config, data.facts, batch_size=local, train=False),
+                       evaluation=True)
 
 
 def dummy_batch(config: ml_collections.ConfigDict, facts: DatasetFacts,

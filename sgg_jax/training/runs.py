@@ -127,7 +127,24 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     if not isinstance(raw, dict) or "model" not in raw or "train" not in raw:
         raise RunConfigError(f"{path}: expected a saved sgg_jax config (with 'model' and "
                              "'train')")
-    return ml_collections.ConfigDict(raw)
+    config = ml_collections.ConfigDict(raw)
+    add_new_eval_fields(config)
+    return config
+
+
+def add_new_eval_fields(config: ml_collections.ConfigDict) -> list[str]:
+    """Evaluation fields added to the library after a run was saved take their defaults, so
+    that such a run can be evaluated with them (e.g. `eval.save_logits`); nothing the run
+    trained with changes. Returns the fields added."""
+    from sgg_jax.config import get_base_config
+
+    if "eval" not in config:
+        return []
+    defaults = get_base_config().eval
+    added = [k for k in defaults if k not in config.eval]
+    for key in added:
+        config.eval[key] = defaults[key]
+    return [f"eval.{k}" for k in added]
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
