@@ -61,7 +61,8 @@ from sgg_jax.models.captioning import PAD, RegionCaptioner
 from sgg_jax.models.detection.rpn import rpn_losses, smooth_l1
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
 from sgg_jax.models.region_proposals import BOX_WEIGHTS, REGION_RPN_GROUP
-from sgg_jax.models.roi_features import FCHead, pair_masks, pool_boxes, union_boxes
+from sgg_jax.models.roi_features import (FCHead, RelationTrunk, pair_masks, pool_boxes,
+                                         union_boxes)
 from sgg_jax.ops import boxes as box_ops
 
 log = logging.getLogger("sgg_jax")
@@ -266,7 +267,7 @@ class MSDNRefinement(nn.Module):
         return obj, phr, reg, rel_logits, region_scores, region_deltas
 
 
-class MSDNModel(nn.Module):
+class MSDNModel(RelationTrunk):
     """MSDN with given object boxes (PredCls / SGCls) and given caption-region boxes.
 
     Attributes:
@@ -283,19 +284,12 @@ class MSDNModel(nn.Module):
     num_classes: int
     num_predicates: int
     vocab_size: int
-    mode: str = "predcls"
-    backbone_name: str = "small_resnet"
     hidden_dim: int = 512
     num_iterations: int = 2
     gate_width: int = 128
-    fc_dim: int = 256
-    roi_size: int = 7
-    sampling_ratio: int = 2
-    dropout: float = 0.0
     max_caption_len: int = 12
     caption_beam_size: int = 1
     link_threshold: float = PHRASE_REGION_OVERLAP
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, inputs: ModelInputs, train: bool = False) -> ModelOutputs:

@@ -112,8 +112,8 @@ class RoIFeatures(nn.Module):
 
 class RelationTrunk(nn.Module, kw_only=True):
     """The fields of the trunk every built-in relation model starts from
-    (`registry.trunk_kwargs` fills them; `trunk_features` reads them): a base class, keyword-only
-    so that a model's own required fields may follow."""
+    (`registry.trunk_kwargs` fills them; `trunk_features` reads them, MSDN its own three RoI
+    branches): a base class, keyword-only so that a model's own required fields may follow."""
 
     mode: str = "predcls"
     backbone_name: str = "small_resnet"

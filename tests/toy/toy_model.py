@@ -15,19 +15,15 @@ import jax.numpy as jnp
 from sgg_jax.models import registry
 from sgg_jax.models.backbone import build_backbone
 from sgg_jax.models.interface import ModelInputs, ModelOutputs
-from sgg_jax.models.roi_features import RoIFeatures
+from sgg_jax.models.roi_features import RelationTrunk, RoIFeatures
 
 
-class ToyModel(nn.Module):
+class ToyModel(RelationTrunk):
+    """The trunk's fields (backbone, RoI sizes, dtype, mode) come from the library's base
+    class, which `registry.trunk_kwargs` fills."""
+
     num_classes: int
     num_predicates: int
-    mode: str = "predcls"
-    backbone_name: str = "small_resnet"
-    fc_dim: int = 32
-    roi_size: int = 7
-    sampling_ratio: int = 2
-    dropout: float = 0.0
-    dtype: Any = jnp.float32
     hidden_dim: int = 16
     flaw: str = ""  # "" | "pairs" | "labels" (the broken variants)
 
