@@ -8,7 +8,9 @@
 `model.base_run` = a finished run of that base, that run's: the `sgp` stage then restores the
 base's parameters from it, the base's own stages are skipped and SGDet uses the base run's
 detector. Without `base_run` the run trains the base first (stages `objects` and `relations`
-over `base/...`, on the generic object and relation losses), then GPI. The base stays frozen
+over `base/...`, on the generic object and relation losses), then GPI. A base's auxiliary
+networks (MSDN's region RPN, which its SGDet reads) keep their own stage (`regions`, after the
+detector), or are loaded from `base_run`. The base stays frozen
 (`model.train_base=True` trains it with GPI). SGCls is SGP's reported mode.
 
 The argument after `:` names a preset, a base or both: `configs/sgp.py:imp`,
@@ -58,8 +60,8 @@ def get_config(arg: str | None = None):
     c.model.base = base_name
     c.model.base_run = ""
     c.model.train_base = False
-    c.model.bases = ml_collections.ConfigDict(
-        {b: base_config(b, preset).model.to_dict() for b in BASES})
+    bases = {b: base_config(b, preset) for b in BASES}
+    c.model.bases = ml_collections.ConfigDict({b: bc.model.to_dict() for b, bc in bases.items()})
     c.model.gpi_dim = 500  # SGP's hidden width
     c.model.embed_dim = 64  # learned class / predicate embeddings (SGP: 300-d word2vec)
     c.model.iterations = 2  # SGP's code (rnn_steps = 2); its README: 3 in the paper
@@ -71,6 +73,14 @@ def get_config(arg: str | None = None):
     c.train.stages.sgp = stage(num_steps=400, trainable=("gpi",), losses=("object", "relation"),
                                learning_rate=1e-3, warmup_steps=20, mode="sgcls")
     c.train.stage_order = "detector,objects,relations,sgp"
+    # SGDet boxes as the named base reports them (MSDN: moved by its box heads).
+    c.eval.sgdet_refine_boxes = bool(bases[base_name].eval.get("sgdet_refine_boxes", False))
+    # The bases' auxiliary networks' stages (MSDN's `regions`); the model's complete_config puts
+    # the base's into the order (after the detector), or loads them from model.base_run.
+    for bc in bases.values():
+        for name, st in bc.train.stages.items():
+            if st.kind not in ("relation", "detector") and name not in c.train.stages:
+                c.train.stages[name] = st
     c = apply_preset(c, preset)
     if preset == "tiny":
         c.model.gpi_dim = 32

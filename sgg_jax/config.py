@@ -21,7 +21,8 @@ def stage(*, num_steps: int, trainable: tuple[str, ...], losses: tuple[str, ...]
       eval.modes has it, else predcls).
     restore_from: before a fresh stage starts, load groups from another run (its last finished
       stage) or a stage directory, into group `restore_into` ("" = top level); restore_groups:
-      which ("" = all both have).
+      which ("" = all both have). A stage with `num_steps` 0 and `restore_from` only loads
+      (SGP takes its base run's region RPN so).
     optimizers: several optimizers, {name: dict(trainable=..., losses=..., learning_rate=...,
       ...)} (fields left out are the stage's), applied jointly or alternating (`update`);
       sgg_jax/training/optim.py.

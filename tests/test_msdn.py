@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import types
 
 import jax
@@ -723,3 +724,50 @@ def test_msdn_sgdet_end_to_end_on_the_region_proposals(regions_run):
     whole = jnp.broadcast_to(jnp.asarray([0.0, 0.0, 128.0, 128.0]), boxes.shape)
     assert not np.allclose(np.asarray(run(whole)[0])[pm], np.asarray(out["rel_scores"])[pm],
                            atol=1e-6)
+
+
+def test_sgp_on_msdn_runs_msdn_sgdet_and_starts_equal_to_it(regions_run):
+    """SGP on an MSDN base in SGDet (sgg_jax/models/sgp.py `resolve`): the run plans MSDN's
+    `regions` stage; a restore-only stage loads the region RPN from MSDN's checkpoint; SGP's
+    jitted SGDet step reads MSDN's region proposals and box heads through MSDN's own hooks, so
+    at initialisation (GPI's corrections are zero) it returns MSDN's boxes, regions, labels and
+    scores."""
+    from sgg_jax.models.region_proposals import REGION_RPN_GROUP
+    from sgg_jax.training import data as data_lib
+    from sgg_jax.training import eval_loop, experiment, trainer
+    from training_utils import RecordingWriter, flat_params
+
+    exp, _, params, _, workdir = regions_run
+    source = exp.checkpoint_dir("regions")
+    config = load_config("sgp", "msdn,tiny", **{
+        "data.cache_dir": exp.config.data.cache_dir, "train.data_parallel": 1,
+        "eval.modes": "sgdet", "train.stages.detector.num_steps": 0,
+        "model.detector.score_thresh": 0.0, "train.stages.regions.restore_from": source,
+        "train.stages.regions.num_steps": 0,
+        "train.stages.regions.restore_groups": REGION_RPN_GROUP})
+    sgp_exp = experiment.setup(config, str(workdir) + "_sgp")
+    assert [(p.name, p.kind) for p in sgp_exp.stages[:2]] == [("detector", "detector"),
+                                                             ("regions", "regions")]
+    assert sgp_exp.config.eval.sgdet_refine_boxes and sgp_exp.spec.evaluations == ("captions",)
+    init = experiment.init_params(sgp_exp, jax.random.key(1))
+    assert set(init) == {"base", "gpi", "detector", REGION_RPN_GROUP}
+    loaded = trainer.train_stage(sgp_exp, sgp_exp.stages[1], init, jax.random.key(2),
+                                 RecordingWriter())
+    got, want = flat_params(loaded[REGION_RPN_GROUP]), flat_params(params[REGION_RPN_GROUP])
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+    assert not os.path.exists(sgp_exp.checkpoint_dir("regions"))  # it trained nothing
+
+    sgp_params = dict(loaded, base=exp.relation_params(params), detector=params["detector"])
+    sgp_step = jax.jit(eval_loop.make_sgdet_step(sgp_exp))
+    msdn_step = jax.jit(eval_loop.make_sgdet_step(exp))
+    batch = next(iter(data_lib.eval_loader(exp.config, exp.data, exp.mesh, "test")))
+    images, sizes = jnp.asarray(batch.images), jnp.asarray(batch.image_sizes)
+    ours = jax.device_get(sgp_step(sgp_params, images, sizes))
+    theirs = jax.device_get(msdn_step(params, images, sizes))
+    assert np.asarray(theirs["pair_mask"]).any() and np.asarray(theirs["region_mask"]).any()
+    assert set(theirs) <= set(ours)
+    assert {"boxes", "labels", "region_boxes", "region_scores", "rel_scores"} <= set(theirs)
+    for key in theirs:
+        np.testing.assert_allclose(np.asarray(ours[key], np.float64),
+                                   np.asarray(theirs[key], np.float64), rtol=1e-5, atol=1e-5,
+                                   err_msg=key)

@@ -164,12 +164,36 @@ def test_base_run_gives_the_base_its_config_and_parameters_and_skips_its_stages(
     assert config.train.stages.sgp.trainable == "gpi,base"
 
 
+def test_an_msdn_base_brings_its_regions_stage_or_loads_it_from_its_run(tmp_path):
+    """MSDN's SGDet reads its region RPN: under SGP the `regions` stage joins the order after
+    the detector (without SGDet it is not planned); with a base run it trains nothing and
+    loads the network from that run."""
+    from sgg_jax.training import experiment
+
+    config = load_config("sgp", "msdn,tiny", **{"eval.modes": "sgcls,sgdet"})
+    experiment.complete_config(config)
+    assert config.train.stage_order == "detector,regions,objects,relations,sgp"
+    assert [(p.name, p.kind) for p in experiment.plan_stages(config)][:2] == [
+        ("detector", "detector"), ("regions", "regions")]
+    no_sgdet = load_config("sgp", "msdn,tiny", **{"eval.modes": "sgcls"})
+    experiment.complete_config(no_sgdet)
+    assert [p.name for p in experiment.plan_stages(no_sgdet)] == ["objects", "relations", "sgp"]
+    run, _ = _base_run(tmp_path, "msdn")
+    config = load_config("sgp", "msdn,tiny", **{"eval.modes": "sgcls,sgdet",
+                                                "model.base_run": run})
+    experiment.complete_config(config)
+    regions = config.train.stages.regions
+    assert config.train.stage_order == "detector,regions,sgp"
+    assert (regions.num_steps, regions.restore_from, regions.restore_into,
+            regions.restore_groups) == (0, run, "", "region_rpn")
+    experiment.validate(config, training=False)
+
+
 @pytest.mark.parametrize("case, needle", [
     ("other_model", "is a run of model 'imp', not of config.model.base='motifs'"),
     ("other_data", "data.num_train 40 there, 48 here"),
     ("missing", "cannot read the base run's model config"),
     ("unknown_base", "config.model.base='nope': expected one of freq, imp, kern, motifs, msdn"),
-    ("msdn_sgdet", "config.model.base='msdn': its SGDet needs inputs of its own (region_rpn)"),
 ])
 def test_a_wrong_base_run_is_refused_naming_the_file_and_what_differs(tmp_path, case, needle):
     from sgg_jax.training import experiment
@@ -181,13 +205,11 @@ def test_a_wrong_base_run_is_refused_naming_the_file_and_what_differs(tmp_path, 
         run, _ = _base_run(tmp_path, **{"data.num_train": 40})
     elif case == "missing":
         run = str(tmp_path / "nowhere")
-    elif case == "unknown_base":
+    else:
         run, overrides = "", {"model.base": "nope"}
-    else:  # MSDN's region proposals are its own SGDet input: PredCls / SGCls only under SGP
-        run, overrides = "", {"model.base": "msdn", "eval.modes": "predcls,sgcls,sgdet"}
     config = load_config("sgp", "motifs,tiny", **{"model.base_run": run, **overrides})
     with pytest.raises(ValueError) as e:
         experiment.complete_config(config)
     assert needle in str(e.value)
-    if case not in ("unknown_base", "msdn_sgdet"):
+    if case != "unknown_base":
         assert os.path.join(run, "config.json") in str(e.value) or case == "other_data"

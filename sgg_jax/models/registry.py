@@ -146,6 +146,9 @@ class ModelSpec:
       before it is validated and saved: fills fields derived from others (SGP: the base
       model's section and the restore of its parameters from `model.base_run`), so that the
       saved config alone rebuilds the model.
+    resolve: optional (config.model) -> ModelSpec, for a model whose auxiliary networks, SGDet
+      hooks or extra evaluations depend on its config (SGP takes its base's): `spec_for`
+      returns the resolved spec, so the trainer and evaluator see the parts of this config.
     """
 
     name: str
@@ -165,6 +168,7 @@ class ModelSpec:
     evaluations: tuple[str, ...] = ()
     relations: bool = True
     complete_config: Callable[[Any], None] | None = None
+    resolve: Callable[[Any], "ModelSpec"] | None = None
 
     @property
     def loss_names(self) -> tuple[str, ...]:
@@ -230,9 +234,11 @@ def get_spec(name: str, module: str = "") -> ModelSpec:
 
 
 def spec_for(model_config: Any) -> ModelSpec:
-    """The spec named by a `config.model` section (name + optional module)."""
+    """The spec named by a `config.model` section (name + optional module), resolved for that
+    section when the model's parts depend on it (`ModelSpec.resolve`)."""
     get = model_config.get if hasattr(model_config, "get") else (lambda k, d=None: d)
-    return get_spec(str(get("name", "")), str(get("module", "") or ""))
+    spec = get_spec(str(get("name", "")), str(get("module", "") or ""))
+    return spec.resolve(model_config) if spec.resolve is not None else spec
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,7 +19,10 @@ permuting the objects permutes every output exactly (tests/test_sgp.py).
 
 The base is any registered model (`config.model.base`, its config section in
 `config.model.bases`), called on every ordered pair of the image's objects so that S_i sees all
-of them; the refined logits are then read for the pairs the caller asked about.
+of them; the refined logits are then read for the pairs the caller asked about. A base's own
+parts (auxiliary networks, SGDet hooks, extra evaluations: MSDN's region RPN, region proposals,
+box heads and captions) stay the base's: `resolve` gives SGP's spec those of its base, called
+with the base's view of the run (`BaseView`), so SGP works in all three modes on every base.
 
 Deviations from shikorab/SceneGraph, all deliberate: SGP's 14-d box features hold `argsort`
 index arrays and the slot index (arange), which depend on the objects' order (our
@@ -34,6 +37,8 @@ negatives; here the relation sampler balances them and `loss.obj_weight` is 4).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 from typing import Any
@@ -226,22 +231,10 @@ class SGPModel(nn.Module):
         return ModelOutputs(obj_logits=obj_logits, rel_logits=rel_logits, aux=base.aux)
 
 
-def check_base_modes(base_config: Any, modes: Any) -> None:
-    """A base whose SGDet needs inputs of its own (SGDet hooks or auxiliary networks, e.g.
-    MSDN's region proposals) works under SGP in PredCls and SGCls only: SGP does not run them."""
-    spec = registry.spec_for(base_config)
-    if "sgdet" in modes and (spec.sgdet is not None or spec.auxiliary):
-        raise ValueError(f"config.model.base={spec.name!r}: its SGDet needs inputs of its own "
-                         f"({', '.join(a.group for a in spec.auxiliary) or 'SGDet hooks'}), "
-                         "which SGP does not provide; under SGP it runs in PredCls and SGCls "
-                         "(config.eval.modes)")
-
-
 def build(model_config: Any, ctx: registry.BuildContext, order_dependent: bool = False
           ) -> SGPModel:
     opt = lambda key: registry.option(model_config, key, SPEC)  # noqa: E731
     base_config = base_section(model_config)
-    check_base_modes(base_config, (ctx.mode,))
     return SGPModel(base=ctx.build_model(base_config, ctx.mode), mode=ctx.mode,
                     hidden=int(opt("gpi_dim")), embed_dim=int(opt("embed_dim")),
                     iterations=int(opt("iterations")), dropout=float(opt("gpi_dropout")),
@@ -264,12 +257,13 @@ def complete_config(config: ml_collections.ConfigDict) -> None:
     """Before a run trains: with `model.base_run` (a finished run of the base model), the base's
     config section becomes that run's, the `sgp` stage restores the base's parameters from it,
     the base's own stages are dropped, and SGDet takes that run's detector unless one is set;
-    `model.train_base` adds the base to the stage's trainable groups."""
+    `model.train_base` adds the base to the stage's trainable groups. A base with auxiliary
+    networks (MSDN's region RPN) gets their stages (see `add_auxiliary_stages`)."""
     m = config.model
     name = str(m.base)
-    check_base_modes(base_section(m), [x.strip() for x in str(config.eval.modes).split(",")])
     run = str(m.get("base_run", "") or "")
     stage = config.train.stages[STAGE]
+    add_auxiliary_stages(config, run)
     if run:
         path = os.path.join(run, "config.json")
         try:
@@ -307,10 +301,66 @@ def complete_config(config: ml_collections.ConfigDict) -> None:
             stage.trainable = ",".join(groups + [BASE_GROUP])
 
 
+def add_auxiliary_stages(config: ml_collections.ConfigDict, run: str) -> None:
+    """The stages of the base's auxiliary networks (configs/sgp.py copies them from the bases'
+    configs, e.g. MSDN's `regions`) join the stage order after the detector; with a base run
+    they train nothing and load the network from it (restore-only stages), so SGDet reads the
+    base's own region proposals."""
+    order = [s.strip() for s in str(config.train.stage_order).split(",") if s.strip()]
+    for aux in registry.spec_for(config.model).auxiliary:
+        names = [n for n, st in config.train.stages.items() if st.get("kind", "") == aux.kind]
+        if not names:
+            raise ValueError(f"config.model.base={str(config.model.base)!r}: its auxiliary "
+                             f"network '{aux.group}' trains in a stage of kind '{aux.kind}', "
+                             "and config.train.stages has none (configs/sgp.py copies the "
+                             "base's)")
+        if not any(n in order for n in names):
+            at = next((i + 1 for i, n in enumerate(order) if n == "detector"), 0)
+            order.insert(at, names[0])
+        if run:
+            for n in names:
+                st = config.train.stages[n]
+                st.num_steps, st.restore_from = 0, run
+                st.restore_into, st.restore_groups = "", aux.group
+    config.train.stage_order = ",".join(order)
+
+
+class BaseView:
+    """The run's Experiment as the base's own functions (auxiliary networks, SGDet hooks) read
+    it: the same object, except that `config.model` is the base's section and `spec` its spec."""
+
+    def __init__(self, exp: Any):
+        self._exp = exp
+        config = copy.deepcopy(exp.config)
+        with config.unlocked():
+            config.model = base_section(exp.config.model)
+        self.config = config
+        self.spec = registry.spec_for(config.model)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._exp, name)
+
+
+def resolve(model_config: Any) -> registry.ModelSpec:
+    """SGP with its base's auxiliary networks, SGDet hooks and extra evaluations (MSDN: the
+    region RPN and its stage, the region proposals and box heads in SGDet, region captions),
+    each called with the base's view of the run (`BaseView`)."""
+    base = registry.spec_for(base_section(model_config))
+    if not (base.auxiliary or base.sgdet or base.evaluations):
+        return SPEC
+    aux = tuple(dataclasses.replace(
+        a, init=lambda exp, *args, a=a: a.init(BaseView(exp), *args),
+        make_loss=lambda exp, a=a: a.make_loss(BaseView(exp))) for a in base.auxiliary)
+    sgdet = None if base.sgdet is None else (lambda exp: base.sgdet(BaseView(exp)))
+    return dataclasses.replace(SPEC, auxiliary=aux, sgdet=sgdet,
+                               sgdet_refines_boxes=base.sgdet_refines_boxes,
+                               evaluations=base.evaluations, resolve=None)
+
+
 SPEC = registry.register(registry.ModelSpec(
     name="sgp", build=build, param_groups=(BASE_GROUP, "gpi"),
     description="SGP (Herzig et al. 2018): a permutation-invariant GPI network refining any "
                 "base model's object and predicate logits",
     config=dict(base="motifs", bases=None, base_run="", train_base=False, gpi_dim=500,
                 embed_dim=64, iterations=2, gpi_dropout=0.1),
-    complete_config=complete_config))
+    complete_config=complete_config, resolve=resolve))

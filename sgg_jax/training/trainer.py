@@ -151,6 +151,8 @@ def train_stage(exp: Experiment, plan: StagePlan, params: Any, rng: jax.Array,
     num_steps = plan.num_steps
     optimizers = optim.make_optimizers(plan.config, cfg.train, params)
     if not optimizers or num_steps <= 0:
+        if plan.config.get("restore_from", ""):  # a restore-only stage: loads, trains nothing
+            return restore_from(exp, plan, params)
         log.info("stage '%s': nothing to train for this model (%s); skipped", plan.name,
                  plan.config.trainable)
         return params
