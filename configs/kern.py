@@ -8,10 +8,9 @@ Presets (`--config configs/kern.py:<preset>`):
              presets (docs/models.md, "Presets"): GGNNs 512 wide with 3 steps each; Adam (eps
              1e-3, no weight decay) at 2e-5 (its lr 1e-5 x batch 2), the RoI fc layers at a
              tenth of it, gradient norm clipped at 5, constant rate; KERN's phases as stages:
-             `predcls` (the relation GGNN alone, 25 epochs: KERN's 20-30) then `sgcls` (adds the
-             object GGNN, 10 epochs: KERN's 8-13), whose checkpoint serves PredCls and SGCls.
-             KERN's third phase (SGDet refinement on detections) is not available: relation
-             stages train on ground-truth boxes (docs/models.md, "Presets").
+             `predcls` (the relation GGNN alone, 25 epochs: KERN's 20-30), `sgcls` (adds the
+             object GGNN, 10 epochs: KERN's 8-13), whose checkpoint serves PredCls and SGCls,
+             then `sgdet` (the same on the detector's boxes, 10 epochs), which serves SGDet.
 """
 from sgg_jax.config import apply_preset, epochs_to_steps, get_base_config, stage
 
@@ -51,5 +50,10 @@ def get_config(arg: str | None = None):
             # Phase 2: adds GGNNObj (relation_head/objects) and the object loss.
             c.train.stages.sgcls = phase(10, ("obj_classifier", "relation_head"),
                                          ("object", "relation"), "sgcls")
-            c.train.stage_order = "detector,objects,predcls,sgcls"
+            # Phase 3: SGDet refinement on the detector's boxes (scripts/train_kern_sgdet.sh:
+            # phase 2's flags from its checkpoint; it names no epoch count and picks the best
+            # val epoch, so 10 as phase 2). PredCls / SGCls are evaluated with `sgcls`.
+            c.train.stages.sgdet = phase(10, ("obj_classifier", "relation_head"),
+                                         ("object", "relation"), "sgdet")
+            c.train.stage_order = "detector,objects,predcls,sgcls,sgdet"
     return c

@@ -9,6 +9,11 @@ from __future__ import annotations
 import ml_collections
 
 
+# config.train.plateau (see get_base_config).
+PLATEAU_DEFAULTS = dict(every=0, split="val", metric="R@100", patience=3, factor=0.1,
+                        threshold=1e-4, cooldown=1, stop_below=0.0)
+
+
 def stage(*, num_steps: int, trainable: tuple[str, ...], losses: tuple[str, ...],
           learning_rate: float, warmup_steps: int = 0, optimizer: str = "adam",
           schedule: str = "cosine", kind: str = "relation", mode: str = "",
@@ -151,6 +156,13 @@ def get_base_config() -> ml_collections.ConfigDict:
         # ~/.cache/sgg_jax/xla; "off" = none): re-runs and resumed runs skip recompilation.
         compilation_cache_dir="",
         checkpoint_every=100, keep_checkpoints=2, log_every=20, eval_every=0,
+        # Stages with schedule="plateau" (neural-motifs' ReduceLROnPlateau): every `every` steps
+        # the model is evaluated on `split` in the stage's mode; when `metric` (the motifs
+        # protocol's, e.g. R@100) has not risen above its best + `threshold` for more than
+        # `patience` evaluations the rate is multiplied by `factor`, and the next `cooldown`
+        # evaluations do not count; the stage ends early once an optimizer's rate is at most
+        # `stop_below` x the stage's learning_rate (0 = never).
+        plateau=ml_collections.ConfigDict(PLATEAU_DEFAULTS),
         # A checkpoint that cannot be restored (damaged, or written by another model / config)
         # stops the run naming it; True moves it aside (<step>.damaged-<time>, nothing is
         # deleted) and resumes from the newest earlier step that restores.

@@ -74,8 +74,39 @@ def sample_relations(rng: jax.Array, boxes: jnp.ndarray, box_mask: jnp.ndarray,
     fg_order = jnp.argsort(fg_key)
     num_fg = jnp.minimum(kept.sum(), num_fg_max)
 
-    # Background candidates: ordered pairs of distinct real boxes with no ground-truth relation.
+    fg_pairs = jnp.stack([subj[fg_order], obj[fg_order]], -1)
     has_rel = jnp.zeros((o, o), bool).at[subj, obj].max(valid_rel)
+    return _fill(k_bg, boxes, real_box, has_rel, fg_pairs, relations[fg_order, 2], num_fg,
+                 num_rels, must_overlap)
+
+
+def sample_dense_relations(rng: jax.Array, boxes: jnp.ndarray, box_mask: jnp.ndarray,
+                           predicates: jnp.ndarray, *, num_rels: int, fg_fraction: float = 0.25,
+                           must_overlap: bool = False
+                           ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """`sample_relations` for relations given as a dense matrix (training on detections, where
+    several boxes may carry one ground-truth relation): predicates [O, O] int, the predicate of
+    ordered pair (i, j), 0 = none. Foreground: a random subset (at most int(fg_fraction * M)) of
+    the pairs of real boxes with a predicate; background: the rest, as there."""
+    o = boxes.shape[0]
+    num_fg_max = int(fg_fraction * num_rels)
+    k_fg, k_bg = jax.random.split(rng)
+    has_rel = (predicates > 0) & box_mask[:, None] & box_mask[None] & ~jnp.eye(o, dtype=bool)
+    flat = has_rel.reshape(-1)
+    fg_order = jnp.argsort(jnp.where(flat, jax.random.uniform(k_fg, (o * o,)), 2.0))
+    num_fg = jnp.minimum(flat.sum(), num_fg_max)
+    fg_pairs = jnp.stack([fg_order // o, fg_order % o], -1)
+    return _fill(k_bg, boxes, box_mask, has_rel, fg_pairs, predicates.reshape(-1)[fg_order],
+                 num_fg, num_rels, must_overlap)
+
+
+def _fill(k_bg: jax.Array, boxes: jnp.ndarray, real_box: jnp.ndarray, has_rel: jnp.ndarray,
+          fg_pairs: jnp.ndarray, fg_labels: jnp.ndarray, num_fg: jnp.ndarray, num_rels: int,
+          must_overlap: bool) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """The M slots: the first `num_fg` foreground candidates (in the given random order), then
+    a random subset of the background pairs (ordered pairs of distinct real boxes with no
+    relation), then padding."""
+    o = boxes.shape[0]
     cand = real_box[:, None] & real_box[None] & ~jnp.eye(o, dtype=bool) & ~has_rel
     if must_overlap:
         overlapping = cand & _intersects(boxes)
@@ -88,13 +119,13 @@ def sample_relations(rng: jax.Array, boxes: jnp.ndarray, box_mask: jnp.ndarray,
     slot = jnp.arange(num_rels)
     is_fg = slot < num_fg
     is_bg = ~is_fg & (slot - num_fg < num_bg)
-    fg_rel = _take_padded(fg_order, slot)
+    fg_slot = jnp.clip(slot, 0, fg_pairs.shape[0] - 1)
     bg_flat = _take_padded(bg_order, slot - num_fg)
-    pairs = jnp.where(is_fg[:, None], jnp.stack([subj[fg_rel], obj[fg_rel]], -1),
+    pairs = jnp.where(is_fg[:, None], fg_pairs[fg_slot],
                       jnp.stack([bg_flat // o, bg_flat % o], -1))
     pair_mask = is_fg | is_bg
     pairs = jnp.where(pair_mask[:, None], pairs, 0).astype(jnp.int32)
-    pair_labels = jnp.where(is_fg, relations[fg_rel, 2], 0).astype(jnp.int32)
+    pair_labels = jnp.where(is_fg, fg_labels[fg_slot], 0).astype(jnp.int32)
     return pairs, pair_labels, pair_mask
 
 

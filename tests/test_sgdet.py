@@ -275,3 +275,147 @@ def test_freq_sgdet_reads_the_detector_labels():
                                                        labels[0, pairs[0, :, 1]]], rtol=1e-6)
     np.testing.assert_allclose(outs["sgcls"][0], np.broadcast_to(table[3, 3], (4, p + 1)),
                                rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Relation stages on detections (mode="sgdet")
+
+
+def test_assign_ground_truth_by_hand():
+    """Object targets: the class of the ground-truth box overlapped most (IoU >= 0.5, any
+    label); pair predicates: only when both detections overlap the relation's boxes *and* carry
+    their classes (neural-motifs' SGDet assignment); one of several predicates per pair."""
+    from sgg_jax.training.detections import assign_ground_truth
+
+    gt = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [0, 20, 10, 30], [0, 0, 0, 0]], np.float32)
+    gt_labels = np.array([1, 2, 3, 0], np.int32)
+    gt_mask = np.array([True, True, True, False])
+    rels = np.array([[0, 1, 4], [1, 2, 5], [0, 2, 6], [0, 2, 7], [3, 0, 2]], np.int32)
+    rel_mask = np.array([True, True, True, True, True])  # the last names the padded box
+    dets = np.array([[0, 0, 10, 10], [0, 0, 10, 11], [20, 0, 30, 10], [0, 20, 10, 30],
+                     [50, 50, 60, 60], [0, 0, 10, 10]], np.float32)
+    labels = np.array([1, 1, 3, 3, 1, 1], np.int32)
+    valid = np.array([True, True, True, True, True, False])
+    seen = set()
+    for seed in range(8):
+        targets, preds = jax.device_get(assign_ground_truth(
+            jax.random.key(seed), dets, valid, labels, gt, gt_labels, gt_mask, rels, rel_mask))
+        np.testing.assert_array_equal(targets, [1, 1, 2, 3, 0, 0])
+        expect = np.zeros((6, 6), np.int32)
+        expect[0, 3] = expect[1, 3] = preds[0, 3]  # A -> C: predicate 6 or 7, d0 and d1 both A
+        np.testing.assert_array_equal(preds, expect)
+        assert preds[0, 3] in (6, 7)
+        seen.add(int(preds[0, 3]))
+    assert seen == {6, 7}
+
+
+def test_dense_sampling_against_numpy():
+    """sample_dense_relations: foreground = pairs with a predicate (capped, each once, with its
+    predicate), background = other ordered pairs of real boxes, real slots first."""
+    from sgg_jax.relation_sampling import sample_dense_relations
+
+    rng = np.random.default_rng(0)
+    o, m = 7, 16
+    for seed in range(5):
+        boxes = np.sort(rng.uniform(0, 50, (o, 4)).astype(np.float32).reshape(o, 2, 2),
+                        axis=1).transpose(0, 2, 1).reshape(o, 4)
+        mask = rng.random(o) < 0.8
+        preds = np.where(rng.random((o, o)) < 0.3, rng.integers(1, 5, (o, o)), 0).astype(np.int32)
+        pairs, labels, pm = jax.device_get(sample_dense_relations(
+            jax.random.key(seed), boxes, mask, preds, num_rels=m, fg_fraction=0.25))
+        real = mask[:, None] & mask[None] & ~np.eye(o, dtype=bool)
+        fg_all = {(i, j) for i, j in zip(*np.nonzero(real & (preds > 0)))}
+        n = int(pm.sum())
+        assert pm[:n].all() and not pm[n:].any()
+        got = [tuple(p) for p in pairs[:n]]
+        assert len(set(got)) == n and all(real[i, j] for i, j in got)
+        fg = [(p, lab) for p, lab in zip(got, labels[:n]) if lab > 0]
+        assert len(fg) == min(len(fg_all), m // 4)
+        assert all(p in fg_all and lab == preds[p] for p, lab in fg)
+        bg = [p for p, lab in zip(got, labels[:n]) if lab == 0]
+        assert not set(bg) & fg_all
+        assert n == min(m, len(fg) + int(real.sum()) - len(fg_all))
+
+
+def test_training_detections_on_ground_truth_boxes_recover_the_ground_truth(cache_dir, trained):
+    """make_training_detections with a stand-in detector that returns the batch's own boxes and
+    classes: the object targets are the labels and every sampled foreground pair is a ground-truth
+    relation with its predicate; the model sees the detector's labels and class distributions."""
+    from sgg_jax.models.detection.roi_head import Detections
+    from sgg_jax.training import mesh as mesh_lib
+    from sgg_jax.training.detections import make_training_detections
+
+    exp = trained[0]
+    batch = jax.device_get(mesh_lib.to_global(next(iter(data_lib.train_loader(
+        exp.config, exp.data, exp.mesh, seed=0))), exp.mesh))
+    c1 = exp.facts.num_classes + 1
+
+    class GroundTruth:  # a "detector" whose detections are the ground truth
+        def apply(self, variables, images, sizes):
+            valid = jnp.asarray(batch.box_mask & (batch.labels > 0))
+            return Detections(boxes=jnp.asarray(batch.boxes), labels=jnp.asarray(batch.labels),
+                              scores=valid.astype(jnp.float32),
+                              class_dists=jax.nn.one_hot(batch.labels, c1), valid=valid,
+                              roi_index=jnp.zeros(valid.shape, jnp.int32),
+                              features=jnp.zeros(valid.shape + (1,)))
+
+    fn = jax.jit(make_training_detections(GroundTruth(), {}, num_rels=32, fg_fraction=0.5,
+                                          must_overlap=False))
+    out = jax.device_get(fn({DETECTOR_GROUP: {}}, batch, jax.random.key(0)))
+    real = batch.box_mask & (batch.labels > 0)
+    total_fg = 0
+    for b in range(batch.images.shape[0]):
+        order = np.argsort(~real[b], kind="stable")  # detections come valid first
+        np.testing.assert_array_equal(out.batch.labels[b], np.where(real[b], batch.labels[b],
+                                                                    0)[order])
+        np.testing.assert_array_equal(out.inputs["labels"][b], out.batch.labels[b])
+        truth = {(int(order.tolist().index(s)), int(order.tolist().index(o))): set()
+                 for s, o, _ in batch.relations[b][batch.rel_mask[b]]}
+        for s, o, p in batch.relations[b][batch.rel_mask[b]]:
+            truth[(order.tolist().index(s), order.tolist().index(o))].add(int(p))
+        pm, labels = out.pair_mask[b], out.pair_labels[b]
+        fg = [(tuple(int(x) for x in q), int(lab))
+              for q, lab, v in zip(out.pairs[b], labels, pm) if v and lab > 0]
+        assert all(q in truth and lab in truth[q] for q, lab in fg)
+        assert len(fg) == min(len(truth), 16)
+        total_fg += len(fg)
+    assert total_fg > 0
+
+
+def test_a_relation_stage_trains_on_detections(cache_dir, trained, tmp_path):
+    """A relation stage in mode sgdet (the SGDet refinement phase, after a stage on ground-truth
+    boxes) trains the relation model on the frozen detector's boxes: finite losses, the
+    detector unchanged, the model moved. PredCls / SGCls are then evaluated with the
+    ground-truth-box stage's parameters, SGDet with the refined ones. A run without a detector
+    does not plan the stage (as its detector stage)."""
+    from training_utils import RecordingWriter, finished_run
+
+    _, det_params, _, _ = trained
+    config = det_config(cache_dir, **{
+        "model.detector.score_thresh": 0.0, "eval.modes": "sgcls,sgdet",
+        "train.stage_order": "detector,objects,relations", "train.stages.objects.num_steps": 1,
+        "train.stages.relations.mode": "sgdet", "train.stages.relations.num_steps": 2})
+    # The ground-truth-box stage: its initial parameters as its finished checkpoint.
+    saved = finished_run(config, tmp_path / "refine", stage="objects")
+    exp = experiment.setup(config, str(tmp_path / "refine"))
+    assert [(p.name, p.mode) for p in exp.stages] == [
+        ("detector", "sgdet"), ("objects", "sgcls"), ("relations", "sgdet")]
+    experiment.init_params(exp, jax.random.key(0))
+    gt_params = dict(saved, **{DETECTOR_GROUP: det_params[DETECTOR_GROUP]})
+    writer = RecordingWriter()
+    out = trainer.train_stage(exp, exp.stages[2], gt_params, jax.random.key(2), writer)
+    rows = [v for _, prefix, v in writer.rows if prefix == "relations/"]
+    assert rows and all(np.isfinite(r["loss"]) for r in rows)
+    a, b = flat_params(gt_params), flat_params(out)
+    moved = {k for k in a if not np.array_equal(a[k], b[k])}
+    assert moved and not any(k.startswith(f"['{DETECTOR_GROUP}']") for k in moved)
+
+    assert experiment.given_box_stage(exp).name == "objects"
+    by_mode, stages = experiment.mode_params(exp, out)
+    assert stages == {"sgcls": "objects", "sgdet": "relations"} and set(by_mode) == {"sgcls"}
+    c, d = flat_params(by_mode["sgcls"]), flat_params(saved)
+    assert c.keys() == d.keys() and all(np.array_equal(c[k], d[k]) for k in d)
+
+    no_detector = load_config("imp", "tiny", **{"eval.modes": "sgcls",
+                                                "train.stages.relations.mode": "sgdet"})
+    assert [p.name for p in experiment.plan_stages(no_detector)] == ["objects"]

@@ -78,6 +78,39 @@ def test_loss_decreases_on_a_fixed_batch(cache_dir, tmp_path, monkeypatch):
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
 
 
+def test_a_plateau_stage_lowers_its_rate_and_ends_early(cache_dir, tmp_path):
+    """schedule="plateau": validations on the val split in the stage's mode (every step here);
+    the second does not beat the first by the (huge) threshold, so with patience 0 the rate
+    drops 10x, which reaches stop_below: the stage ends at step 2 of 4, its checkpoint holds the
+    lowered scale, and a second run finds it finished."""
+    import orbax.checkpoint as ocp
+
+    config = tiny(cache_dir, **RELATIONS_ONLY, **{
+        "train.data_parallel": 1, "eval.modes": "sgcls", "train.log_every": 1,
+        "train.stages.relations.num_steps": 4, "train.stages.relations.schedule": "plateau",
+        "train.plateau.every": 1, "train.plateau.patience": 0, "train.plateau.threshold": 1e9,
+        "train.plateau.stop_below": 0.5})
+    workdir = str(tmp_path / "plateau")
+    writer = RecordingWriter()
+    first = _train(config, workdir, writer)
+    rows = [(step, v) for step, prefix, v in writer.rows if prefix == "relations/plateau/"]
+    assert [step for step, _ in rows] == [1, 2]
+    assert [v["lr_scale"] for _, v in rows] == pytest.approx([1.0, 0.1])
+    assert rows[0][1]["best"] == rows[0][1]["metric"] and 0 <= rows[0][1]["metric"] <= 100
+    assert len([1 for _, prefix, _ in writer.rows if prefix == "relations/"]) == 2
+    stage_dir = tmp_path / "plateau" / "checkpoints" / "relations"
+    assert sorted(os.listdir(stage_dir)) == ["2", "finished.json"]
+    state = ocp.PyTreeCheckpointer().restore(str(stage_dir / "2" / "state"))
+    scales = [v for k, v in flat_params(state["opt_state"]).items() if k.endswith("['scale']")]
+    assert scales and all(float(v) == pytest.approx(0.1) for v in scales)
+    writer = RecordingWriter()
+    assert_trees_close(first, _train(config, workdir, writer), exact=True)
+    assert not writer.rows  # finished: nothing trained again
+    bad = tiny(cache_dir, **{"train.stages.relations.schedule": "plateau"})
+    with pytest.raises(ValueError, match="needs config.train.plateau.every > 0"):
+        experiment.validate(bad)
+
+
 @pytest.mark.slow
 def test_interrupt_and_resume_is_exact(cache_dir, tmp_path, monkeypatch):
     """Both stages; killed after 5 of the second stage's 6 steps (tiny checkpoints every 4 steps: the last is 4)."""

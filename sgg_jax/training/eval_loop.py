@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -34,7 +34,7 @@ from sgg_jax.models.interface import ModelInputs
 from sgg_jax.models.registry import DETECTION_MODE, DETECTOR_GROUP
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import mesh as mesh_lib
-from sgg_jax.training import optim, pictures as pictures_lib, reporting
+from sgg_jax.training import detections, optim, pictures as pictures_lib, reporting
 from sgg_jax.training.steps import model_inputs
 
 log = logging.getLogger("sgg_jax")
@@ -92,11 +92,6 @@ def detection_pairs(boxes: jax.Array, valid: jax.Array, must_overlap: bool = Fal
     return pairs, mask
 
 
-def _real_first(valid: jax.Array) -> jax.Array:
-    """Permutation [B, D] that moves valid entries first, keeping their order."""
-    return jnp.argsort(~valid, axis=-1, stable=True)
-
-
 def make_sgdet_step(exp: Any) -> Callable:
     """(params, images [B,S,S,3] uint8, image_sizes [B,2], detector_images=None,
     detector_image_sizes=None) -> SGDet predictions (jittable).
@@ -128,16 +123,11 @@ def make_sgdet_step(exp: Any) -> Callable:
     def step(params: Any, images: jax.Array, image_sizes: jax.Array,
              detector_images: jax.Array | None = None,
              detector_image_sizes: jax.Array | None = None) -> dict[str, jax.Array]:
-        det_images, det_sizes, det_scale = detector_view(images, image_sizes, detector_images,
-                                                         detector_image_sizes)
-        dets = detector.apply({"params": params[DETECTOR_GROUP], **detector_state}, det_images,
-                              det_sizes)
-        order = _real_first(dets.valid)
-        take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
-                                             axis=1)
-        boxes, valid = rescale(take(dets.boxes), det_scale), take(dets.valid)
-        det_labels = jnp.where(valid, take(dets.labels), 0).astype(jnp.int32)
-        det_scores = jnp.where(valid, take(dets.scores), 0.0)
+        dets, (det_images, det_sizes, det_scale) = detections.detect(
+            detector, detector_state, params[DETECTOR_GROUP], images, image_sizes,
+            detector_images, detector_image_sizes)
+        boxes, valid = dets.boxes, dets.valid
+        det_labels, det_scores = dets.labels, dets.scores
         pairs, pair_mask = detection_pairs(boxes, valid, must_overlap)
         extra_inputs, extra_out = {}, {}
         if hooks is not None and hooks.extra_inputs is not None:
@@ -145,7 +135,7 @@ def make_sgdet_step(exp: Any) -> Callable:
                                                          det_scale)
         inputs = ModelInputs(images=images, image_sizes=image_sizes, boxes=boxes, box_mask=valid,
                              labels=det_labels, pairs=pairs, pair_mask=pair_mask,
-                             obj_dists=jnp.where(valid[..., None], take(dets.class_dists), 0.0),
+                             obj_dists=dets.class_dists,
                              **extra_inputs)
         outputs = model.apply({"params": exp.relation_params(params), **model_state}, inputs,
                               train=False)
@@ -336,8 +326,10 @@ def _batches(exp: Any, split: str, desc: str) -> Iterable[tuple[Any, Batch]]:
 # The evaluation of a run
 
 
-def evaluate(exp: Any, params: Any, split: str | None = None,
-             num_pictures: int = 0) -> dict[str, Any]:
+def evaluate(exp: Any, params: Any, split: str | None = None, num_pictures: int = 0,
+             mode_params: Mapping[str, Any] | None = None,
+             evaluated_with: Mapping[str, str] | None = None,
+             modes: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluates every configured mode on a split; returns the results.json dict.
 
     Layout (docs/architecture.md): results[mode] = the neural-motifs protocol's metrics,
@@ -352,11 +344,16 @@ def evaluate(exp: Any, params: Any, split: str | None = None,
     <workdir>/pictures (process 0). With `config.eval.save_predictions` each mode's predictions
     are also written to <workdir>/predictions/<split>_<mode>.h5 (sgg_jax.evaluation
     .prediction_file; `python -m sgg_jax.evaluate` reads them).
+    `mode_params` gives some modes other parameters (PredCls / SGCls of a run whose last stage
+    refined the model on detections: `experiment.mode_params`); `evaluated_with` ({mode: stage
+    name}) is stored as results["evaluated_with"]. `modes` evaluates only those (a plateau
+    stage's validation), without the model's extra evaluations.
     """
     cfg = exp.config
     split = split or cfg.eval.split
     protocols = reporting.parse_protocols(cfg.eval.get("protocols", "motifs,msdn"))
-    modes = optim.split_list(cfg.eval.modes)
+    extras = exp.spec.evaluations if modes is None else ()
+    modes = list(modes) if modes is not None else optim.split_list(cfg.eval.modes)
     picture_mode = pictures_lib.picture_mode(modes) if num_pictures > 0 else None
     if jax.process_index() != 0:
         picture_mode = None
@@ -392,10 +389,11 @@ def evaluate(exp: Any, params: Any, split: str | None = None,
         mode_counts = GroundTruthCounts()
         written: list[tuple[int, dict]] = []
         seen = 0
+        these = (mode_params or {}).get(mode, params)
         for batch, full_batch in _batches(exp, split, f"eval[{mode}]"):
             if 0 <= limit <= seen:  # every process counts the same gathered images
                 break
-            scored = gather_to_host(score(params, batch))
+            scored = gather_to_host(score(these, batch))
             for gt, pred, row in batch_to_examples(full_batch, scored, ground_truth,
                                                    mode == "predcls"):
                 if 0 <= limit <= seen:
@@ -441,8 +439,10 @@ def evaluate(exp: Any, params: Any, split: str | None = None,
             exp.facts.idx_to_predicate, int(cfg.predict.top_relations))
         log.info("%d %s prediction pictures in %s", len(paths), picture_mode,
                  os.path.dirname(paths[0]))
-    for name in exp.spec.evaluations:
+    for name in extras:
         results[name] = EXTRA_EVALUATIONS[name](exp, params, split)
+    if evaluated_with and len(set(evaluated_with.values())) > 1:
+        results["evaluated_with"] = dict(evaluated_with)
     return results
 
 

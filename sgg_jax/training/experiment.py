@@ -93,9 +93,9 @@ def plan_stages(config: ml_collections.ConfigDict, spec: registry.ModelSpec | No
     """The stages this run trains, in order: the detector stage first when eval.modes contains
     sgdet (added if the order omits it, dropped otherwise: PredCls / SGCls need no detector),
     then the auxiliary networks' stages the order names (also only with sgdet), then the
-    relation stages in `train.stage_order`. ("detection" in eval.modes also needs the
-    detector.) A run that reuses a trained detector (`model.detector.checkpoint`) has no
-    detector stage."""
+    relation stages in `train.stage_order` (those in mode sgdet, which train on the detector's
+    boxes, also only with a detector). ("detection" in eval.modes also needs the detector.) A
+    run that reuses a trained detector (`model.detector.checkpoint`) has no detector stage."""
     spec = spec or registry.spec_for(config.model)
     names = optim.split_list(config.train.stage_order)
     for name in names:
@@ -130,6 +130,8 @@ def plan_stages(config: ml_collections.ConfigDict, spec: registry.ModelSpec | No
                     plan.append(StagePlan(n, config.train.stages[n], kind, "sgdet", 101 + i))
     for i, name in enumerate(relation):
         mode = str(config.train.stages[name].get("mode", "") or "") or train_mode
+        if mode == "sgdet" and not uses_detector(config):
+            continue  # it trains on the detector's boxes: only in runs that have one
         plan.append(StagePlan(name, config.train.stages[name], RELATION_KIND, mode, i))
     return plan
 
@@ -152,7 +154,8 @@ def kind_losses(spec: registry.ModelSpec, kind: str) -> tuple[str, ...]:
     return tuple(n for a in spec.auxiliary if a.kind == kind for n in a.losses)
 
 
-def _check_stage(plan: StagePlan, spec: registry.ModelSpec) -> None:
+def _check_stage(plan: StagePlan, spec: registry.ModelSpec,
+                 train: ml_collections.ConfigDict) -> None:
     """A stage's trainable groups, losses, optimizers and mode against what the model
     declares (a typo fails here, not as a silent zero loss after data preparation)."""
     where = f"config.train.stages.{plan.name}"
@@ -170,11 +173,19 @@ def _check_stage(plan: StagePlan, spec: registry.ModelSpec) -> None:
             raise ValueError(f"{label}.losses={opt.losses!r}: unknown or no loss terms "
                              f"{bad}; a '{plan.kind}' stage of model {spec.name!r} may name "
                              f"{', '.join(losses)}")
-    if plan.mode not in ("predcls", "sgcls", "sgdet"):
-        raise ValueError(f"{where}.mode={plan.mode!r}: expected predcls or sgcls")
-    if plan.kind == RELATION_KIND and plan.mode == "sgdet":
-        raise ValueError(f"{where}.mode='sgdet': relation stages train on ground-truth boxes "
-                         "(predcls or sgcls); training on detections is not implemented")
+    schedules = {o.schedule for o in optim.optimizer_specs(plan.config).values()}
+    bad = sorted(schedules - set(optim.SCHEDULES))
+    if bad:
+        raise ValueError(f"{where}.schedule={bad[0]!r}: expected one of {optim.SCHEDULES}")
+    if "plateau" in schedules:
+        if plan.kind != RELATION_KIND:
+            raise ValueError(f"{where}.schedule='plateau': only relation stages are validated "
+                             "(their recall drives it)")
+        if int(optim.plateau_settings(train).every) <= 0:
+            raise ValueError(f"{where}.schedule='plateau' needs config.train.plateau.every > 0 "
+                             "(steps between its validations)")
+    if plan.mode not in registry.MODES:
+        raise ValueError(f"{where}.mode={plan.mode!r}: expected one of {registry.MODES}")
 
 
 # Numeric fields and the values that make sense: (dotted key, smallest value, what to say).
@@ -281,7 +292,7 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> regist
         raise ValueError(f"config.eval.sgdet_refine_boxes: model {spec.name!r} has no "
                          "box-refinement head")
     for plan in plan_stages(config, spec):
-        _check_stage(plan, spec)
+        _check_stage(plan, spec, config.train)
     if training:
         pretrained.check_pretrained(config)
         if uses_detector(config):
@@ -563,6 +574,48 @@ def restore_final_params(exp: Experiment, rng: jax.Array, checkpoint: str = "",
     return params, found.partial
 
 
+def given_box_stage(exp: Experiment) -> StagePlan | None:
+    """When the run's last relation stage trains on detections (mode sgdet: neural-motifs' and
+    KERN's SGDet refinement), the last relation stage before it on ground-truth boxes: PredCls
+    and SGCls are evaluated with that stage's parameters, as both codebases do (the refined
+    checkpoint serves SGDet). None otherwise (one checkpoint serves every mode)."""
+    trained = [p for p in exp.stages if p.kind == RELATION_KIND and _trains_something(p, exp)]
+    if not trained or trained[-1].mode != "sgdet":
+        return None
+    before = [p for p in trained if p.mode != "sgdet"]
+    return before[-1] if before else None
+
+
+def restore_stage_params(exp: Experiment, plan: StagePlan, like: Any, root: str = "") -> Any:
+    """The final parameters of one finished stage of the run under `root` (default the
+    workdir), placed like `like`; an unfinished stage raises `runs.UnfinishedRunError`."""
+    directory = runs.stage_dir(root or exp.workdir, plan.name)
+    latest, finished = stage_progress(plan, directory)
+    if not finished:
+        raise runs.UnfinishedRunError(f"{directory}: stage '{plan.name}' has not finished "
+                                      "(its parameters serve PredCls and SGCls)")
+    ckpt = StageCheckpointer(directory)
+    try:
+        params, _ = ckpt.restore_params(runs.finished_step(directory) or latest,
+                                        abstract_like(like), exp.frozen_collections())
+    finally:
+        ckpt.close()
+    return params
+
+
+def mode_params(exp: Experiment, params: Any, root: str = "") -> tuple[dict, dict]:
+    """({mode: parameters} for the modes not evaluated with `params`, {mode: stage name} of
+    every evaluated relation mode) for `eval_loop.evaluate`: see `given_box_stage`."""
+    modes = [m for m in optim.split_list(exp.config.eval.modes) if m in registry.MODES]
+    gt_stage = given_box_stage(exp)
+    last = [p for p in exp.stages if p.kind == RELATION_KIND and _trains_something(p, exp)]
+    if gt_stage is None:
+        return {}, ({m: last[-1].name for m in modes} if last else {})
+    gt_params = restore_stage_params(exp, gt_stage, params, root)
+    given = {m: gt_params for m in modes if m != "sgdet"}
+    return given, {m: (gt_stage.name if m in given else last[-1].name) for m in modes}
+
+
 def save_run_files(exp: Experiment) -> None:
     """config.json and the dataset facts into the run directory (process 0), so the run can be
     evaluated and used for prediction from its directory alone."""
@@ -572,5 +625,6 @@ def save_run_files(exp: Experiment) -> None:
 
 
 __all__ = ["Experiment", "StagePlan", "setup", "validate", "plan_stages", "init_params",
+           "given_box_stage", "restore_stage_params", "mode_params",
            "initialize_runtime", "find_final_checkpoint", "restore_final_params",
            "save_run_files", "uses_detector", "FinalCheckpoint"]

@@ -12,11 +12,15 @@ do not advance during the discriminator's step.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+
+from sgg_jax.config import PLATEAU_DEFAULTS
 
 MAIN = "main"  # the name of a stage's single optimizer
 UPDATES = ("joint", "alternating")
@@ -53,19 +57,92 @@ def update_rule(stage: ml_collections.ConfigDict) -> str:
     return rule
 
 
+SCHEDULES = ("cosine", "constant", "plateau")
+
+
+class PlateauState(NamedTuple):
+    """ReduceLROnPlateau's state (PyTorch's, mode "max", absolute threshold), kept in the
+    optimizer state so that checkpoints hold it and a resumed run continues it exactly."""
+
+    scale: jax.Array  # the factor on the rate: 1, then factor, factor^2, ...
+    best: jax.Array  # the best validation metric so far
+    num_bad: jax.Array  # evaluations since it last improved
+    cooldown: jax.Array  # evaluations left before bad ones count again
+
+
+def scale_by_plateau() -> optax.GradientTransformation:
+    """Multiplies the updates by `PlateauState.scale`, which only the host changes, after a
+    validation (`plateau_step`): a stage with schedule "plateau" lowers its rate so."""
+
+    def init(params: Any) -> PlateauState:
+        del params
+        return PlateauState(jnp.ones((), jnp.float32), jnp.full((), -jnp.inf, jnp.float32),
+                            jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+    def update(updates: Any, state: PlateauState, params: Any = None):
+        del params
+        return jax.tree.map(lambda u: u * state.scale.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _is_plateau(x: Any) -> bool:
+    return isinstance(x, PlateauState)
+
+
+def plateau_state(opt_state: Any) -> PlateauState | None:
+    """The (first) PlateauState in an optimizer state tree (every optimizer of a stage holds
+    the same one), or None for a stage without the plateau schedule."""
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_plateau) if _is_plateau(x)]
+    return jax.device_get(found[0]) if found else None
+
+
+def plateau_settings(train: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config.train.plateau` with the defaults for fields it lacks (configs saved before)."""
+    given = train.get("plateau", None) or {}
+    return ml_collections.ConfigDict({k: given.get(k, v) for k, v in PLATEAU_DEFAULTS.items()})
+
+
+def plateau_step(opt_state: Any, metric: float, plateau: ml_collections.ConfigDict
+                 ) -> tuple[Any, PlateauState]:
+    """One validation's update of every PlateauState in `opt_state` (PyTorch's
+    ReduceLROnPlateau, mode "max", threshold_mode "abs"): a metric above best + threshold
+    resets the count of bad evaluations; more than `patience` of them multiply the scale by
+    `factor` and start `cooldown` evaluations in which bad ones do not count."""
+    old = plateau_state(opt_state)
+    if old is None:
+        raise ValueError("plateau_step: the stage's optimizers have no plateau schedule")
+    scale, best = float(old.scale), float(old.best)
+    num_bad, cooldown = int(old.num_bad), int(old.cooldown)
+    if metric > best + float(plateau.threshold):
+        best, num_bad = float(metric), 0
+    else:
+        num_bad += 1
+    if cooldown > 0:
+        cooldown, num_bad = cooldown - 1, 0
+    if num_bad > int(plateau.patience):
+        scale, cooldown, num_bad = scale * float(plateau.factor), int(plateau.cooldown), 0
+    new = PlateauState(np.float32(scale), np.float32(best), np.int32(num_bad),
+                       np.int32(cooldown))
+    tree = jax.tree.map(lambda x: new if _is_plateau(x) else x, opt_state, is_leaf=_is_plateau)
+    return tree, new
+
+
 def make_schedule(stage: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup then cosine decay (or constant) over the stage's steps."""
+    """Linear warmup then cosine decay (or constant) over the stage's steps; "plateau" is
+    constant here, lowered by `scale_by_plateau` after validations."""
     steps, warmup, lr = int(stage.num_steps), int(stage.warmup_steps), float(stage.learning_rate)
     if stage.schedule == "cosine":
         ramp = max(warmup, 1)  # optax needs a warmup of at least one step (from lr when none)
         return optax.warmup_cosine_decay_schedule(
             0.0 if warmup else lr, lr, ramp, max(steps, ramp + 1), end_value=lr * 0.01)
-    if stage.schedule == "constant":
+    if stage.schedule in ("constant", "plateau"):
         if not warmup:
             return optax.constant_schedule(lr)
         return optax.join_schedules(
             [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
-    raise ValueError(f"config.train.stages.*.schedule={stage.schedule!r}: expected cosine or constant")
+    raise ValueError(f"config.train.stages.*.schedule={stage.schedule!r}: expected one of "
+                     f"{SCHEDULES}")
 
 
 def present_groups(paths: list[str], params: Any) -> list[str]:
@@ -120,6 +197,8 @@ def base_optimizer(opt: ml_collections.ConfigDict, train: ml_collections.ConfigD
                            optax.sgd(schedule, momentum=0.9))
     else:
         raise ValueError(f"config.train.stages.*.optimizer={opt.optimizer!r}: expected adam or sgd")
+    if opt.schedule == "plateau":
+        base = optax.chain(base, scale_by_plateau())
     return optax.chain(optax.clip_by_global_norm(float(train.grad_clip_norm)), base) \
         if train.grad_clip_norm > 0 else base
 

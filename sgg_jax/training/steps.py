@@ -129,7 +129,8 @@ def make_relation_step(model: nn.Module, optimizers: Optimizers, opt_losses: Map
                        *, config: Any, model_losses: Mapping[str, Callable | None],
                        relation_params: Callable[[Any], Any], update: str = "joint",
                        model_state: dict | None = None,
-                       extras: Callable | None = None) -> Callable:
+                       extras: Callable | None = None,
+                       detections: Callable | None = None) -> Callable:
     """The (un-jitted) pure step of a relation stage.
 
     optimizers: {name: (tx, group paths)}; opt_losses: {name: loss names}. With one optimizer
@@ -139,6 +140,9 @@ def make_relation_step(model: nn.Module, optimizers: Optimizers, opt_losses: Map
     one left. `relation_params(params)` picks the relation model's groups (the frozen detector
     and auxiliary networks take no part). `extras(params, batch, key)` (the model's
     `train_extras`, e.g. sampled box-head RoIs) replaces inputs and feeds the loss terms.
+    `detections(params, batch, key)` (a stage in mode sgdet:
+    `sgg_jax.training.detections.make_training_detections`) puts the model on the frozen
+    detector's boxes: its objects, targets and sampled pairs replace the ground truth's.
     Groups no optimizer trains are wrapped in `stop_gradient`, so their backward pass is never
     built (a frozen backbone costs only its forward pass).
     """
@@ -154,15 +158,23 @@ def make_relation_step(model: nn.Module, optimizers: Optimizers, opt_losses: Map
     def step(state: TrainState, batch: Batch, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
         sample_rng, dropout_rng = jax.random.split(rng)
-        pairs, pair_labels, pair_mask = sample_training_pairs(
-            sample_rng, batch, num_rels=int(sampling.num_rels),
-            fg_fraction=float(sampling.fg_fraction), must_overlap=bool(sampling.must_overlap))
-        inputs = model_inputs(batch, pairs, pair_mask)
+        seen = batch  # the objects the model sees: the ground truth's, or the detector's
+        if detections is None:
+            pairs, pair_labels, pair_mask = sample_training_pairs(
+                sample_rng, batch, num_rels=int(sampling.num_rels),
+                fg_fraction=float(sampling.fg_fraction),
+                must_overlap=bool(sampling.must_overlap))
+            inputs = model_inputs(batch, pairs, pair_mask)
+        else:
+            on_dets = detections(state.params, batch, sample_rng)
+            seen, pairs = on_dets.batch, on_dets.pairs
+            pair_labels, pair_mask = on_dets.pair_labels, on_dets.pair_mask
+            inputs = model_inputs(seen, pairs, pair_mask).replace(**on_dets.inputs)
         extra = None
-        if extras is not None:
+        if extras is not None:  # sampled against the ground truth
             extra = extras(state.params, batch, jax.random.fold_in(rng, 1))
             inputs = inputs.replace(**extra.inputs)
-        targets = losses_lib.LossTargets(batch=batch, inputs=inputs, pair_labels=pair_labels,
+        targets = losses_lib.LossTargets(batch=seen, inputs=inputs, pair_labels=pair_labels,
                                          pair_mask=pair_mask, extras=extra)
         metrics: dict = {}
         if update == "joint" or len(optimizers) == 1:

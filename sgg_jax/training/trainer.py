@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from sgg_jax.io_utils import write_json_atomic
 from sgg_jax.training import data as data_lib
 from sgg_jax.training import detector_source
-from sgg_jax.training import eval_loop, experiment, optim, preemption, reporting, runs
+from sgg_jax.training import detections, eval_loop, experiment, optim, preemption, reporting, runs
 from sgg_jax.training import mesh as mesh_lib
 from sgg_jax.training.checkpointing import CheckpointError, StageCheckpointer, abstract_like
 from sgg_jax.training.experiment import (DETECTOR_KIND, RELATION_KIND, Experiment, StagePlan,
@@ -63,10 +63,19 @@ def make_stage_step(exp: Experiment, plan: StagePlan, optimizers: Optimizers):
         extras, kept = exp.spec.train_extras(exp, plan.name, names)
     opt_losses = {n: tuple(x for x in optim.split_list(specs[n].losses) if x in kept)
                   for n in optimizers}
+    on_detections = None
+    if plan.mode == "sgdet":  # the model trains on the frozen detector's boxes
+        hooks = exp.spec.sgdet(exp) if exp.spec.sgdet is not None else None
+        sampling = exp.config.sampling
+        on_detections = detections.make_training_detections(
+            exp.detector(), exp.detector_state, num_rels=int(sampling.num_rels),
+            fg_fraction=float(sampling.fg_fraction), must_overlap=bool(sampling.must_overlap),
+            extra_inputs=hooks.extra_inputs if hooks is not None else None)
     return make_relation_step(
         exp.model(plan.mode), optimizers, opt_losses, config=exp.config,
         model_losses=exp.spec.losses, relation_params=exp.relation_params,
-        update=optim.update_rule(plan.config), model_state=exp.model_state, extras=extras)
+        update=optim.update_rule(plan.config), model_state=exp.model_state, extras=extras,
+        detections=on_detections)
 
 
 def restore_from(exp: Experiment, plan: StagePlan, params: Any) -> Any:
@@ -179,10 +188,10 @@ def train_stage(exp: Experiment, plan: StagePlan, params: Any, rng: jax.Array,
         finished = runs.finished_step(ckpt.directory)
         if finished is not None and start < finished and jax.process_index() == 0:
             os.remove(os.path.join(ckpt.directory, runs.FINISHED_FILE))  # fell back below it
-        if start >= num_steps:
+        if start >= num_steps or (finished is not None and start >= finished):
             if runs.finished_step(ckpt.directory) is None and jax.process_index() == 0:
                 runs.mark_finished(ckpt.directory, plan.name, start, num_steps)
-            ckpt.close()
+            ckpt.close()  # done (a plateau stage may have ended before num_steps)
             return state.params
     step_fn = make_stage_step(exp, plan, optimizers)
     batch_sharding = mesh_lib.data_sharding(exp.mesh)
@@ -193,6 +202,8 @@ def train_stage(exp: Experiment, plan: StagePlan, params: Any, rng: jax.Array,
                disable=jax.process_index() != 0, dynamic_ncols=True)
     log_every, ckpt_every = max(int(cfg.train.log_every), 1), max(int(cfg.train.checkpoint_every), 1)
     eval_every = int(cfg.train.eval_every)
+    plateau = optim.plateau_settings(cfg.train)
+    validate_every = int(plateau.every) if optim.plateau_state(state.opt_state) else 0
     t0 = time.perf_counter()
     saved = start
 
@@ -217,9 +228,15 @@ def train_stage(exp: Experiment, plan: StagePlan, params: Any, rng: jax.Array,
                     t0 = time.perf_counter()
                     bar.set_postfix(loss=f"{host['loss']:.4f}")
                     writer.scalars(step, host, prefix=f"{plan.name}/")
-                if step % ckpt_every == 0 or step == num_steps:
+                ended = False
+                if validate_every and step % validate_every == 0 and step < num_steps:
+                    # before the checkpoint of this step, which then holds the new rate
+                    state, ended = _plateau_validation(exp, plan, state, step, plateau, writer)
+                if step % ckpt_every == 0 or step == num_steps or ended:
                     save()
                     saved = step
+                if ended:
+                    break
                 if stop.should_stop(step) and step < num_steps:
                     if saved != step:
                         save()
@@ -244,6 +261,31 @@ def train_stage(exp: Experiment, plan: StagePlan, params: Any, rng: jax.Array,
     return state.params
 
 
+def _plateau_validation(exp: Experiment, plan: StagePlan, state: TrainState, step: int,
+                        plateau: Any, writer: reporting.MetricWriter) -> tuple[TrainState, bool]:
+    """A plateau stage's validation: the stage's mode on `plateau.split`, its metric into the
+    plateau state (`optim.plateau_step`); returns the new state and whether the stage ends
+    (an optimizer's rate at most `stop_below` x the stage's learning rate)."""
+    results = eval_loop.evaluate(exp, state.params, split=str(plateau.split), modes=(plan.mode,))
+    if str(plateau.metric) not in results.get(plan.mode, {}):
+        raise ValueError(f"config.train.plateau.metric={plateau.metric!r}: not among the "
+                         f"{plan.mode} results of the neural-motifs protocol (eval.protocols "
+                         f"must include motifs; metrics: {sorted(results.get(plan.mode, {}))})")
+    metric = float(results[plan.mode][str(plateau.metric)])
+    opt_state, new = optim.plateau_step(jax.device_get(state.opt_state), metric, plateau)
+    state = state.replace(opt_state=jax.device_put(opt_state, mesh_lib.replicated(exp.mesh)))
+    writer.scalars(step, {"metric": metric, "best": float(new.best),
+                          "lr_scale": float(new.scale)}, prefix=f"{plan.name}/plateau/")
+    rates = [float(o.learning_rate) for o in optim.optimizer_specs(plan.config).values()]
+    floor = float(plateau.stop_below) * float(plan.config.learning_rate)
+    ended = min(rates) * float(new.scale) <= floor
+    log.info("stage '%s' step %d: %s %s %s = %.2f (best %.2f), rate x %g%s", plan.name,
+             step, plateau.split, plan.mode, plateau.metric, metric, float(new.best),
+             float(new.scale), "; the rate reached train.plateau.stop_below: the stage ends"
+             if ended else "")
+    return state, ended
+
+
 def report(exp: Experiment, results: dict[str, Any], name: str = "results.json") -> str:
     """Prints the tables (one per protocol, few-shot, detection, ground-truth counts) and
     writes results.json (process 0)."""
@@ -261,6 +303,9 @@ def report(exp: Experiment, results: dict[str, Any], name: str = "results.json")
                     results["detection"]["per_class"], "per-class AP (%), worst first; missed = "
                     "ground-truth boxes no detection overlaps at IoU 0.5"))
                 print(reporting.format_confusions(results["detection"].get("confusions", [])))
+        if "evaluated_with" in results:
+            print("parameters per mode (the last stage refined the model on detections): " +
+                  ", ".join(f"{m} <- stage '{st}'" for m, st in results["evaluated_with"].items()))
         if "detection_refined" in results:
             print(reporting.format_detection_table(
                 results["detection_refined"], f"SGDet boxes after {exp.config.model.name}'s box "
@@ -314,8 +359,10 @@ def _train_and_evaluate(exp: Experiment) -> dict[str, Any]:
     writer = reporting.MetricWriter(os.path.join(workdir, "tensorboard"))
     try:
         params = train_stages(exp, params, train_rng, writer)
+        by_mode, stages = experiment.mode_params(exp, params)
         results = eval_loop.evaluate(exp, params,
-                                     num_pictures=int(config.eval.get("num_pictures", 0)))
+                                     num_pictures=int(config.eval.get("num_pictures", 0)),
+                                     mode_params=by_mode, evaluated_with=stages)
         groups = reporting.scalar_groups(results)
         for group, vals in groups.items():
             writer.scalars(0, vals, prefix=f"final_{group}/")
@@ -351,7 +398,11 @@ def _evaluate_run(exp: Experiment, checkpoint: str) -> dict[str, Any]:
                                     "(expected <workdir>/checkpoints/<stage>/<step>)")
     params, partial = experiment.restore_final_params(exp, jax.random.key(config.seed),
                                                       checkpoint, allow)
-    results = eval_loop.evaluate(exp, params, num_pictures=int(config.eval.get("num_pictures", 0)))
+    by_mode, stages = {}, {}
+    if not partial and not runs.checkpoint_steps(checkpoint or workdir):  # a run, not a stage
+        by_mode, stages = experiment.mode_params(exp, params, checkpoint)
+    results = eval_loop.evaluate(exp, params, num_pictures=int(config.eval.get("num_pictures", 0)),
+                                 mode_params=by_mode, evaluated_with=stages)
     if partial:
         results["partial"] = partial
     report(exp, results)
