@@ -382,7 +382,7 @@ def test_training_detections_on_ground_truth_boxes_recover_the_ground_truth(cach
     assert total_fg > 0
 
 
-def test_a_relation_stage_trains_on_detections(cache_dir, trained, tmp_path):
+def test_a_relation_stage_trains_on_detections(cache_dir, trained, tmp_path, monkeypatch):
     """A relation stage in mode sgdet (the SGDet refinement phase, after a stage on ground-truth
     boxes) trains the relation model on the frozen detector's boxes: finite losses, the
     detector unchanged, the model moved. PredCls / SGCls are then evaluated with the
@@ -415,6 +415,21 @@ def test_a_relation_stage_trains_on_detections(cache_dir, trained, tmp_path):
     assert stages == {"sgcls": "objects", "sgdet": "relations"} and set(by_mode) == {"sgcls"}
     c, d = flat_params(by_mode["sgcls"]), flat_params(saved)
     assert c.keys() == d.keys() and all(np.array_equal(c[k], d[k]) for k in d)
+
+    # Killed after its first step (checkpointed) and resumed: the same parameters, bit for bit.
+    import shutil
+
+    shutil.rmtree(exp.checkpoint_dir("relations"))
+    with exp.config.unlocked():
+        exp.config.train.checkpoint_every = 1
+    restore = interrupted_after(monkeypatch, 1)
+    with pytest.raises(Interrupt):
+        trainer.train_stage(exp, exp.stages[2], gt_params, jax.random.key(2), RecordingWriter())
+    restore()
+    resumed = trainer.train_stage(exp, exp.stages[2], gt_params, jax.random.key(2),
+                                  RecordingWriter())
+    e = flat_params(resumed)
+    assert all(np.array_equal(b[k], e[k]) for k in b)
 
     no_detector = load_config("imp", "tiny", **{"eval.modes": "sgcls",
                                                 "train.stages.relations.mode": "sgdet"})

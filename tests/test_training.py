@@ -78,15 +78,17 @@ def test_loss_decreases_on_a_fixed_batch(cache_dir, tmp_path, monkeypatch):
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
 
 
-def test_a_plateau_stage_lowers_its_rate_and_ends_early(cache_dir, tmp_path):
+def test_a_plateau_stage_lowers_its_rate_and_ends_early(cache_dir, tmp_path, monkeypatch):
     """schedule="plateau": validations on the val split in the stage's mode (every step here);
     the second does not beat the first by the (huge) threshold, so with patience 0 the rate
     drops 10x, which reaches stop_below: the stage ends at step 2 of 4, its checkpoint holds the
-    lowered scale, and a second run finds it finished."""
+    lowered scale, and a second run finds it finished. Killed after its first step's checkpoint
+    and resumed, it ends the same, bit for bit (the plateau state is in the checkpoint)."""
     import orbax.checkpoint as ocp
 
     config = tiny(cache_dir, **RELATIONS_ONLY, **{
         "train.data_parallel": 1, "eval.modes": "sgcls", "train.log_every": 1,
+        "train.checkpoint_every": 1,
         "train.stages.relations.num_steps": 4, "train.stages.relations.schedule": "plateau",
         "train.plateau.every": 1, "train.plateau.patience": 0, "train.plateau.threshold": 1e9,
         "train.plateau.stop_below": 0.5})
@@ -99,13 +101,32 @@ def test_a_plateau_stage_lowers_its_rate_and_ends_early(cache_dir, tmp_path):
     assert rows[0][1]["best"] == rows[0][1]["metric"] and 0 <= rows[0][1]["metric"] <= 100
     assert len([1 for _, prefix, _ in writer.rows if prefix == "relations/"]) == 2
     stage_dir = tmp_path / "plateau" / "checkpoints" / "relations"
-    assert sorted(os.listdir(stage_dir)) == ["2", "finished.json"]
+    assert sorted(os.listdir(stage_dir)) == ["1", "2", "finished.json"]
     state = ocp.PyTreeCheckpointer().restore(str(stage_dir / "2" / "state"))
     scales = [v for k, v in flat_params(state["opt_state"]).items() if k.endswith("['scale']")]
     assert scales and all(float(v) == pytest.approx(0.1) for v in scales)
     writer = RecordingWriter()
     assert_trees_close(first, _train(config, workdir, writer), exact=True)
     assert not writer.rows  # finished: nothing trained again
+
+    resumed = str(tmp_path / "resumed")
+    real, calls = trainer._plateau_validation, []
+
+    def killed_at_the_second(*args, **kwargs):  # after step 1's checkpoint, during step 2
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupt()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_plateau_validation", killed_at_the_second)
+    with pytest.raises(Interrupt):
+        _train(config, resumed)
+    monkeypatch.setattr(trainer, "_plateau_validation", real)
+    assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints" / "relations")) == ["1"]
+    writer = RecordingWriter()
+    assert_trees_close(first, _train(config, resumed, writer), exact=True)
+    again = [(step, v) for step, prefix, v in writer.rows if prefix == "relations/plateau/"]
+    assert again == rows[1:]  # the second validation, from the restored plateau state
     bad = tiny(cache_dir, **{"train.stages.relations.schedule": "plateau"})
     with pytest.raises(ValueError, match="needs config.train.plateau.every > 0"):
         experiment.validate(bad)
